@@ -1,0 +1,269 @@
+//! The gate and agent images: built from the base image with this very
+//! binary copied in, and rebuilt only when their inputs change.
+//!
+//! Each image carries the label `bot-bottle.inputs`, a hash of everything
+//! it was built from (Dockerfile, build arguments, the base image's id and
+//! the binary's identity). A start whose inputs hash matches reuses the
+//! image; anything else rebuilds it. Builds of the same image by bottles
+//! started at the same moment are serialised by a lock file.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use bollard::Docker;
+use bollard::query_parameters::BuildImageOptions;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::{BackendError, Reporter};
+
+/// Label holding the hash of an image's inputs.
+pub const INPUTS_LABEL: &str = "bot-bottle.inputs";
+/// Label marking everything bot-bottle builds.
+pub const MANAGED_LABEL: &str = "bot-bottle.managed";
+
+const GATE_DOCKERFILE: &str = include_str!("../../../../images/gate/Dockerfile");
+const AGENT_DOCKERFILE: &str = include_str!("../../../../images/agent/Dockerfile");
+
+/// Which image to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    Gate,
+    Agent,
+    /// A person's own agent image, with the binary layered on top.
+    Derived,
+}
+
+/// One image to ensure.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    pub kind: ImageKind,
+    /// Tag to build.
+    pub tag: String,
+    /// The image it is built `FROM`.
+    pub from: String,
+    pub build_args: Vec<(String, String)>,
+}
+
+impl ImageSpec {
+    fn dockerfile(&self) -> String {
+        match self.kind {
+            ImageKind::Gate => GATE_DOCKERFILE.to_owned(),
+            ImageKind::Agent => AGENT_DOCKERFILE.to_owned(),
+            ImageKind::Derived => format!(
+                "FROM {}\nUSER root\nCOPY bottle /usr/local/bin/bottle\nRUN mkdir -p /run/bottle /workspace\n",
+                self.from
+            ),
+        }
+    }
+}
+
+/// The running binary, which every image carries.
+#[derive(Debug, Clone)]
+pub struct SelfBinary {
+    pub path: PathBuf,
+    /// Size, modification time and inode: enough to notice a rebuild
+    /// without hashing megabytes on every start.
+    fingerprint: String,
+}
+
+impl SelfBinary {
+    pub fn current() -> Result<SelfBinary, BackendError> {
+        let path = std::env::current_exe()?;
+        let meta = std::fs::metadata(&path).map_err(|source| BackendError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(SelfBinary {
+            fingerprint: format!(
+                "{}:{}:{}.{}:{}",
+                meta.dev(),
+                meta.ino(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.len()
+            ),
+            path,
+        })
+    }
+}
+
+/// The hash of an image's inputs.
+fn inputs_hash(spec: &ImageSpec, from_id: &str, binary: &SelfBinary) -> String {
+    let mut h = Sha256::new();
+    for part in [spec.dockerfile().as_str(), from_id, &binary.fingerprint] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    for (k, v) in &spec.build_args {
+        h.update(format!("{k}={v}\0").as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The id of `image`, or `None` when it does not exist.
+pub async fn image_id(
+    docker: &Docker,
+    image: &str,
+) -> Result<Option<(String, HashMap<String, String>)>, BackendError> {
+    match docker.inspect_image(image).await {
+        Ok(inspect) => Ok(Some((
+            inspect.id.unwrap_or_default(),
+            inspect.config.and_then(|c| c.labels).unwrap_or_default(),
+        ))),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(err) => Err(BackendError::docker(format!("inspect image {image}"), err)),
+    }
+}
+
+/// Makes sure `spec.tag` exists and is up to date; builds it if not.
+pub async fn ensure(
+    docker: &Docker,
+    spec: &ImageSpec,
+    binary: &SelfBinary,
+    lock_dir: &Path,
+    reporter: &dyn Reporter,
+) -> Result<(), BackendError> {
+    let from_id = match image_id(docker, &spec.from).await? {
+        Some((id, _)) => id,
+        None if spec.kind == ImageKind::Derived => {
+            return Err(BackendError::ImageMissing {
+                image: spec.from.clone(),
+            });
+        }
+        None => {
+            return Err(BackendError::BaseImageMissing {
+                image: spec.from.clone(),
+            });
+        }
+    };
+    let want = inputs_hash(spec, &from_id, binary);
+    let current = |labels: &HashMap<String, String>| labels.get(INPUTS_LABEL) == Some(&want);
+    if let Some((_, labels)) = image_id(docker, &spec.tag).await?
+        && current(&labels)
+    {
+        return Ok(());
+    }
+
+    // Another launcher may be building the same image right now.
+    let lock = lock_file(lock_dir, &spec.tag)?;
+    let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(std::io::Error::other)??;
+    if let Some((_, labels)) = image_id(docker, &spec.tag).await?
+        && current(&labels)
+    {
+        return Ok(());
+    }
+    reporter.step(&format!(
+        "building {} (once; reused until bot-bottle or the base changes)",
+        spec.tag
+    ));
+    let result = build(docker, spec, &want, binary, reporter).await;
+    drop(locked);
+    result
+}
+
+fn lock_file(dir: &Path, tag: &str) -> Result<std::fs::File, BackendError> {
+    std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let name: String = tag
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let path = dir.join(format!(".build-{name}.lock"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| BackendError::Io { path, source })
+}
+
+async fn build(
+    docker: &Docker,
+    spec: &ImageSpec,
+    inputs: &str,
+    binary: &SelfBinary,
+    reporter: &dyn Reporter,
+) -> Result<(), BackendError> {
+    let context = build_context(&spec.dockerfile(), &binary.path)?;
+    let mut build_args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
+    build_args.insert("BASE".into(), spec.from.clone());
+    let labels = HashMap::from([
+        (INPUTS_LABEL.to_owned(), inputs.to_owned()),
+        (MANAGED_LABEL.to_owned(), "true".to_owned()),
+    ]);
+    let options = BuildImageOptions {
+        dockerfile: "Dockerfile".into(),
+        t: Some(spec.tag.clone()),
+        rm: true,
+        forcerm: true,
+        buildargs: Some(build_args),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let mut log = String::new();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context)));
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|err| BackendError::Build {
+            image: spec.tag.clone(),
+            message: err.to_string(),
+            log: tail(&log),
+        })?;
+        if let Some(detail) = info.error_detail {
+            return Err(BackendError::Build {
+                image: spec.tag.clone(),
+                message: detail.message.unwrap_or_default(),
+                log: tail(&log),
+            });
+        }
+        if let Some(text) = info.stream {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if line.starts_with("Step ") {
+                    reporter.step(&format!("  {line}"));
+                } else {
+                    reporter.detail(&format!("  {line}"));
+                }
+            }
+            log.push_str(&text);
+        }
+    }
+    Ok(())
+}
+
+/// The last lines of a build log, for an error message.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// A tar holding the Dockerfile and the binary as `bottle`.
+fn build_context(dockerfile: &str, binary: &Path) -> Result<Bytes, BackendError> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "Dockerfile", dockerfile.as_bytes())?;
+    let mut file = std::fs::File::open(binary).map_err(|source| BackendError::Io {
+        path: binary.to_owned(),
+        source,
+    })?;
+    let size = file.metadata()?.len();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o755);
+    header.set_cksum();
+    tar.append_data(&mut header, "bottle", &mut file)?;
+    let mut bytes = tar.into_inner()?;
+    bytes.flush()?;
+    Ok(Bytes::from(bytes))
+}

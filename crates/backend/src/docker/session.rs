@@ -1,0 +1,146 @@
+//! Running the agent container attached to the launcher's terminal (a TTY
+//! in raw mode, resized with the window) or to its pipes.
+
+use std::io::IsTerminal;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, ResizeContainerTTYOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use nix::sys::termios::{self, SetArg, Termios};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::BackendError;
+
+/// Whether the launcher runs on a terminal (stdin and stdout both TTYs).
+pub fn is_interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+}
+
+/// Attaches, starts, streams, and returns the command's exit status.
+pub async fn run(docker: &Docker, container: &str) -> Result<i32, BackendError> {
+    let tty = is_interactive();
+    let attach = docker
+        .attach_container(
+            container,
+            Some(
+                AttachContainerOptionsBuilder::new()
+                    .stream(true)
+                    .stdin(true)
+                    .stdout(true)
+                    .stderr(true)
+                    .build(),
+            ),
+        )
+        .await
+        .map_err(|e| BackendError::docker(format!("attach to {container}"), e))?;
+    let _raw = if tty { RawMode::enter() } else { None };
+    docker
+        .start_container(container, None)
+        .await
+        .map_err(|e| BackendError::docker(format!("start {container}"), e))?;
+
+    let resizer =
+        tty.then(|| tokio::spawn(follow_window_size(docker.clone(), container.to_owned())));
+    let mut input = attach.input;
+    let stdin_pump = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if input.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    let _ = input.flush().await;
+                }
+            }
+        }
+        // End of our input is end of the command's input.
+        let _ = input.shutdown().await;
+    });
+
+    let mut output = attach.output;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    while let Some(item) = output.next().await {
+        let Ok(item) = item else { break };
+        let written = match item {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                stdout.write_all(&message).await.and(stdout.flush().await)
+            }
+            LogOutput::StdErr { message } => {
+                stderr.write_all(&message).await.and(stderr.flush().await)
+            }
+            LogOutput::StdIn { .. } => Ok(()),
+        };
+        if written.is_err() {
+            break;
+        }
+    }
+    stdin_pump.abort();
+    if let Some(resizer) = resizer {
+        resizer.abort();
+    }
+
+    let mut wait = docker.wait_container(container, None::<WaitContainerOptions>);
+    match wait.next().await {
+        Some(Ok(response)) => Ok(response.status_code as i32),
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code as i32),
+        Some(Err(e)) => Err(BackendError::docker(format!("wait for {container}"), e)),
+        None => Err(BackendError::docker(
+            format!("wait for {container}"),
+            "no exit status",
+        )),
+    }
+}
+
+/// Keeps the container's TTY the size of the launcher's window.
+async fn follow_window_size(docker: Docker, container: String) {
+    let Ok(mut winch) = signal(SignalKind::window_change()) else {
+        return;
+    };
+    loop {
+        if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout()) {
+            let _ = docker
+                .resize_container_tty(
+                    &container,
+                    ResizeContainerTTYOptions {
+                        h: i32::from(size.ws_row),
+                        w: i32::from(size.ws_col),
+                    },
+                )
+                .await;
+        }
+        if winch.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+/// The launcher's terminal in raw mode, restored on drop: keys (Ctrl-C
+/// included) go to the agent's TTY, which does its own line discipline.
+struct RawMode {
+    saved: Termios,
+}
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}

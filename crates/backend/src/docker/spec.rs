@@ -1,0 +1,129 @@
+//! The container specifications of a bottle: what the agent's sandbox may
+//! do (nothing on the network, no capabilities, limits on memory and
+//! processes) and what the gate may do (reach its network, write only its
+//! sockets and audit log).
+
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bottle_gate::config::EGRESS_SOCKET;
+use bottle_manifest::plan::PROXY_PORT;
+
+use super::{
+    AGENT_UID, BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, ROLE_LABEL, SOCKET_DIR,
+};
+use crate::BackendError;
+
+/// Limits of the gate container: a proxy needs little.
+const GATE_MEMORY_BYTES: i64 = 256 << 20;
+const GATE_PIDS: i64 = 256;
+
+pub fn agent_container(
+    p: &DockerPrepared,
+    runtime: Option<String>,
+    tty: bool,
+    gate_timeout: Duration,
+) -> Result<ContainerCreateBody, BackendError> {
+    let mut env = Vec::new();
+    for var in &p.plan.env {
+        let value = match (&var.value, &var.host_var) {
+            (Some(value), _) => value.clone(),
+            (None, Some(host_var)) => std::env::var(host_var).map_err(|_| {
+                BackendError::Other(std::io::Error::other(format!(
+                    "the host variable {host_var} (for the agent's {}) is not set or not UTF-8: export it",
+                    var.name
+                )))
+            })?,
+            (None, None) => continue,
+        };
+        env.push(format!("{}={value}", var.name));
+    }
+    if tty {
+        env.push(format!(
+            "TERM={}",
+            std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into())
+        ));
+    }
+    let entrypoint = vec![
+        BINARY.to_owned(),
+        "shim".to_owned(),
+        "--forward".to_owned(),
+        format!("{PROXY_PORT}={SOCKET_DIR}/{EGRESS_SOCKET}"),
+        "--gate-timeout-ms".to_owned(),
+        gate_timeout.as_millis().to_string(),
+        "--".to_owned(),
+    ];
+    let mut labels = p.labels.clone();
+    labels.insert(ROLE_LABEL.into(), "agent".into());
+    let memory = i64::try_from(p.plan.resources.memory_bytes).unwrap_or(i64::MAX);
+    Ok(ContainerCreateBody {
+        image: Some(p.agent_image.clone()),
+        entrypoint: Some(entrypoint),
+        cmd: Some(p.plan.command.clone()),
+        user: Some(AGENT_UID.into()),
+        working_dir: Some(p.plan.workdir.clone()),
+        hostname: Some("bottle".into()),
+        env: Some(env),
+        tty: Some(tty),
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            // No interface but loopback: the gate's sockets are the only way out.
+            network_mode: Some("none".into()),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            pids_limit: Some(p.plan.resources.pids),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: p.plan.resources.cpus.map(|c| (c * 1e9) as i64),
+            // Read-only: the agent may connect to the sockets, not replace them.
+            binds: Some(vec![format!(
+                "{}:{SOCKET_DIR}:ro",
+                p.dir.socket_dir().display()
+            )]),
+            runtime,
+            init: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
+    let mut labels = p.labels.clone();
+    labels.insert(ROLE_LABEL.into(), "gate".into());
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    ContainerCreateBody {
+        image: Some(p.plan.images.gate.clone()),
+        cmd: Some(vec![
+            "--config".into(),
+            format!("{GATE_CONFIG_DIR}/gate.json"),
+        ]),
+        // The launching user: what the gate writes on the host is theirs.
+        user: Some(format!("{uid}:{gid}")),
+        labels: Some(labels),
+        env: Some(vec!["RUST_LOG=info".into()]),
+        host_config: Some(HostConfig {
+            network_mode: Some(p.gate_network.clone()),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            pids_limit: Some(GATE_PIDS),
+            memory: Some(GATE_MEMORY_BYTES),
+            memory_swap: Some(GATE_MEMORY_BYTES),
+            binds: Some(vec![
+                format!("{}:{GATE_CONFIG_DIR}:ro", p.dir.gate_dir().display()),
+                format!("{}:{SOCKET_DIR}", p.dir.socket_dir().display()),
+                format!("{}:{GATE_AUDIT_LOG}", p.dir.audit_log().display()),
+            ]),
+            init: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

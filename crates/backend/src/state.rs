@@ -1,0 +1,154 @@
+//! The bottle's state directory on the host (DESIGN.md §2 "State").
+//!
+//! ```text
+//! $XDG_STATE_HOME/bot-bottle/<identity>/
+//!   metadata.json   what the bottle is and whether it runs
+//!   audit.jsonl     every decision of the gate
+//!   gate/           the gate's configuration (mounted read-only in the gate)
+//!   run/            the gate's sockets (the only thing the agent shares)
+//! ```
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bottle_manifest::plan::Plan;
+use serde::Serialize;
+
+use crate::BackendError;
+
+/// Paths of one bottle's state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BottleDir {
+    pub root: PathBuf,
+}
+
+impl BottleDir {
+    pub fn new(root: impl Into<PathBuf>) -> BottleDir {
+        BottleDir { root: root.into() }
+    }
+    pub fn metadata(&self) -> PathBuf {
+        self.root.join("metadata.json")
+    }
+    pub fn audit_log(&self) -> PathBuf {
+        self.root.join("audit.jsonl")
+    }
+    pub fn gate_dir(&self) -> PathBuf {
+        self.root.join("gate")
+    }
+    pub fn gate_config(&self) -> PathBuf {
+        self.gate_dir().join("gate.json")
+    }
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// Creates the directory tree: private to the user, but for `run/`,
+    /// which the agent's user must be able to enter to reach the sockets.
+    pub fn create(&self) -> Result<(), BackendError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| BackendError::Io { path, source }
+        };
+        if let Some(parent) = self.root.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(io(parent))?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(io(&self.root))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(self.gate_dir())
+            .map_err(io(&self.gate_dir()))?;
+        let run = self.socket_dir();
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&run)
+            .map_err(io(&run))?;
+        // Explicit chmod: the umask may have narrowed the mode above.
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(io(&run))?;
+        let audit = self.audit_log();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&audit)
+            .map_err(io(&audit))?;
+        Ok(())
+    }
+
+    /// Writes `value` as JSON to `path` atomically (temp file + rename).
+    pub fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), BackendError> {
+        let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        let io = |source| BackendError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &text))
+            .map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Removes the whole directory (`--rm`).
+    pub fn remove(&self) -> Result<(), BackendError> {
+        match std::fs::remove_dir_all(&self.root) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(BackendError::Io {
+                path: self.root.clone(),
+                source: err,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Lifecycle state recorded in `metadata.json`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BottleState {
+    Running,
+    Stopped,
+}
+
+/// `metadata.json`: what the bottle is. The plan it was started from is
+/// kept whole, so later commands never have to guess.
+#[derive(Debug, Clone, Serialize)]
+pub struct Metadata<'a> {
+    pub identity: &'a str,
+    pub agent: &'a str,
+    pub bottle: &'a str,
+    pub manifest: &'a Path,
+    pub backend: &'a str,
+    pub started_at: String,
+    pub state: BottleState,
+    pub launcher_pid: u32,
+    pub plan: &'a Plan,
+}
+
+impl<'a> Metadata<'a> {
+    pub fn new(plan: &'a Plan, state: BottleState) -> Metadata<'a> {
+        Metadata {
+            identity: &plan.identity,
+            agent: &plan.agent,
+            bottle: &plan.bottle,
+            manifest: &plan.manifest,
+            backend: &plan.backend,
+            started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            state,
+            launcher_pid: std::process::id(),
+            plan,
+        }
+    }
+}

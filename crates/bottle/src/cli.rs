@@ -1,0 +1,110 @@
+//! The command line as typed. [`crate::settings`] turns it into what the
+//! commands use.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run AI coding agents in bottles: sandboxes whose only ways out are gates
+/// you control.
+#[derive(Debug, Parser)]
+#[command(name = "bottle", version, disable_help_subcommand = true)]
+pub struct Cli {
+    /// Show more of what bot-bottle does.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start an agent in a fresh bottle.
+    Start(StartArgs),
+    /// Check a manifest or print its JSON Schema.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Run a bottle's gate (inside the gate container).
+    #[command(hide = true)]
+    Gate(GateArgs),
+    /// Run as pid 1 in the agent's sandbox.
+    #[command(hide = true)]
+    Shim(ShimArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendName {
+    /// Containers through the Docker Engine API.
+    Docker,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArg {
+    /// Manifest file [default: $BOTTLE_MANIFEST, ./bottle.json,
+    /// $XDG_CONFIG_HOME/bot-bottle/manifest.json]
+    #[arg(long, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The agent to start (a key of the manifest's "agents").
+    pub agent: String,
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Where the bottle runs [default: $BOTTLE_BACKEND, else docker]
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendName>,
+    /// Print the plan and create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How to print the plan.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Start without asking for confirmation.
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+    /// Remove everything the bottle made when it exits, state included.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run this command in the bottle instead of the agent's.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Validate a manifest; prints every problem found.
+    Check {
+        /// Manifest file [default: the usual lookup]
+        path: Option<PathBuf>,
+    },
+    /// Print the manifest's JSON Schema.
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// The gate's configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ShimArgs {
+    /// PORT=SOCKET: forward 127.0.0.1:PORT to the Unix socket.
+    #[arg(long = "forward", value_name = "PORT=SOCKET")]
+    pub forwards: Vec<String>,
+    /// How long to wait for the gate's sockets.
+    #[arg(long, default_value = "15000")]
+    pub gate_timeout_ms: u64,
+    /// The command to run.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}

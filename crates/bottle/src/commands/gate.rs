@@ -1,0 +1,26 @@
+//! `bottle gate`: the per-bottle daemon (runs inside the gate container).
+
+use bottle_gate::GateConfig;
+
+use crate::cli::GateArgs;
+use crate::{Failure, exit};
+
+pub fn run(args: GateArgs) -> Result<i32, Failure> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = GateConfig::load(&args.config).map_err(|e| Failure::new(exit::CONFIG, e))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+    runtime
+        .block_on(bottle_gate::run(config))
+        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+    Ok(0)
+}

@@ -1,0 +1,6 @@
+//! One module per command.
+
+pub mod gate;
+pub mod manifest;
+pub mod shim;
+pub mod start;

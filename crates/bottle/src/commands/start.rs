@@ -1,0 +1,106 @@
+//! `bottle start AGENT`: plan, confirm, launch, tear down.
+
+use std::io::{BufRead, IsTerminal};
+
+use anyhow::anyhow;
+use bottle_backend::Backend;
+use bottle_backend::docker::{DockerBackend, DockerSettings};
+use bottle_manifest::load;
+use bottle_manifest::plan::{self, Plan, PlanInput};
+
+use crate::cli::{BackendName, Format, StartArgs};
+use crate::printer::Printer;
+use crate::settings::{Global, Start};
+use crate::{Failure, exit};
+
+pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
+    let global = Global::resolve()?;
+    let settings = Start::resolve(args.backend)?;
+    let path = global.manifest_lookup(&args.manifest).resolve()?;
+    let manifest = load::load(&path)?;
+    let checked = super::manifest::check(&manifest, &path, &global)?;
+    let plan = plan::plan(PlanInput {
+        manifest_path: &path,
+        manifest: &manifest,
+        checked: &checked,
+        agent: &args.agent,
+        command: (!args.command.is_empty()).then(|| args.command.clone()),
+        backend: match settings.backend {
+            BackendName::Docker => "docker",
+        },
+        base_image: &settings.base_image,
+        remove_on_exit: args.rm,
+        state_root: &global.state_root,
+        host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
+    })?;
+
+    let backend = match settings.backend {
+        BackendName::Docker => DockerBackend::new(DockerSettings {
+            install_claude: settings.install_claude.clone(),
+            lock_dir: global.state_root.clone(),
+            gate_timeout: settings.gate_timeout,
+        }),
+    };
+    let prepared = backend.prepare(&plan)?;
+
+    if args.dry_run {
+        print_plan(&plan, args.format, printer)?;
+        return Ok(0);
+    }
+    if !args.yes {
+        confirm(&plan, printer)?;
+    } else {
+        printer.step(&format!(
+            "starting {} (agent {}, bottle {})",
+            plan.identity, plan.agent, plan.bottle
+        ));
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+    let outcome = runtime.block_on(backend.launch(prepared, printer))?;
+    if let bottle_backend::Outcome::Interrupted(_) = outcome {
+        printer.step(&format!("{} torn down", plan.identity));
+    }
+    Ok(outcome.exit_code())
+}
+
+fn print_plan(plan: &Plan, format: Format, printer: &Printer) -> Result<(), Failure> {
+    match format {
+        Format::Json => {
+            let json = serde_json::to_string_pretty(plan).map_err(anyhow::Error::from)?;
+            printer.data(&json);
+        }
+        Format::Text => printer.data(&plan.render_text()),
+    }
+    Ok(())
+}
+
+/// The y/N preflight. Only a person at a terminal can answer it.
+fn confirm(plan: &Plan, printer: &Printer) -> Result<(), Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(
+            exit::NOT_CONFIRMED,
+            anyhow!(
+                "not started: stdin is not a terminal, so nobody can confirm the plan; pass -y to start without confirmation (see the plan with --dry-run)"
+            ),
+        ));
+    }
+    printer.raw(&format!("bot-bottle will start:\n{}", plan.render_text()));
+    printer.raw("Start this bottle? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            exit::NOT_CONFIRMED,
+            anyhow!("not started: not confirmed"),
+        ))
+    }
+}

@@ -1,0 +1,45 @@
+//! Every environment variable bot-bottle reads, declared once.
+//!
+//! Variables wired to a flag are named in the flag's `env = …` (clap shows
+//! them in `--help`); the rest are read only through [`read`].
+
+/// Manifest path when `--manifest` is not given.
+pub const BOTTLE_MANIFEST: &str = "BOTTLE_MANIFEST";
+/// Backend when `--backend` is not given (`docker`).
+pub const BOTTLE_BACKEND: &str = "BOTTLE_BACKEND";
+/// The image every bot-bottle image is built `FROM`
+/// (default `bot-bottle/base:bookworm`, made by `scripts/base-image`).
+pub const BOTTLE_BASE_IMAGE: &str = "BOTTLE_BASE_IMAGE";
+/// Whether the agent image installs Claude Code from npm: `auto` (when the
+/// registry answers), `1` (always; fail without it) or `0` (never).
+pub const BOTTLE_INSTALL_CLAUDE: &str = "BOTTLE_INSTALL_CLAUDE";
+/// Milliseconds the shim waits for the gate's sockets (default 15000).
+pub const BOTTLE_GATE_TIMEOUT_MS: &str = "BOTTLE_GATE_TIMEOUT_MS";
+/// Where bottles keep their state (default `~/.local/state`).
+pub const XDG_STATE_HOME: &str = "XDG_STATE_HOME";
+/// Where the user's manifest may live (default `~/.config`).
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+/// The user's home: `~` in manifests, `~/.claude/skills`.
+pub const HOME: &str = "HOME";
+/// Any value turns colour off (<https://no-color.org>).
+pub const NO_COLOR: &str = "NO_COLOR";
+
+/// Names the original tool (claude-bottle) used, read as aliases of ours
+/// when ours are unset: (alias, ours).
+pub const ALIASES: &[(&str, &str)] = &[
+    ("CLAUDE_BOTTLE_MANIFEST", BOTTLE_MANIFEST),
+    ("CLAUDE_BOTTLE_BACKEND", BOTTLE_BACKEND),
+    ("CLAUDE_BOTTLE_BASE_IMAGE", BOTTLE_BASE_IMAGE),
+];
+
+/// Reads `name`, falling back to its `CLAUDE_BOTTLE_*` alias. Empty counts
+/// as unset.
+pub fn read(name: &str) -> Option<String> {
+    let get = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    get(name).or_else(|| {
+        ALIASES
+            .iter()
+            .find(|(_, ours)| *ours == name)
+            .and_then(|(alias, _)| get(alias))
+    })
+}

@@ -1,0 +1,75 @@
+//! `bottle`: parse, resolve settings, call a library, print.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod env;
+mod exit;
+mod printer;
+mod settings;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::printer::Printer;
+
+/// A failure and the exit code it maps to.
+pub struct Failure {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn new(code: i32, error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<bottle_manifest::ManifestError> for Failure {
+    fn from(err: bottle_manifest::ManifestError) -> Failure {
+        Failure::new(exit::CONFIG, err)
+    }
+}
+
+impl From<bottle_backend::BackendError> for Failure {
+    fn from(err: bottle_backend::BackendError) -> Failure {
+        use bottle_backend::BackendError as E;
+        let code = match err {
+            E::DockerUnavailable(_)
+            | E::BaseImageMissing { .. }
+            | E::RuntimeMissing
+            | E::ImageMissing { .. } => exit::UNAVAILABLE,
+            E::NetworkMissing { .. } => exit::CONFIG,
+            _ => exit::SOFTWARE,
+        };
+        Failure::new(code, err)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Failure {
+        Failure::new(exit::SOFTWARE, err)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let printer = Printer::new(cli.verbose);
+    let result = match cli.command {
+        Command::Start(args) => commands::start::run(args, &printer),
+        Command::Manifest(cmd) => commands::manifest::run(cmd, &printer),
+        Command::Gate(args) => commands::gate::run(args),
+        Command::Shim(args) => commands::shim::run(args),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(failure) => {
+            printer.error(&format!("{:#}", failure.error));
+            failure.code
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,115 @@
+//! Resolved settings: flags, then environment, then manifest and defaults,
+//! decided here once so commands never look at raw arguments.
+//!
+//! | setting       | flag          | environment                      | default                          |
+//! |---------------|---------------|----------------------------------|----------------------------------|
+//! | manifest      | `--manifest`  | `BOTTLE_MANIFEST`                | `./bottle.json`, then `$XDG_CONFIG_HOME/bot-bottle/manifest.json` |
+//! | backend       | `--backend`   | `BOTTLE_BACKEND`                 | `docker`                         |
+//! | base image    |               | `BOTTLE_BASE_IMAGE`              | `bot-bottle/base:bookworm`       |
+//! | state root    |               | `XDG_STATE_HOME`                 | `~/.local/state` + `/bot-bottle` |
+//!
+//! `CLAUDE_BOTTLE_*` names of the original tool are read as aliases.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bottle_manifest::load::Lookup;
+
+use crate::cli::{BackendName, ManifestArg};
+use crate::env;
+
+/// Default base image (made by `scripts/base-image`).
+pub const DEFAULT_BASE_IMAGE: &str = "bot-bottle/base:bookworm";
+/// Default wait for the gate's sockets.
+const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Settings every command shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub home: PathBuf,
+    pub cwd: PathBuf,
+    /// `$XDG_STATE_HOME/bot-bottle`.
+    pub state_root: PathBuf,
+    pub config_home: Option<PathBuf>,
+}
+
+impl Global {
+    pub fn resolve() -> anyhow::Result<Global> {
+        let Some(home) = env::read(env::HOME).map(PathBuf::from) else {
+            bail!(
+                "HOME is not set: bot-bottle needs it for ~ in manifests and for its state directory"
+            );
+        };
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let state_home = env::read(env::XDG_STATE_HOME)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".local").join("state"));
+        let config_home = env::read(env::XDG_CONFIG_HOME)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".config"));
+        Ok(Global {
+            state_root: state_home.join("bot-bottle"),
+            config_home: Some(config_home),
+            home,
+            cwd,
+        })
+    }
+
+    /// Where to look for the manifest, with `flag` first.
+    pub fn manifest_lookup(&self, flag: &ManifestArg) -> Lookup {
+        Lookup {
+            flag: flag.manifest.clone(),
+            env: env::read(env::BOTTLE_MANIFEST).map(PathBuf::from),
+            cwd: self.cwd.clone(),
+            config_home: self.config_home.clone(),
+        }
+    }
+}
+
+/// Settings of `start`.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub backend: BackendName,
+    pub base_image: String,
+    pub install_claude: String,
+    pub gate_timeout: Duration,
+}
+
+impl Start {
+    pub fn resolve(flag: Option<BackendName>) -> anyhow::Result<Start> {
+        let backend = match flag {
+            Some(b) => b,
+            None => match env::read(env::BOTTLE_BACKEND).as_deref() {
+                None | Some("docker") => BackendName::Docker,
+                Some(other) => bail!(
+                    "{} is {other:?}, which is not a backend of this build: use docker",
+                    env::BOTTLE_BACKEND
+                ),
+            },
+        };
+        let install_claude = env::read(env::BOTTLE_INSTALL_CLAUDE).unwrap_or_else(|| "auto".into());
+        if !matches!(install_claude.as_str(), "auto" | "0" | "1") {
+            bail!(
+                "{} must be auto, 0 or 1, not {install_claude:?}",
+                env::BOTTLE_INSTALL_CLAUDE
+            );
+        }
+        let gate_timeout = match env::read(env::BOTTLE_GATE_TIMEOUT_MS) {
+            None => DEFAULT_GATE_TIMEOUT,
+            Some(ms) => Duration::from_millis(ms.parse().with_context(|| {
+                format!(
+                    "{} must be a number of milliseconds",
+                    env::BOTTLE_GATE_TIMEOUT_MS
+                )
+            })?),
+        };
+        Ok(Start {
+            backend,
+            base_image: env::read(env::BOTTLE_BASE_IMAGE)
+                .unwrap_or_else(|| DEFAULT_BASE_IMAGE.into()),
+            install_claude,
+            gate_timeout,
+        })
+    }
+}

@@ -1,0 +1,60 @@
+//! The gate's configuration: written by the launcher into the bottle's state
+//! directory, mounted read-only into the gate, never seen by the agent.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use bottle_manifest::host::{HostRule, RuleError};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// File name of the egress role's socket in the socket directory.
+pub const EGRESS_SOCKET: &str = "egress.sock";
+
+/// Everything one gate process needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// The bottle this gate serves (for log lines).
+    pub identity: String,
+    /// Directory where the gate creates its sockets; shared with the agent.
+    pub socket_dir: PathBuf,
+    /// JSON-lines audit log, appended to.
+    pub audit_log: PathBuf,
+    pub egress: EgressConfig,
+}
+
+/// The egress role's policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// The bottle's `allow` rules, as written (parsed again at start so the
+    /// gate and the manifest check can never disagree).
+    pub allow: Vec<String>,
+    /// Private ranges the person allowed (`allow_private`).
+    pub allow_private: Vec<IpNet>,
+    /// Subnets of the network the gate reaches the outside through, when
+    /// the person chose it (`gate_network`): their own services.
+    pub trusted_subnets: Vec<IpNet>,
+    /// Addresses refused even inside `trusted_subnets`: the network's
+    /// gateways, which are the host.
+    pub refused_addresses: Vec<IpAddr>,
+}
+
+impl EgressConfig {
+    /// Parses the rules; an invalid one is an error (fail closed).
+    pub fn rules(&self) -> Result<Vec<HostRule>, RuleError> {
+        self.allow.iter().map(|r| HostRule::parse(r)).collect()
+    }
+}
+
+impl GateConfig {
+    /// Reads the configuration the launcher wrote.
+    pub fn load(path: &Path) -> Result<GateConfig, crate::GateError> {
+        let text = fs_err::read_to_string(path)?;
+        serde_json::from_str(&text).map_err(|e| crate::GateError::Config {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}

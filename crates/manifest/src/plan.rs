@@ -1,0 +1,535 @@
+//! The frozen plan of one bottle: everything `start` will do, decided
+//! before anything is created.
+//!
+//! `start --dry-run --format json` prints [`Plan`] as JSON. Its keys are a
+//! stable contract (docs/plan.md): fields are added, never renamed or
+//! removed. The plan never holds a secret: host variables and credentials
+//! appear by name only.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use serde::Serialize;
+
+use crate::error::ManifestError;
+use crate::host::HostRule;
+use crate::manifest::{EnvValue, Manifest, PushPolicy, Runtime};
+use crate::validate::{CheckedBottle, ROLE_CLAUDE_CODE_OAUTH};
+
+/// Version of the plan's JSON shape.
+pub const PLAN_VERSION: u32 = 1;
+/// Where the agent works inside the bottle.
+pub const WORKDIR: &str = "/workspace";
+/// The agent's user inside the bottle.
+pub const AGENT_USER: &str = "agent";
+/// The agent's home inside the bottle.
+pub const AGENT_HOME: &str = "/home/agent";
+/// The egress proxy as the agent sees it (the shim's loopback port).
+pub const PROXY_PORT: u16 = 3128;
+/// `NO_PROXY` in the bottle: only the bottle's own loopback.
+pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
+/// Length of the random part of an identity.
+const SUFFIX_LEN: usize = 6;
+
+/// Image names a plan uses.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Images {
+    /// What the gate and agent images are built `FROM`.
+    pub base: String,
+    pub gate: String,
+    /// The agent image: the bottle's `image`, or the default.
+    pub agent: String,
+    /// Whether `agent` is the default image that bot-bottle builds.
+    pub agent_is_default: bool,
+}
+
+/// Where the agent's command came from.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandSource {
+    /// The agent's `command` in the manifest.
+    Agent,
+    /// `-- CMD…` on the command line.
+    Argv,
+}
+
+/// One variable of the agent's environment.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EnvPlan {
+    pub name: String,
+    /// `literal`, `host` (forwarded by name) or `bottle` (set by bot-bottle).
+    pub source: &'static str,
+    /// The value, for literals and bot-bottle's own variables only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The host variable read, for `host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_var: Option<String>,
+}
+
+/// A credential route, without its secret.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RoutePlan {
+    pub host: String,
+    pub header: String,
+    pub scheme: String,
+    /// The host variable holding the secret, when `token_ref` is used.
+    pub token_ref: Option<String>,
+    /// Whether the secret comes from `token_command`.
+    pub token_command: bool,
+    pub roles: Vec<String>,
+}
+
+/// The egress gate's policy.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EgressPlan {
+    /// Proxy URL the agent's HTTP(S)_PROXY points at.
+    pub proxy_url: String,
+    pub no_proxy: String,
+    pub allow: Vec<HostRule>,
+    pub allow_private: Vec<String>,
+    pub routes: Vec<RoutePlan>,
+    pub upstream_ca: Option<PathBuf>,
+}
+
+/// A git upstream, without its key.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GitPlan {
+    pub name: String,
+    pub upstream: String,
+    pub identity_file: PathBuf,
+    /// Whether the host key is pinned in the manifest (else first use).
+    pub host_key_pinned: bool,
+    pub push: PushPolicyPlan,
+}
+
+/// Push policy as planned.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PushPolicyPlan {
+    pub branches: Vec<String>,
+    pub force: bool,
+    pub delete: bool,
+    pub tags: bool,
+    pub max_pack_bytes: Option<u64>,
+}
+
+impl From<&PushPolicy> for PushPolicyPlan {
+    fn from(p: &PushPolicy) -> Self {
+        PushPolicyPlan {
+            branches: p.branches.clone(),
+            force: p.force,
+            delete: p.delete,
+            tags: p.tags,
+            max_pack_bytes: p.max_pack_bytes,
+        }
+    }
+}
+
+/// Limits of the agent's sandbox.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ResourcePlan {
+    pub cpus: Option<f64>,
+    pub memory_bytes: u64,
+    pub pids: i64,
+}
+
+/// The frozen plan of one bottle.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Plan {
+    pub version: u32,
+    pub identity: String,
+    pub agent: String,
+    pub bottle: String,
+    pub manifest: PathBuf,
+    pub backend: String,
+    pub command: Vec<String>,
+    pub command_source: CommandSource,
+    pub workdir: String,
+    pub user: String,
+    pub images: Images,
+    pub runtime: Runtime,
+    /// The Docker network the gate reaches the outside through; `None`: a
+    /// network made for this bottle.
+    pub gate_network: Option<String>,
+    pub egress: EgressPlan,
+    pub env: Vec<EnvPlan>,
+    pub git: Vec<GitPlan>,
+    pub skills: Vec<String>,
+    pub has_prompt: bool,
+    pub supervise: bool,
+    pub resources: ResourcePlan,
+    pub state_dir: PathBuf,
+    pub remove_on_exit: bool,
+}
+
+/// What `prepare` needs besides the manifest.
+pub struct PlanInput<'a> {
+    pub manifest_path: &'a Path,
+    pub manifest: &'a Manifest,
+    pub checked: &'a std::collections::BTreeMap<String, CheckedBottle>,
+    pub agent: &'a str,
+    /// `-- CMD…`, when given.
+    pub command: Option<Vec<String>>,
+    pub backend: &'a str,
+    pub base_image: &'a str,
+    pub remove_on_exit: bool,
+    /// `$XDG_STATE_HOME/bot-bottle`.
+    pub state_root: &'a Path,
+    /// Reads a host variable (to check that forwarded ones are set).
+    pub host_env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// Default image names.
+pub const GATE_IMAGE: &str = "bot-bottle/gate:latest";
+pub const AGENT_IMAGE: &str = "bot-bottle/agent:latest";
+
+/// Builds the plan for starting `input.agent`, minting a fresh identity.
+pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
+    let manifest = input.manifest;
+    let agent = manifest
+        .agents
+        .get(input.agent)
+        .ok_or_else(|| ManifestError::UnknownAgent {
+            path: input.manifest_path.to_owned(),
+            name: input.agent.to_owned(),
+            known: manifest.agents.keys().cloned().collect(),
+        })?;
+    let start_error = |message: String| ManifestError::Start {
+        agent: input.agent.to_owned(),
+        message,
+    };
+    let (bottle, checked) = manifest
+        .bottles
+        .get(&agent.bottle)
+        .zip(input.checked.get(&agent.bottle))
+        .ok_or_else(|| start_error(format!("bottle {:?} is not defined", agent.bottle)))?;
+
+    let (command, command_source) = match input.command {
+        Some(cmd) if !cmd.is_empty() => (cmd, CommandSource::Argv),
+        _ => (agent.command.clone(), CommandSource::Agent),
+    };
+
+    let identity = mint_identity(input.agent);
+    let proxy_url = format!("http://127.0.0.1:{PROXY_PORT}");
+
+    let mut env = Vec::new();
+    for (name, value) in &agent.env {
+        env.push(match value {
+            EnvValue::Literal(text) => EnvPlan {
+                name: name.clone(),
+                source: "literal",
+                value: Some(text.clone()),
+                host_var: None,
+            },
+            EnvValue::FromHost(from) => {
+                if (input.host_env)(&from.from_host).is_none() {
+                    return Err(start_error(format!(
+                        "env {name} forwards the host variable {} which is not set: export it or remove it from the agent's env",
+                        from.from_host
+                    )));
+                }
+                EnvPlan {
+                    name: name.clone(),
+                    source: "host",
+                    value: None,
+                    host_var: Some(from.from_host.clone()),
+                }
+            }
+        });
+    }
+
+    let routes: Vec<RoutePlan> = bottle
+        .egress_proxy
+        .routes
+        .iter()
+        .map(|r| RoutePlan {
+            host: r.host.to_ascii_lowercase(),
+            header: r
+                .header
+                .clone()
+                .unwrap_or_else(|| "authorization".to_owned())
+                .to_ascii_lowercase(),
+            scheme: r.scheme.clone().unwrap_or_else(|| "Bearer".to_owned()),
+            token_ref: r.token_ref.clone(),
+            token_command: r.token_command.is_some(),
+            roles: r.role.iter().flat_map(|r| r.as_slice()).cloned().collect(),
+        })
+        .collect();
+    for route in &routes {
+        if let Some(var) = &route.token_ref
+            && (input.host_env)(var).is_none()
+        {
+            return Err(start_error(format!(
+                "the route to {} reads its secret from the host variable {var}, which is not set: export it or use token_command",
+                route.host
+            )));
+        }
+    }
+    let mut bottle_env = vec![
+        ("HTTP_PROXY", proxy_url.clone()),
+        ("HTTPS_PROXY", proxy_url.clone()),
+        ("http_proxy", proxy_url.clone()),
+        ("https_proxy", proxy_url.clone()),
+        ("NO_PROXY", NO_PROXY.to_owned()),
+        ("no_proxy", NO_PROXY.to_owned()),
+        ("BOTTLE_IDENTITY", identity.clone()),
+        ("HOME", AGENT_HOME.to_owned()),
+    ];
+    if routes
+        .iter()
+        .any(|r| r.roles.iter().any(|x| x == ROLE_CLAUDE_CODE_OAUTH))
+    {
+        bottle_env.extend([
+            ("CLAUDE_CODE_OAUTH_TOKEN", oauth_placeholder()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+            ("DISABLE_ERROR_REPORTING", "1".to_owned()),
+        ]);
+    }
+    env.extend(bottle_env.into_iter().map(|(name, value)| EnvPlan {
+        name: name.to_owned(),
+        source: "bottle",
+        value: Some(value),
+        host_var: None,
+    }));
+
+    let git = bottle
+        .git
+        .iter()
+        .zip(&checked.identity_files)
+        .map(|(entry, key)| GitPlan {
+            name: entry.name.clone(),
+            upstream: entry.upstream.clone(),
+            identity_file: key.clone(),
+            host_key_pinned: entry.host_key.is_some(),
+            push: PushPolicyPlan::from(&entry.push),
+        })
+        .collect();
+
+    Ok(Plan {
+        version: PLAN_VERSION,
+        state_dir: input.state_root.join(&identity),
+        identity,
+        agent: input.agent.to_owned(),
+        bottle: agent.bottle.clone(),
+        manifest: input.manifest_path.to_owned(),
+        backend: input.backend.to_owned(),
+        command,
+        command_source,
+        workdir: WORKDIR.to_owned(),
+        user: AGENT_USER.to_owned(),
+        images: Images {
+            base: input.base_image.to_owned(),
+            gate: GATE_IMAGE.to_owned(),
+            agent: bottle
+                .image
+                .clone()
+                .unwrap_or_else(|| AGENT_IMAGE.to_owned()),
+            agent_is_default: bottle.image.as_deref().is_none_or(|i| i == AGENT_IMAGE),
+        },
+        runtime: bottle.runtime,
+        gate_network: bottle.gate_network.clone(),
+        egress: EgressPlan {
+            proxy_url,
+            no_proxy: NO_PROXY.to_owned(),
+            allow: checked.allow.clone(),
+            allow_private: checked
+                .allow_private
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            routes,
+            upstream_ca: checked.upstream_ca.clone(),
+        },
+        env,
+        git,
+        skills: agent.skills.clone(),
+        has_prompt: agent.prompt.is_some(),
+        supervise: bottle.supervise,
+        resources: ResourcePlan {
+            cpus: checked.nano_cpus.map(|n| n as f64 / 1e9),
+            memory_bytes: checked.memory_bytes,
+            pids: checked.pids,
+        },
+        remove_on_exit: input.remove_on_exit,
+    })
+}
+
+/// The placeholder the agent holds instead of a Claude OAuth token. It has
+/// the real token's prefix so clients accept its shape, and says what it is.
+fn oauth_placeholder() -> String {
+    "sk-ant-oat01-bot-bottle-placeholder-the-gate-injects-the-real-token".to_owned()
+}
+
+/// `AGENT-xxxxxx`: the agent's name and a random suffix of lowercase letters
+/// and digits, valid as a Docker container, network and volume name.
+pub fn mint_identity(agent: &str) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..SUFFIX_LEN)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{agent}-{suffix}")
+}
+
+impl Plan {
+    /// The plan as a person reads it (preflight and `--dry-run`).
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: &str| {
+            let _ = writeln!(s, "  {k:<13}{v}");
+        };
+        line("identity", &self.identity);
+        line("agent", &format!("{} (bottle {})", self.agent, self.bottle));
+        line("manifest", &self.manifest.display().to_string());
+        line("backend", &self.backend);
+        line("command", &shell_words(&self.command));
+        line("image", &self.images.agent);
+        line(
+            "runtime",
+            match self.runtime {
+                Runtime::Auto => "auto (gVisor when the engine has runsc)",
+                Runtime::Runc => "runc",
+                Runtime::Runsc => "runsc (gVisor)",
+            },
+        );
+        line(
+            "network",
+            &format!(
+                "agent: none (loopback only); gate: {}",
+                self.gate_network
+                    .as_deref()
+                    .map(|n| format!("{n} (from the manifest)"))
+                    .unwrap_or_else(|| "a network of its own".to_owned())
+            ),
+        );
+        let allow = if self.egress.allow.is_empty() {
+            "nothing (every request is refused)".to_owned()
+        } else {
+            self.egress
+                .allow
+                .iter()
+                .map(|r| r.text.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        line("allow", &allow);
+        if !self.egress.allow_private.is_empty() {
+            line("private ok", &self.egress.allow_private.join(", "));
+        }
+        for route in &self.egress.routes {
+            let secret = match &route.token_ref {
+                Some(var) => format!("${var}"),
+                None => "token_command".to_owned(),
+            };
+            let roles = if route.roles.is_empty() {
+                String::new()
+            } else {
+                format!(" roles: {}", route.roles.join(", "))
+            };
+            line(
+                "route",
+                &format!(
+                    "{} {}: {} {secret}{roles}",
+                    route.host, route.header, route.scheme
+                ),
+            );
+        }
+        if let Some(ca) = &self.egress.upstream_ca {
+            line("upstream CA", &ca.display().to_string());
+        }
+        for git in &self.git {
+            line(
+                "git",
+                &format!(
+                    "{} -> {} key {} push {} force={} delete={} tags={}",
+                    git.name,
+                    git.upstream,
+                    git.identity_file.display(),
+                    git.push.branches.join(","),
+                    git.push.force,
+                    git.push.delete,
+                    git.push.tags
+                ),
+            );
+        }
+        let env: Vec<String> = self
+            .env
+            .iter()
+            .filter(|e| e.source != "bottle")
+            .map(|e| match &e.host_var {
+                Some(var) => format!("{}=${var}", e.name),
+                None => e.name.clone(),
+            })
+            .collect();
+        if !env.is_empty() {
+            line("env", &env.join(", "));
+        }
+        if !self.skills.is_empty() {
+            line("skills", &self.skills.join(", "));
+        }
+        line(
+            "resources",
+            &format!(
+                "memory {} MiB, pids {}, cpus {}",
+                self.resources.memory_bytes >> 20,
+                self.resources.pids,
+                self.resources
+                    .cpus
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "all".to_owned())
+            ),
+        );
+        line("state", &self.state_dir.display().to_string());
+        line(
+            "on exit",
+            if self.remove_on_exit {
+                "remove everything (--rm)"
+            } else {
+                "remove containers and network, keep the state directory"
+            },
+        );
+        s
+    }
+}
+
+/// Argv quoted for display, so a person sees where each argument ends.
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_docker_names_and_differ() {
+        let a = mint_identity("demo");
+        let b = mint_identity("demo");
+        assert_ne!(a, b);
+        assert!(a.starts_with("demo-"));
+        assert_eq!(a.len(), "demo-".len() + SUFFIX_LEN);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        );
+    }
+
+    #[test]
+    fn shell_words_quote_what_needs_it() {
+        let argv = ["sh", "-c", "echo 'hi'"].map(String::from);
+        assert_eq!(shell_words(&argv), r#"sh -c 'echo '\''hi'\'''"#);
+    }
+}

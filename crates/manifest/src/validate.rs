@@ -1,0 +1,579 @@
+//! Checking what a parsed manifest means, and resolving what the rest of
+//! bot-bottle needs from it (parsed rules, sizes, absolute paths).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use crate::error::Problem;
+use crate::host::{HostRule, normalize_host};
+use crate::manifest::{Bottle, EnvValue, GitEntry, Manifest, MemorySize, Route};
+
+/// Roles a credential route may carry.
+pub const KNOWN_ROLES: &[&str] = &[ROLE_CLAUDE_CODE_OAUTH];
+/// Gives the agent `CLAUDE_CODE_OAUTH_TOKEN=<placeholder>` and turns off
+/// Claude Code's non-essential traffic. One route per bottle at most.
+pub const ROLE_CLAUDE_CODE_OAUTH: &str = "claude_code_oauth";
+
+/// Memory limit when the manifest names none.
+pub const DEFAULT_MEMORY_BYTES: u64 = 4 << 30;
+/// Process limit when the manifest names none.
+pub const DEFAULT_PIDS: i64 = 1024;
+/// Smallest memory limit accepted: the shim, a shell and a tool or two.
+pub const MIN_MEMORY_BYTES: u64 = 32 << 20;
+/// Smallest process limit accepted.
+pub const MIN_PIDS: i64 = 16;
+/// Longest agent or bottle name: identities add a suffix and must stay
+/// within Docker's name limits.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Environment variables bot-bottle sets in the bottle itself; an agent's
+/// `env` may not override them (they are how egress reaches the gate).
+pub const RESERVED_ENV: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+    "CARGO_HTTP_CAINFO",
+    "AWS_CA_BUNDLE",
+    "DENO_CERT",
+];
+
+/// What validation needs from the host.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The user's home, for `~` and `~/.claude/skills`.
+    pub home: PathBuf,
+    /// The manifest's directory: relative paths in it are relative to here.
+    pub base_dir: PathBuf,
+}
+
+impl Context {
+    /// Expands `~/` and makes relative paths relative to the manifest.
+    pub fn resolve_path(&self, path: &str) -> PathBuf {
+        if path == "~" {
+            self.home.clone()
+        } else if let Some(rest) = path.strip_prefix("~/") {
+            self.home.join(rest)
+        } else if Path::new(path).is_absolute() {
+            PathBuf::from(path)
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// Where the skill `name` must be on the host.
+    pub fn skill_dir(&self, name: &str) -> PathBuf {
+        self.home.join(".claude").join("skills").join(name)
+    }
+}
+
+/// A bottle after validation: its rules parsed and its sizes resolved.
+#[derive(Debug, Clone)]
+pub struct CheckedBottle {
+    pub allow: Vec<HostRule>,
+    pub allow_private: Vec<IpNet>,
+    pub memory_bytes: u64,
+    pub pids: i64,
+    pub nano_cpus: Option<i64>,
+    pub upstream_ca: Option<PathBuf>,
+    /// Identity file of each git entry, in order, resolved.
+    pub identity_files: Vec<PathBuf>,
+}
+
+/// Checks every agent and bottle of `manifest`. Returns each bottle's
+/// resolved settings, or every problem found (not only the first).
+pub fn check(
+    manifest: &Manifest,
+    ctx: &Context,
+) -> Result<BTreeMap<String, CheckedBottle>, Vec<Problem>> {
+    let mut out = Problems::default();
+    for (name, agent) in &manifest.agents {
+        let at = format!("agents.{name}");
+        check_name(&mut out, &at, "agent", name);
+        if !manifest.bottles.contains_key(&agent.bottle) {
+            let known: Vec<&str> = manifest.bottles.keys().map(String::as_str).collect();
+            out.push(
+                format!("{at}.bottle"),
+                format!(
+                    "bottle {:?} is not defined: {}",
+                    agent.bottle,
+                    if known.is_empty() {
+                        "add it under \"bottles\"".to_owned()
+                    } else {
+                        format!("use one of {}", known.join(", "))
+                    }
+                ),
+            );
+        }
+        if agent.command.first().is_none_or(|c| c.is_empty()) {
+            out.push(
+                format!("{at}.command"),
+                "the command is empty: give the program and its arguments, as [\"claude\"]",
+            );
+        }
+        for (i, arg) in agent.command.iter().enumerate() {
+            if arg.contains('\0') {
+                out.push(format!("{at}.command[{i}]"), "contains a NUL byte");
+            }
+        }
+        for (i, skill) in agent.skills.iter().enumerate() {
+            let field = format!("{at}.skills[{i}]");
+            if !is_plain_name(skill) {
+                out.push(
+                    field,
+                    format!("skill name {skill:?} must be a plain directory name (letters, digits, '.', '_', '-')"),
+                );
+                continue;
+            }
+            let dir = ctx.skill_dir(skill);
+            if !dir.is_dir() {
+                out.push(
+                    field,
+                    format!(
+                        "skill {skill:?} not found at {}: create it or remove it from agent {name:?}",
+                        dir.display()
+                    ),
+                );
+            }
+        }
+        for (var, value) in &agent.env {
+            let field = format!("{at}.env.{var}");
+            if !is_env_name(var) {
+                out.push(
+                    field.clone(),
+                    format!("{var:?} is not a valid variable name (letters, digits and '_', not starting with a digit)"),
+                );
+            } else if RESERVED_ENV.contains(&var.as_str()) || var.starts_with("BOTTLE_") {
+                out.push(
+                    field.clone(),
+                    format!("{var} is set by bot-bottle itself: remove it from the agent's env"),
+                );
+            }
+            match value {
+                EnvValue::Literal(text) if text.contains(['\n', '\r', '\0']) => out.push(
+                    field,
+                    "the value contains a newline or NUL: use {\"from_host\": \"VAR\"} to forward a multi-line value by name",
+                ),
+                EnvValue::FromHost(from) if !is_env_name(&from.from_host) => out.push(
+                    format!("{field}.from_host"),
+                    format!("{:?} is not a valid variable name", from.from_host),
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    let mut checked = BTreeMap::new();
+    for (name, bottle) in &manifest.bottles {
+        let at = format!("bottles.{name}");
+        check_name(&mut out, &at, "bottle", name);
+        checked.insert(name.clone(), check_bottle(&mut out, &at, bottle, ctx));
+    }
+    out.finish().map(|()| checked)
+}
+
+fn check_bottle(out: &mut Problems, at: &str, bottle: &Bottle, ctx: &Context) -> CheckedBottle {
+    if let Some(image) = &bottle.image
+        && (image.is_empty() || image.contains(char::is_whitespace))
+    {
+        out.push(
+            format!("{at}.image"),
+            format!("{image:?} is not an image reference"),
+        );
+    }
+
+    let mut allow = Vec::new();
+    for (i, text) in bottle.allow.iter().enumerate() {
+        match HostRule::parse(text) {
+            Ok(rule) => allow.push(rule),
+            Err(err) => out.push(format!("{at}.allow[{i}]"), err.to_string()),
+        }
+    }
+
+    let mut allow_private = Vec::new();
+    for (i, text) in bottle.allow_private.iter().enumerate() {
+        let field = format!("{at}.allow_private[{i}]");
+        match text.parse::<IpNet>() {
+            Ok(net) if net.prefix_len() == 0 => out.push(
+                field,
+                format!(
+                    "{text:?} would allow every address: name the private ranges your servers use"
+                ),
+            ),
+            Ok(net) => allow_private.push(net.trunc()),
+            Err(_) => out.push(
+                field,
+                format!("{text:?} is not a CIDR range such as \"10.20.0.0/16\""),
+            ),
+        }
+    }
+
+    if let Some(network) = &bottle.gate_network
+        && !is_docker_name(network)
+    {
+        out.push(
+            format!("{at}.gate_network"),
+            format!("{network:?} is not a Docker network name (letters, digits, '_', '.', '-')"),
+        );
+    }
+
+    check_routes(out, at, &bottle.egress_proxy.routes, &allow);
+    let upstream_ca = bottle.egress_proxy.upstream_ca.as_ref().map(|p| {
+        let path = ctx.resolve_path(p);
+        if !path.is_file() {
+            out.push(
+                format!("{at}.egress_proxy.upstream_ca"),
+                format!(
+                    "CA file {} does not exist: fix the path or remove upstream_ca",
+                    path.display()
+                ),
+            );
+        }
+        path
+    });
+
+    let identity_files = check_git(out, at, &bottle.git, ctx);
+
+    let memory_bytes = match &bottle.resources.memory {
+        None => DEFAULT_MEMORY_BYTES,
+        Some(size) => match parse_memory(size) {
+            Some(bytes) if bytes >= MIN_MEMORY_BYTES => bytes,
+            Some(_) => {
+                out.push(
+                    format!("{at}.resources.memory"),
+                    format!("at least {} MiB is needed", MIN_MEMORY_BYTES >> 20),
+                );
+                MIN_MEMORY_BYTES
+            }
+            None => {
+                out.push(
+                    format!("{at}.resources.memory"),
+                    "expected bytes or a size such as \"512m\" or \"4g\"",
+                );
+                DEFAULT_MEMORY_BYTES
+            }
+        },
+    };
+    let pids = bottle.resources.pids.unwrap_or(DEFAULT_PIDS);
+    if pids < MIN_PIDS {
+        out.push(
+            format!("{at}.resources.pids"),
+            format!("at least {MIN_PIDS} processes are needed"),
+        );
+    }
+    let nano_cpus = bottle.resources.cpus.and_then(|cpus| {
+        if cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0 {
+            Some((cpus * 1e9) as i64)
+        } else {
+            out.push(
+                format!("{at}.resources.cpus"),
+                "expected a number of CPUs greater than 0, such as 2 or 0.5",
+            );
+            None
+        }
+    });
+
+    CheckedBottle {
+        allow,
+        allow_private,
+        memory_bytes,
+        pids,
+        nano_cpus,
+        upstream_ca,
+        identity_files,
+    }
+}
+
+fn check_routes(out: &mut Problems, at: &str, routes: &[Route], allow: &[HostRule]) {
+    let mut oauth_routes = 0;
+    for (i, route) in routes.iter().enumerate() {
+        let field = format!("{at}.egress_proxy.routes[{i}]");
+        match normalize_host(&route.host) {
+            Ok(host) if !allow.iter().any(|rule| rule.allows(&host, 443, 443)) => out.push(
+                format!("{field}.host"),
+                format!(
+                    "{} is not allowed on port 443: add it to the bottle's allow list",
+                    route.host
+                ),
+            ),
+            Ok(_) => {}
+            Err(err) => out.push(format!("{field}.host"), err.to_string()),
+        }
+        match (&route.token_ref, &route.token_command) {
+            (Some(_), Some(_)) => out.push(
+                field.clone(),
+                "give either token_ref or token_command, not both",
+            ),
+            (None, None) => out.push(
+                field.clone(),
+                "no secret: set token_ref (a host variable) or token_command (a command printing the secret)",
+            ),
+            (Some(var), None) if !is_env_name(var) => out.push(
+                format!("{field}.token_ref"),
+                format!("{var:?} is not a valid variable name"),
+            ),
+            (None, Some(cmd)) if cmd.trim().is_empty() => {
+                out.push(format!("{field}.token_command"), "the command is empty")
+            }
+            _ => {}
+        }
+        if let Some(header) = &route.header
+            && !is_header_name(header)
+        {
+            out.push(
+                format!("{field}.header"),
+                format!("{header:?} is not a header name that may carry a credential"),
+            );
+        }
+        if let Some(scheme) = &route.scheme
+            && scheme.contains(|c: char| c.is_control() || c.is_whitespace())
+        {
+            out.push(
+                format!("{field}.scheme"),
+                "the scheme must be one word, such as Bearer",
+            );
+        }
+        for role in route.role.iter().flat_map(|r| r.as_slice()) {
+            if role == ROLE_CLAUDE_CODE_OAUTH {
+                oauth_routes += 1;
+                if oauth_routes == 2 {
+                    out.push(
+                        format!("{field}.Role"),
+                        format!("{ROLE_CLAUDE_CODE_OAUTH} may appear on one route per bottle: remove it from all but one"),
+                    );
+                }
+            } else if !KNOWN_ROLES.contains(&role.as_str()) {
+                out.push(
+                    format!("{field}.Role"),
+                    format!(
+                        "unknown role {role:?}: known roles are {}",
+                        KNOWN_ROLES.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_git(out: &mut Problems, at: &str, entries: &[GitEntry], ctx: &Context) -> Vec<PathBuf> {
+    let mut names = Vec::new();
+    let mut keys = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let field = format!("{at}.git[{i}]");
+        if !is_plain_name(&entry.name) {
+            out.push(
+                format!("{field}.Name"),
+                format!(
+                    "{:?} is not a remote name (letters, digits, '.', '_', '-')",
+                    entry.name
+                ),
+            );
+        } else if names.contains(&&entry.name) {
+            out.push(
+                format!("{field}.Name"),
+                format!("remote {:?} is defined twice", entry.name),
+            );
+        }
+        names.push(&entry.name);
+        if !is_ssh_url(&entry.upstream) {
+            out.push(
+                format!("{field}.Upstream"),
+                format!(
+                    "{:?} is not an SSH URL: use ssh://user@host/path.git or user@host:path.git",
+                    entry.upstream
+                ),
+            );
+        }
+        let key = ctx.resolve_path(&entry.identity_file);
+        if !key.is_file() {
+            out.push(
+                format!("{field}.IdentityFile"),
+                format!(
+                    "identity file {} does not exist: create the key (ssh-keygen -t ed25519 -f {}) or fix the path",
+                    key.display(),
+                    key.display()
+                ),
+            );
+        }
+        keys.push(key);
+        if let Some(line) = &entry.host_key
+            && (line.split_whitespace().count() < 3 || line.contains('\n'))
+        {
+            out.push(
+                format!("{field}.HostKey"),
+                "expected one known_hosts line: \"host key-type base64-key\"",
+            );
+        }
+        if entry
+            .push
+            .branches
+            .iter()
+            .any(|b| b.trim().is_empty() || b.contains(char::is_whitespace))
+        {
+            out.push(
+                format!("{field}.push.branches"),
+                "branch patterns may not be empty or contain spaces",
+            );
+        }
+        if entry.push.max_pack_bytes == Some(0) {
+            out.push(
+                format!("{field}.push.max_pack_bytes"),
+                "must be more than 0",
+            );
+        }
+    }
+    keys
+}
+
+/// Parses `512m`, `4g`, `1.5G`, `1048576`.
+pub fn parse_memory(size: &MemorySize) -> Option<u64> {
+    let text = match size {
+        MemorySize::Bytes(bytes) => return Some(*bytes),
+        MemorySize::Text(text) => text.trim().to_ascii_lowercase(),
+    };
+    let text = text.strip_suffix('b').unwrap_or(&text);
+    let (number, shift) = match text.char_indices().last()? {
+        (i, 'k') => (&text[..i], 10),
+        (i, 'm') => (&text[..i], 20),
+        (i, 'g') => (&text[..i], 30),
+        (i, 't') => (&text[..i], 40),
+        _ => (text, 0),
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    (value.is_finite() && value > 0.0).then(|| (value * (1u64 << shift) as f64) as u64)
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn finish(self) -> Result<(), Vec<Problem>> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+fn check_name(out: &mut Problems, at: &str, kind: &str, name: &str) {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        out.push(
+            at,
+            format!(
+                "{kind} name {name:?} must be 1 to {MAX_NAME_LEN} lowercase letters, digits, '-' or '_' (it names containers and networks)"
+            ),
+        );
+    }
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn is_docker_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn is_header_name(name: &str) -> bool {
+    const FORBIDDEN: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "keep-alive",
+    ];
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !FORBIDDEN.contains(&name.to_ascii_lowercase().as_str())
+}
+
+fn is_ssh_url(url: &str) -> bool {
+    if url.contains(char::is_whitespace) || url.starts_with('-') {
+        return false;
+    }
+    if let Some(rest) = url.strip_prefix("ssh://") {
+        let rest = rest.trim_start_matches('/');
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        return !authority.is_empty() && !path.is_empty();
+    }
+    if url.contains("://") {
+        return false;
+    }
+    // scp-like: [user@]host:path, where host has no '/'.
+    match url.split_once(':') {
+        Some((host, path)) => !host.is_empty() && !host.contains('/') && !path.is_empty(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        let text = |s: &str| parse_memory(&MemorySize::Text(s.to_owned()));
+        assert_eq!(text("4g"), Some(4 << 30));
+        assert_eq!(text("512M"), Some(512 << 20));
+        assert_eq!(text("1.5g"), Some(3 << 29));
+        assert_eq!(text("100"), Some(100));
+        assert_eq!(text("lots"), None);
+        assert_eq!(text("-1g"), None);
+    }
+
+    #[test]
+    fn ssh_urls() {
+        assert!(is_ssh_url("ssh://git@git.example.com/me/repo.git"));
+        assert!(is_ssh_url("git@github.com:me/repo.git"));
+        assert!(!is_ssh_url("https://example.com/repo.git"));
+        assert!(!is_ssh_url("-oProxyCommand=x:y"));
+        assert!(!is_ssh_url("ssh://host"));
+    }
+}

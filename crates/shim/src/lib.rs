@@ -1,0 +1,212 @@
+//! `bottle shim`: pid 1 inside the agent's sandbox.
+//!
+//! The sandbox has no network interface but loopback. The shim listens on
+//! loopback ports and forwards each connection to a gate socket in the
+//! directory shared with the gate, so the agent's tools can use ordinary
+//! TCP (`HTTP_PROXY=http://127.0.0.1:3128`). As pid 1 it also starts the
+//! agent's command, passes signals on to it, reaps every orphan, and exits
+//! with the command's status.
+//!
+//! When a gate socket cannot be reached the connection is closed at once:
+//! there is no fallback route, so a dead gate means failed requests.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::net::{TcpListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Exit status when the shim itself fails (sysexits' EX_SOFTWARE).
+pub const EXIT_SHIM_FAILED: i32 = 70;
+
+/// One loopback port bridged to one gate socket.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub port: u16,
+    pub socket: PathBuf,
+}
+
+/// What the shim runs.
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    pub forwards: Vec<Forward>,
+    /// How long to wait for the gate's sockets before giving up.
+    pub gate_timeout: Duration,
+    pub command: Vec<String>,
+}
+
+/// Errors that keep the shim from starting the command.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Listen { port: u16, source: std::io::Error },
+    #[error(
+        "the gate did not come up within {0:?} (socket {1} is missing): the bottle has no way out, so the command was not started"
+    )]
+    GateMissing(Duration, PathBuf),
+    #[error("cannot run {program:?}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("no command to run")]
+    NoCommand,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the shim; returns the exit status for the process.
+pub fn run(config: ShimConfig) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("bottle shim: cannot start: {err}");
+            return EXIT_SHIM_FAILED;
+        }
+    };
+    match runtime.block_on(supervise(config)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("bottle shim: {err}");
+            match err {
+                ShimError::Spawn { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    127
+                }
+                ShimError::Spawn { .. } => 126,
+                _ => EXIT_SHIM_FAILED,
+            }
+        }
+    }
+}
+
+/// Signals passed on to the command's process group.
+const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
+    let (program, args) = config.command.split_first().ok_or(ShimError::NoCommand)?;
+
+    // Handlers first, so no signal or child exit is missed.
+    let mut child_exits = signal(SignalKind::child())?;
+    let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
+    for &sig in FORWARDED {
+        let mut stream = signal(SignalKind::from_raw(sig as i32))?;
+        let tx = sig_tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    for forward in &config.forwards {
+        let listener = TcpListener::bind(("127.0.0.1", forward.port))
+            .await
+            .map_err(|source| ShimError::Listen {
+                port: forward.port,
+                source,
+            })?;
+        tokio::spawn(bridge(listener, forward.socket.clone()));
+    }
+    wait_for_gate(&config).await?;
+
+    let interactive = std::io::stdin().is_terminal();
+    let child = Command::new(program)
+        .args(args)
+        // Its own process group: signals go to the whole pipeline, and a
+        // terminal's Ctrl-C reaches the command, not the shim.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| ShimError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let pid = Pid::from_raw(child.id() as i32);
+    if interactive {
+        let _ = nix::unistd::tcsetpgrp(std::io::stdin(), pid);
+    }
+
+    loop {
+        if let Some(code) = reap(pid) {
+            return Ok(code);
+        }
+        tokio::select! {
+            _ = child_exits.recv() => {}
+            Some(sig) = sig_rx.recv() => {
+                let _ = kill(Pid::from_raw(-pid.as_raw()), sig);
+            }
+        }
+    }
+}
+
+/// Reaps every exited child; returns the command's status once it exits.
+fn reap(command: Pid) -> Option<i32> {
+    let mut status = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == command => status = Some(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => {
+                status = Some(128 + sig as i32)
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return status,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Waits until every gate socket exists (the gate renames each into place
+/// only once it listens).
+async fn wait_for_gate(config: &ShimConfig) -> Result<(), ShimError> {
+    let deadline = Instant::now() + config.gate_timeout;
+    for forward in &config.forwards {
+        while !forward.socket.exists() {
+            if Instant::now() >= deadline {
+                return Err(ShimError::GateMissing(
+                    config.gate_timeout,
+                    forward.socket.clone(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Forwards each loopback connection to the gate socket.
+async fn bridge(listener: TcpListener, socket: PathBuf) {
+    loop {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            // No gate, no path: dropping the connection is the answer.
+            let Ok(mut gate) = UnixStream::connect(&socket).await else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut gate).await;
+        });
+    }
+}
