@@ -30,6 +30,12 @@ pub enum Command {
     /// Run as pid 1 in the agent's sandbox.
     #[command(hide = true)]
     Shim(ShimArgs),
+    /// Remove what is left of a bottle after its launcher returned.
+    #[command(hide = true)]
+    Reap {
+        /// The bottle's identity.
+        identity: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

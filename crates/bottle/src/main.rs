@@ -63,6 +63,7 @@ fn main() {
         Command::Manifest(cmd) => commands::manifest::run(cmd, &printer),
         Command::Gate(args) => commands::gate::run(args),
         Command::Shim(args) => commands::shim::run(args),
+        Command::Reap { identity } => commands::reap::run(&identity),
     };
     let code = match result {
         Ok(code) => code,

@@ -56,6 +56,13 @@ impl Global {
         })
     }
 
+    /// Where launchers serialise image builds: shared by every state root
+    /// of this user, so bottles with different state directories still
+    /// build an image once.
+    pub fn lock_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("bot-bottle-{}", nix::unistd::getuid()))
+    }
+
     /// Where to look for the manifest, with `flag` first.
     pub fn manifest_lookup(&self, flag: &ManifestArg) -> Lookup {
         Lookup {

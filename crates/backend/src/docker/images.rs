@@ -211,6 +211,7 @@ async fn build(
         ..Default::default()
     };
     let mut log = String::new();
+    let mut pending = String::new();
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context)));
     while let Some(item) = stream.next().await {
         let info = item.map_err(|err| BackendError::Build {
@@ -226,23 +227,51 @@ async fn build(
             });
         }
         if let Some(text) = info.stream {
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            log.push_str(&text);
+            pending.push_str(&text);
+            // The engine streams arbitrary fragments: report whole lines.
+            while let Some(end) = pending.find('\n') {
+                let line = strip_ansi(&pending[..end]);
+                pending.drain(..=end);
+                if line.trim().is_empty() {
+                    continue;
+                }
                 if line.starts_with("Step ") {
                     reporter.step(&format!("  {line}"));
                 } else {
                     reporter.detail(&format!("  {line}"));
                 }
             }
-            log.push_str(&text);
         }
     }
     Ok(())
 }
 
+/// `text` without terminal escape sequences (the engine colours stderr).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The last lines of a build log, for an error message.
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+    strip_ansi(&lines[lines.len().saturating_sub(30)..].join("\n"))
 }
 
 /// A tar holding the Dockerfile and the binary as `bottle`.
@@ -266,4 +295,14 @@ fn build_context(dockerfile: &str, binary: &Path) -> Result<Bytes, BackendError>
     let mut bytes = tar.into_inner()?;
     bytes.flush()?;
     Ok(Bytes::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_stripped() {
+        assert_eq!(strip_ansi("\x1b[91mcurl: failed\x1b[0m\r"), "curl: failed");
+    }
 }

@@ -8,16 +8,18 @@ mod session;
 mod spec;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
-    InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+    InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
+    RemoveContainerOptions, WaitContainerOptions,
 };
 use bottle_gate::config::{EgressConfig, GateConfig};
 use bottle_manifest::manifest::Runtime;
 use bottle_manifest::plan::Plan;
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -70,8 +72,9 @@ pub struct DockerPrepared {
     pub own_network: bool,
     pub labels: HashMap<String, String>,
     pub gate_config: GateConfig,
-    pub images: Vec<ImageSpec>,
-    pub agent_image: String,
+    pub gate_image: ImageSpec,
+    /// The agent's image; its tag is what the agent container runs.
+    pub agent_image: ImageSpec,
 }
 
 impl DockerBackend {
@@ -115,14 +118,14 @@ impl Backend for DockerBackend {
             Some(name) => (name.clone(), false),
             None => (format!("{identity}-egress"), true),
         };
-        let mut images = vec![ImageSpec {
+        let gate_image = ImageSpec {
             kind: ImageKind::Gate,
             tag: plan.images.gate.clone(),
             from: plan.images.base.clone(),
             build_args: Vec::new(),
-        }];
+        };
         let agent_image = if plan.images.agent_is_default {
-            images.push(ImageSpec {
+            ImageSpec {
                 kind: ImageKind::Agent,
                 tag: plan.images.agent.clone(),
                 from: plan.images.base.clone(),
@@ -130,18 +133,15 @@ impl Backend for DockerBackend {
                     "INSTALL_CLAUDE".into(),
                     self.settings.install_claude.clone(),
                 )],
-            });
-            plan.images.agent.clone()
+            }
         } else {
             // A person's own image gets the binary layered on top.
-            let tag = derived_tag(&plan.images.agent);
-            images.push(ImageSpec {
+            ImageSpec {
                 kind: ImageKind::Derived,
-                tag: tag.clone(),
+                tag: derived_tag(&plan.images.agent),
                 from: plan.images.agent.clone(),
                 build_args: Vec::new(),
-            });
-            tag
+            }
         };
         let allow = plan.egress.allow.iter().map(|r| r.text.clone()).collect();
         let allow_private = plan
@@ -168,7 +168,7 @@ impl Backend for DockerBackend {
                     refused_addresses: Vec::new(),
                 },
             },
-            images,
+            gate_image,
             agent_image,
             plan: plan.clone(),
         })
@@ -195,7 +195,17 @@ impl Backend for DockerBackend {
         if let Outcome::Interrupted(_) = outcome.as_ref().unwrap_or(&Outcome::Exited(0)) {
             reporter.step("interrupted: tearing the bottle down");
         }
-        let teardown = teardown(&docker, &prepared.plan.identity).await;
+        let torn = Instant::now();
+        // After a normal exit the containers are removed before returning
+        // and the bottle's own network, an inert object whose removal is
+        // slow, is removed by a detached reaper right after. Interrupts and
+        // failures tear everything down before returning.
+        let detach_network = prepared.own_network && matches!(outcome, Ok(Outcome::Exited(_)));
+        let teardown = match teardown(&docker, &prepared.plan.identity, !detach_network).await {
+            Ok(()) if detach_network => spawn_reaper(&prepared.plan.identity),
+            result => result,
+        };
+        reporter.detail(&format!("torn down in {} ms", torn.elapsed().as_millis()));
         let kept = if prepared.plan.remove_on_exit {
             prepared.dir.remove()
         } else {
@@ -218,51 +228,103 @@ impl DockerBackend {
         p: &DockerPrepared,
         reporter: &dyn Reporter,
     ) -> Result<i32, BackendError> {
-        let binary = SelfBinary::current()?;
-        let runtime = async { resolve_runtime(docker, p.plan.runtime).await };
-        let images = async {
-            for spec in &p.images {
-                images::ensure(docker, spec, &binary, &self.settings.lock_dir, reporter).await?;
-            }
-            Ok::<_, BackendError>(())
+        let started = Instant::now();
+        let timing = |what: &str| {
+            reporter.detail(&format!("{what} ({} ms)", started.elapsed().as_millis()));
         };
-        let (runtime, images) = tokio::join!(runtime, images);
-        images?;
-        let runtime = runtime?;
-        if let Some(rt) = &runtime {
-            reporter.detail(&format!("agent runtime: {rt}"));
-        }
-
-        let mut gate_config = p.gate_config.clone();
-        if p.own_network {
-            create_network(docker, &p.gate_network, &p.labels).await?;
-        } else {
-            let (subnets, gateways) = network_addresses(docker, &p.gate_network).await?;
+        let binary = SelfBinary::current()?;
+        let lock_dir = &self.settings.lock_dir;
+        // Two paths side by side: the gate's (image, network, container)
+        // and the agent's (image, runtime, container). The shim holds the
+        // command back until the gate's socket exists.
+        let gate_watch = async {
+            let network = async {
+                if p.own_network {
+                    create_network(docker, &p.gate_network, &p.labels).await?;
+                    Ok((Vec::new(), Vec::new()))
+                } else {
+                    network_addresses(docker, &p.gate_network).await
+                }
+            };
+            let image = images::ensure(docker, &p.gate_image, &binary, lock_dir, reporter);
+            let ((subnets, gateways), ()) = tokio::try_join!(network, image)?;
+            let mut gate_config = p.gate_config.clone();
             gate_config.egress.trusted_subnets = subnets;
             gate_config.egress.refused_addresses = gateways;
+            p.dir.write_json(&p.dir.gate_config(), &gate_config)?;
+            create_container(docker, &p.gate_container, spec::gate_container(p)).await?;
+            docker
+                .start_container(&p.gate_container, None)
+                .await
+                .map_err(|e| BackendError::GateFailed(e.to_string()))?;
+            timing("gate started");
+            let status = exit_status(docker, &p.gate_container).await;
+            reporter.step(&format!(
+                "the gate stopped ({status}): the bottle has no way out now; its requests fail until the command ends{}",
+                log_tail(docker, &p.gate_container).await
+            ));
+            std::future::pending::<Result<i32, BackendError>>().await
+        };
+        let agent_run = async {
+            let image = images::ensure(docker, &p.agent_image, &binary, lock_dir, reporter);
+            let (runtime, ()) = tokio::try_join!(resolve_runtime(docker, p.plan.runtime), image)?;
+            if let Some(rt) = &runtime {
+                reporter.detail(&format!("agent runtime: {rt}"));
+            }
+            let agent = spec::agent_container(
+                p,
+                runtime,
+                session::is_interactive(),
+                self.settings.gate_timeout,
+            )?;
+            create_container(docker, &p.agent_container, agent).await?;
+            session::run(docker, &p.agent_container, &timing).await
+        };
+        tokio::select! {
+            code = agent_run => code,
+            failed = gate_watch => failed,
         }
-        p.dir.write_json(&p.dir.gate_config(), &gate_config)?;
+    }
+}
 
-        let gate = spec::gate_container(p);
-        let agent = spec::agent_container(
-            p,
-            runtime,
-            session::is_interactive(),
-            self.settings.gate_timeout,
-        )?;
-        let (gate_created, agent_created) = tokio::join!(
-            async {
-                create_container(docker, &p.gate_container, gate).await?;
-                docker
-                    .start_container(&p.gate_container, None)
-                    .await
-                    .map_err(|e| BackendError::GateFailed(e.to_string()))
-            },
-            create_container(docker, &p.agent_container, agent),
-        );
-        gate_created?;
-        agent_created?;
-        session::run(docker, &p.agent_container).await
+/// Waits for `container` to stop; describes how it ended.
+async fn exit_status(docker: &Docker, container: &str) -> String {
+    let mut wait = docker.wait_container(container, None::<WaitContainerOptions>);
+    match wait.next().await {
+        Some(Ok(r)) => format!("exit {}", r.status_code),
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+            format!("exit {code}")
+        }
+        Some(Err(e)) => e.to_string(),
+        None => "no status".to_owned(),
+    }
+}
+
+/// The last lines `container` logged, indented, for a message.
+async fn log_tail(docker: &Docker, container: &str) -> String {
+    let options = LogsOptions {
+        stdout: true,
+        stderr: true,
+        tail: "10".into(),
+        ..Default::default()
+    };
+    let lines: Vec<String> = docker
+        .logs(container, Some(options))
+        .filter_map(|item| async move { item.ok().map(|l| l.to_string()) })
+        .collect()
+        .await;
+    let text = lines.concat();
+    if text.trim().is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; it said:\n{}",
+            text.trim_end()
+                .lines()
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     }
 }
 
@@ -363,10 +425,11 @@ async fn create_container(
     Ok(())
 }
 
-/// Removes every container and network labelled with `identity`, whether or
-/// not this process recorded creating it (an interrupt can land between
-/// the engine creating a container and the reply).
-pub async fn teardown(docker: &Docker, identity: &str) -> Result<(), BackendError> {
+/// Removes every container (and, with `networks`, network) labelled with
+/// `identity`, whether or not this process recorded creating it: an
+/// interrupt can land between the engine creating a container and the
+/// reply.
+pub async fn teardown(docker: &Docker, identity: &str, networks: bool) -> Result<(), BackendError> {
     let filter = HashMap::from([(
         "label".to_owned(),
         vec![format!("{IDENTITY_LABEL}={identity}")],
@@ -399,6 +462,9 @@ pub async fn teardown(docker: &Docker, identity: &str) -> Result<(), BackendErro
         .into_iter()
         .filter_map(|r| r.err().filter(|e| !is_not_found(e)).map(|e| e.to_string()))
         .collect();
+    if !networks {
+        return finish_teardown(identity, errors);
+    }
     let networks = docker
         .list_networks(Some(ListNetworksOptions {
             filters: Some(filter),
@@ -413,6 +479,10 @@ pub async fn teardown(docker: &Docker, identity: &str) -> Result<(), BackendErro
             errors.push(e.to_string());
         }
     }
+    finish_teardown(identity, errors)
+}
+
+fn finish_teardown(identity: &str, errors: Vec<String>) -> Result<(), BackendError> {
     if errors.is_empty() {
         Ok(())
     } else {
@@ -420,6 +490,35 @@ pub async fn teardown(docker: &Docker, identity: &str) -> Result<(), BackendErro
             format!("tear down {identity} (run `bottle cleanup` to retry)"),
             errors.join("; "),
         ))
+    }
+}
+
+/// Starts `bottle reap IDENTITY` detached from this process, so the
+/// launcher can return while the bottle's network is removed.
+fn spawn_reaper(identity: &str) -> Result<(), BackendError> {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(std::env::current_exe()?)
+        .args(["reap", identity])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    Ok(())
+}
+
+/// What `bottle reap` does: removes what is left of `identity` (its
+/// containers, then its networks), retrying while the engine still counts
+/// a removed container as attached, for up to `patience`.
+pub async fn reap(identity: &str, patience: Duration) -> Result<(), BackendError> {
+    let docker = connect().await?;
+    let deadline = Instant::now() + patience;
+    loop {
+        match teardown(&docker, identity, true).await {
+            Ok(()) => return Ok(()),
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }
 

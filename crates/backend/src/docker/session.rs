@@ -21,7 +21,11 @@ pub fn is_interactive() -> bool {
 }
 
 /// Attaches, starts, streams, and returns the command's exit status.
-pub async fn run(docker: &Docker, container: &str) -> Result<i32, BackendError> {
+pub async fn run(
+    docker: &Docker,
+    container: &str,
+    timing: &(dyn Fn(&str) + Sync),
+) -> Result<i32, BackendError> {
     let tty = is_interactive();
     let attach = docker
         .attach_container(
@@ -42,6 +46,7 @@ pub async fn run(docker: &Docker, container: &str) -> Result<i32, BackendError> 
         .start_container(container, None)
         .await
         .map_err(|e| BackendError::docker(format!("start {container}"), e))?;
+    timing("agent started");
 
     let resizer =
         tty.then(|| tokio::spawn(follow_window_size(docker.clone(), container.to_owned())));
@@ -82,6 +87,7 @@ pub async fn run(docker: &Docker, container: &str) -> Result<i32, BackendError> 
             break;
         }
     }
+    timing("command finished");
     stdin_pump.abort();
     if let Some(resizer) = resizer {
         resizer.abort();

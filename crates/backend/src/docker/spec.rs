@@ -57,7 +57,7 @@ pub fn agent_container(
     labels.insert(ROLE_LABEL.into(), "agent".into());
     let memory = i64::try_from(p.plan.resources.memory_bytes).unwrap_or(i64::MAX);
     Ok(ContainerCreateBody {
-        image: Some(p.agent_image.clone()),
+        image: Some(p.agent_image.tag.clone()),
         entrypoint: Some(entrypoint),
         cmd: Some(p.plan.command.clone()),
         user: Some(AGENT_UID.into()),

@@ -2,5 +2,6 @@
 
 pub mod gate;
 pub mod manifest;
+pub mod reap;
 pub mod shim;
 pub mod start;

@@ -37,7 +37,7 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
     let backend = match settings.backend {
         BackendName::Docker => DockerBackend::new(DockerSettings {
             install_claude: settings.install_claude.clone(),
-            lock_dir: global.state_root.clone(),
+            lock_dir: global.lock_dir(),
             gate_timeout: settings.gate_timeout,
         }),
     };

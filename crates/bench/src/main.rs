@@ -1,0 +1,212 @@
+//! `bottle-bench`: measures bot-bottle against baselines taken in the same
+//! run, and prints a table with the ratios.
+//!
+//! `bottle-bench start` times `bottle start AGENT -y --rm -- true` against
+//! the floor `docker run --rm --network none BASE true`, and reads the
+//! gate's resident memory while its bottle idles.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Start latency against `docker run`, and the gate's idle memory.
+    Start {
+        /// Runs of each command (after one warm-up run each).
+        #[arg(long, default_value = "15")]
+        runs: usize,
+        /// The manifest holding the agent.
+        #[arg(long, default_value = "examples/bottle.json")]
+        manifest: PathBuf,
+        /// The agent to start.
+        #[arg(long, default_value = "demo")]
+        agent: String,
+        /// The `bottle` binary [default: beside this one].
+        #[arg(long)]
+        bottle: Option<PathBuf>,
+        /// The base image for the floor.
+        #[arg(long, default_value = "bot-bottle/base:bookworm")]
+        base: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Bench::Start {
+            runs,
+            manifest,
+            agent,
+            bottle,
+            base,
+        } => start(runs, &manifest, &agent, bottle, &base),
+    }
+}
+
+fn bottle_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p),
+        None => Ok(std::env::current_exe()?.with_file_name("bottle")),
+    }
+}
+
+/// Times `cmd` once; fails if it fails.
+fn time(cmd: &mut Command) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("run benchmark command")?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(took)
+}
+
+struct Stats {
+    median: Duration,
+    p90: Duration,
+    min: Duration,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p90: at(0.9),
+        min: samples[0],
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn start(
+    runs: usize,
+    manifest: &PathBuf,
+    agent: &str,
+    bottle: Option<PathBuf>,
+    base: &str,
+) -> anyhow::Result<()> {
+    let bottle = bottle_path(bottle)?;
+    let floor_cmd = || {
+        let mut c = Command::new("docker");
+        c.args(["run", "--rm", "--network", "none", base, "true"]);
+        c
+    };
+    let bottle_cmd = || {
+        let mut c = Command::new(&bottle);
+        c.args(["start", agent, "--manifest"])
+            .arg(manifest)
+            .args(["-y", "--rm", "--", "true"]);
+        c
+    };
+    eprintln!("warming up (builds images if needed)…");
+    time(&mut floor_cmd())?;
+    time(&mut bottle_cmd())?;
+    let (mut floor, mut ours) = (Vec::new(), Vec::new());
+    // Interleaved, so drift in the engine affects both alike.
+    for i in 0..runs {
+        eprintln!("run {}/{runs}", i + 1);
+        floor.push(time(&mut floor_cmd())?);
+        ours.push(time(&mut bottle_cmd())?);
+        // Let detached reapers finish so runs do not overlap.
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let (floor, ours) = (stats(floor), stats(ours));
+    let rss = gate_idle_rss(&bottle, manifest, agent)?;
+
+    let ratio = ours.median.as_secs_f64() / floor.median.as_secs_f64();
+    let mut table = String::from(
+        "| measure | median | p90 | min | ratio to floor | target |\n|---|---|---|---|---|---|\n",
+    );
+    table += &format!(
+        "| `docker run --rm --network none {base} true` (floor) | {} | {} | {} | 1.00 | |\n",
+        ms(floor.median),
+        ms(floor.p90),
+        ms(floor.min)
+    );
+    table += &format!(
+        "| `bottle start {agent} -y --rm -- true` | {} | {} | {} | {ratio:.2} | ≤ 2.50 {} |\n",
+        ms(ours.median),
+        ms(ours.p90),
+        ms(ours.min),
+        verdict(ratio <= 2.5)
+    );
+    table += &format!(
+        "| gate idle RSS | {:.1} MiB | | | | ≤ 20 MiB {} |\n",
+        rss as f64 / 1024.0,
+        verdict(rss <= 20 * 1024)
+    );
+    table += &format!("\n{runs} runs each, interleaved, after one warm-up run each.\n");
+    emit(&table);
+    Ok(())
+}
+
+/// Starts a bottle that idles, reads its gate's VmRSS (KiB) from /proc.
+fn gate_idle_rss(bottle: &PathBuf, manifest: &PathBuf, agent: &str) -> anyhow::Result<u64> {
+    let mut child = Command::new(bottle)
+        .args(["start", agent, "--manifest"])
+        .arg(manifest)
+        .args(["-y", "--rm", "--", "sleep", "4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut rss = None;
+    while Instant::now() < deadline && rss.is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-q",
+                "--filter",
+                "label=bot-bottle.role=gate",
+                "--filter",
+                &format!("label=bot-bottle.agent={agent}"),
+            ])
+            .output()?;
+        let id = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(str::to_owned);
+        let Some(id) = id else { continue };
+        // Idle: give it a moment after start.
+        std::thread::sleep(Duration::from_millis(1500));
+        let pid = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &id])
+            .output()?;
+        let pid = String::from_utf8_lossy(&pid.stdout).trim().to_owned();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok());
+    }
+    child.wait()?;
+    rss.context("the gate never ran")
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "✓" } else { "✗" }
+}
+
+/// The table is the benchmark's output: stdout.
+#[expect(clippy::print_stdout, reason = "the table is this program's data")]
+fn emit(table: &str) {
+    print!("{table}");
+}

@@ -1,0 +1,481 @@
+//! The command line as a person meets it: manifest errors, the plan,
+//! refusals. No Docker needed: everything here fails or stops before a
+//! bottle is created.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use serde_json::{Value, json};
+
+/// Exit code for manifest problems (docs/cli.md).
+const EXIT_CONFIG: i32 = 78;
+const EXIT_NOT_CONFIRMED: i32 = 77;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(env.home()).unwrap();
+        env
+    }
+
+    fn home(&self) -> std::path::PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn manifest(&self, text: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join("bottle.json");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn bottle(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bottle"));
+        cmd.current_dir(self.dir.path())
+            .env("HOME", self.home())
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("NO_COLOR", "1")
+            .env_remove("BOTTLE_MANIFEST")
+            .env_remove("CLAUDE_BOTTLE_MANIFEST")
+            .env_remove("BOTTLE_BACKEND");
+        cmd
+    }
+
+    /// `bottle manifest check` on `manifest`: (exit code, stderr).
+    fn check(&self, manifest: &Value) -> (i32, String) {
+        let path = self.manifest(&serde_json::to_string_pretty(manifest).unwrap());
+        let out = self
+            .bottle()
+            .args(["manifest", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr)
+                .replace(&self.dir.path().display().to_string(), "$TMP"),
+        )
+    }
+}
+
+fn valid() -> Value {
+    json!({
+        "agents": { "coder": { "bottle": "dev", "command": ["bash"] } },
+        "bottles": { "dev": { "allow": ["api.example.com", "*.crates.io"] } }
+    })
+}
+
+fn with(mut base: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let target = base.pointer_mut(parent).unwrap();
+    target[key] = value;
+    base
+}
+
+/// Asserts `manifest` is refused with exit 78 and a message naming the
+/// file, the field and the problem.
+fn refused(manifest: Value, field: &str, needle: &str) {
+    let env = Env::new();
+    let (code, stderr) = env.check(&manifest);
+    assert_eq!(code, EXIT_CONFIG, "{stderr}");
+    assert!(
+        stderr.contains("$TMP/bottle.json"),
+        "names the file: {stderr}"
+    );
+    assert!(stderr.contains(field), "names {field}: {stderr}");
+    assert!(stderr.contains(needle), "says {needle:?}: {stderr}");
+}
+
+#[test]
+fn a_valid_manifest_passes() {
+    let env = Env::new();
+    let path = env.manifest(&valid().to_string());
+    let out = env
+        .bottle()
+        .args(["manifest", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 agent, 1 bottle)"));
+}
+
+#[test]
+fn the_sample_manifest_is_valid() {
+    let env = Env::new();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bottle.json");
+    env.bottle()
+        .args(["manifest", "check"])
+        .arg(sample)
+        .assert()
+        .success();
+}
+
+#[test]
+fn bad_json_names_line_and_column() {
+    let env = Env::new();
+    let path =
+        env.manifest("{\n  \"agents\": {\n    \"coder\": { \"bottle\": \"dev\" },\n  }\n}\n");
+    let out = env
+        .bottle()
+        .args(["manifest", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bottle.json:4:3: "), "{stderr}");
+    assert!(stderr.contains("trailing comma"), "{stderr}");
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    refused(
+        with(valid(), "/bottles/dev/allow_list", json!([])),
+        "bottles.dev.allow_list",
+        "unknown field `allow_list`, expected one of",
+    );
+}
+
+#[test]
+fn unknown_roles_are_rejected() {
+    let routes = json!([{ "host": "api.example.com", "token_ref": "T", "Role": ["claude_code_oauth", "root"] }]);
+    refused(
+        with(
+            valid(),
+            "/bottles/dev/egress_proxy",
+            json!({ "routes": routes }),
+        ),
+        "bottles.dev.egress_proxy.routes[0].Role",
+        "unknown role \"root\": known roles are claude_code_oauth",
+    );
+}
+
+#[test]
+fn one_claude_code_oauth_route_per_bottle() {
+    let routes = json!([
+        { "host": "api.example.com", "token_ref": "A", "Role": "claude_code_oauth" },
+        { "host": "x.crates.io", "token_ref": "B", "Role": "claude_code_oauth" }
+    ]);
+    refused(
+        with(
+            valid(),
+            "/bottles/dev/egress_proxy",
+            json!({ "routes": routes }),
+        ),
+        "bottles.dev.egress_proxy.routes[1].Role",
+        "claude_code_oauth may appear on one route per bottle",
+    );
+}
+
+#[test]
+fn wildcards_over_public_suffixes_are_rejected() {
+    refused(
+        with(valid(), "/bottles/dev/allow", json!(["*"])),
+        "bottles.dev.allow[0]",
+        "would allow every host",
+    );
+    refused(
+        with(
+            valid(),
+            "/bottles/dev/allow",
+            json!(["ok.example.com", "*.com"]),
+        ),
+        "bottles.dev.allow[1]",
+        "public suffix \"com\"",
+    );
+    refused(
+        with(valid(), "/bottles/dev/allow", json!(["*.co.uk"])),
+        "bottles.dev.allow[0]",
+        "public suffix \"co.uk\"",
+    );
+}
+
+#[test]
+fn newlines_in_env_literals_are_rejected() {
+    refused(
+        with(
+            valid(),
+            "/agents/coder/env",
+            json!({ "GREETING": "hello\nworld" }),
+        ),
+        "agents.coder.env.GREETING",
+        "contains a newline",
+    );
+}
+
+#[test]
+fn missing_skills_are_named_with_their_path() {
+    refused(
+        with(valid(), "/agents/coder/skills", json!(["rust-style"])),
+        "agents.coder.skills[0]",
+        "skill \"rust-style\" not found at $TMP/home/.claude/skills/rust-style: create it or remove it from agent \"coder\"",
+    );
+}
+
+#[test]
+fn present_skills_pass() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.home().join(".claude/skills/rust-style")).unwrap();
+    let (code, stderr) = env.check(&with(
+        valid(),
+        "/agents/coder/skills",
+        json!(["rust-style"]),
+    ));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn missing_identity_files_are_named() {
+    let git = json!([{ "Name": "origin", "Upstream": "ssh://git@git.example.com/me/repo.git",
+                       "IdentityFile": "~/.ssh/bottle_ed25519" }]);
+    refused(
+        with(valid(), "/bottles/dev/git", git),
+        "bottles.dev.git[0].IdentityFile",
+        "identity file $TMP/home/.ssh/bottle_ed25519 does not exist",
+    );
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let env = Env::new();
+    let manifest = json!({
+        "agents": { "coder": { "bottle": "nope", "command": [], "env": { "HTTP_PROXY": "x" } } },
+        "bottles": { "dev": { "allow": ["*", "a.*.com", "host:0"], "resources": { "memory": "1k" },
+                              "allow_private": ["0.0.0.0/0", "ten"] } }
+    });
+    let (code, stderr) = env.check(&manifest);
+    assert_eq!(code, EXIT_CONFIG);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn unknown_agents_list_the_known_ones() {
+    let env = Env::new();
+    env.manifest(&valid().to_string());
+    let out = env
+        .bottle()
+        .args(["start", "reviewer", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("agent \"reviewer\" is not in"), "{stderr}");
+    assert!(stderr.contains("known agents are coder"), "{stderr}");
+}
+
+#[test]
+fn a_missing_manifest_says_where_it_looked() {
+    let env = Env::new();
+    let out = env
+        .bottle()
+        .args(["start", "coder", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no manifest found"), "{stderr}");
+    assert!(stderr.contains("bottle.json"), "{stderr}");
+    assert!(stderr.contains("pass --manifest PATH"), "{stderr}");
+
+    let out = env
+        .bottle()
+        .args(["start", "coder", "--dry-run", "--manifest", "nowhere.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere.json does not exist"));
+}
+
+#[test]
+fn manifest_lookup_order() {
+    let env = Env::new();
+    // $XDG_CONFIG_HOME/bot-bottle/manifest.json is the last resort.
+    let config = env.dir.path().join("config/bot-bottle");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("manifest.json"), valid().to_string()).unwrap();
+    let plan = |cmd: &mut Command| -> Value {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let p = plan(
+        env.bottle()
+            .args(["start", "coder", "--dry-run", "--format", "json"]),
+    );
+    assert!(
+        p["manifest"]
+            .as_str()
+            .unwrap()
+            .ends_with("config/bot-bottle/manifest.json")
+    );
+    // ./bottle.json beats it.
+    env.manifest(&valid().to_string());
+    let p = plan(
+        env.bottle()
+            .args(["start", "coder", "--dry-run", "--format", "json"]),
+    );
+    assert_eq!(
+        p["manifest"],
+        env.dir.path().join("bottle.json").display().to_string()
+    );
+    // $BOTTLE_MANIFEST beats that, and its alias works.
+    let other = env.dir.path().join("other.json");
+    std::fs::write(&other, valid().to_string()).unwrap();
+    for var in ["BOTTLE_MANIFEST", "CLAUDE_BOTTLE_MANIFEST"] {
+        let p = plan(env.bottle().env(var, &other).args([
+            "start",
+            "coder",
+            "--dry-run",
+            "--format",
+            "json",
+        ]));
+        assert_eq!(p["manifest"], other.display().to_string());
+    }
+}
+
+#[test]
+fn dry_run_json_is_the_documented_contract() {
+    let env = Env::new();
+    let manifest = json!({
+        "agents": { "coder": { "bottle": "dev", "command": ["claude"],
+                               "env": { "A": "1", "B": { "from_host": "HOST_B" } } } },
+        "bottles": { "dev": {
+            "allow": ["api.anthropic.com", "*.crates.io", "static.rust-lang.org:443"],
+            "allow_private": ["10.20.0.0/16"],
+            "egress_proxy": { "routes": [
+                { "host": "api.anthropic.com", "token_ref": "TOKEN", "Role": "claude_code_oauth" } ] }
+        } }
+    });
+    env.manifest(&manifest.to_string());
+    let out = env
+        .bottle()
+        .env("TOKEN", "real-secret-value")
+        .env("HOST_B", "host-b-value")
+        .args(["start", "coder", "--dry-run", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("real-secret-value"), "a secret in the plan");
+    assert!(
+        !text.contains("host-b-value"),
+        "a forwarded value in the plan"
+    );
+    let plan: Value = serde_json::from_str(&text).unwrap();
+    let keys: Vec<&str> = plan
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    insta::assert_snapshot!(keys.join("\n"));
+    assert_eq!(plan["version"], 1);
+    assert_eq!(plan["egress"]["routes"][0]["token_ref"], "TOKEN");
+    let env_names: Vec<&str> = plan["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "DISABLE_ERROR_REPORTING",
+    ] {
+        assert!(
+            env_names.contains(&name),
+            "{name} missing from {env_names:?}"
+        );
+    }
+    let no_proxy = plan["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "NO_PROXY")
+        .unwrap();
+    assert_eq!(no_proxy["value"], "localhost,127.0.0.1,::1");
+    // Dry run creates nothing.
+    assert!(!env.dir.path().join("state").exists());
+}
+
+#[test]
+fn a_forwarded_variable_must_be_set() {
+    let env = Env::new();
+    env.manifest(
+        &with(
+            valid(),
+            "/agents/coder/env",
+            json!({ "GH": { "from_host": "UNSET_VAR_X" } }),
+        )
+        .to_string(),
+    );
+    let out = env
+        .bottle()
+        .env_remove("UNSET_VAR_X")
+        .args(["start", "coder", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNSET_VAR_X which is not set"));
+}
+
+#[test]
+fn without_a_terminal_start_needs_yes() {
+    let env = Env::new();
+    env.manifest(&valid().to_string());
+    let out = env
+        .bottle()
+        .args(["start", "coder"])
+        .write_stdin("y\n")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_NOT_CONFIRMED));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pass -y"), "{stderr}");
+    assert!(
+        !env.dir.path().join("state").exists(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn the_schema_describes_the_manifest() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .args(["manifest", "schema"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "Manifest");
+    assert!(schema["properties"]["agents"].is_object());
+    assert!(schema["properties"]["bottles"].is_object());
+    let text = schema.to_string();
+    for field in [
+        "egress_proxy",
+        "token_ref",
+        "Role",
+        "IdentityFile",
+        "allow_private",
+        "gate_network",
+    ] {
+        assert!(text.contains(field), "schema lacks {field}");
+    }
+}

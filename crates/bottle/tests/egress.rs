@@ -1,0 +1,441 @@
+//! End to end: a real bottle on real Docker, probing its only way out.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::*;
+
+fn world() -> Option<World> {
+    if !docker_available() {
+        return None;
+    }
+    ensure_images();
+    Some(World::new())
+}
+
+/// `curl` through the proxy: prints `NAME=<status>` and `NAME_body=<body>`.
+fn curl(name: &str, args: &str) -> String {
+    format!(
+        "out=$(curl -sS -m 10 -o /tmp/{name}.body -w '%{{http_code}}' {args} 2>/tmp/{name}.err); echo {name}_rc=$?; echo {name}=$out; \
+         echo {name}_body=$(head -c 400 /tmp/{name}.body | tr '\\n' ' '); echo {name}_err=$(tr '\\n' ' ' < /tmp/{name}.err)\n"
+    )
+}
+
+#[test]
+fn allowlist_decides_what_leaves() {
+    let Some(world) = world() else { return };
+    let script = [
+        curl("allowed", "http://allowed.test/hello?token=abc"),
+        curl("upper", "http://ALLOWED.TEST./"),
+        curl("forbidden", "http://forbidden.test/"),
+        curl("port", "http://allowed.test:8443/"),
+        curl("tunnel", "-p http://allowed.test:443/tunnelled"),
+        curl("tunnel_bad_port", "-p http://allowed.test:8443/"),
+        curl("tunnel_forbidden", "-p http://forbidden.test:443/"),
+        curl("explicit_port", "http://other.allowed.test:8080/"),
+        curl(
+            "origin_form",
+            "--noproxy '*' --connect-to ::127.0.0.1:3128 http://allowed.test/",
+        ),
+    ]
+    .concat();
+    let probe = world.probe("probe", &script);
+    assert!(probe.output.status.success(), "{}", stderr(&probe.output));
+
+    assert_eq!(probe.get("allowed"), "200");
+    assert!(probe.get("allowed_body").contains("bbtest-origin"));
+    assert!(
+        probe
+            .get("allowed_body")
+            .contains("\"path\": \"/hello?token=abc\"")
+    );
+    assert_eq!(
+        probe.get("upper"),
+        "200",
+        "case and trailing dot are normalised"
+    );
+
+    assert_eq!(probe.get("forbidden"), "403");
+    assert_eq!(
+        probe.get("forbidden_body"),
+        "blocked by bottle policy: host forbidden.test is not in the allowlist"
+    );
+    assert_eq!(probe.get("port"), "403");
+    assert!(
+        probe
+            .get("port_body")
+            .contains("port 8443 of allowed.test is not allowed")
+    );
+
+    assert_eq!(
+        probe.get("tunnel"),
+        "200",
+        "CONNECT allowed.test:443 is spliced"
+    );
+    assert!(probe.get("tunnel_body").contains("\"port\": 443"));
+    assert_ne!(probe.get("tunnel_bad_port_rc"), "0");
+    assert!(
+        probe.get("tunnel_bad_port_err").contains("403"),
+        "{}",
+        probe.get("tunnel_bad_port_err")
+    );
+    assert!(probe.get("tunnel_forbidden_err").contains("403"));
+
+    // Neither the agent's 8080 rule nor "allowed.test" reaches port 8080 of
+    // another name: the origin does not listen there, so 502 means allowed.
+    assert_eq!(probe.get("explicit_port"), "502");
+    assert!(
+        probe
+            .get("explicit_port_body")
+            .starts_with("bottle gate: upstream error:")
+    );
+
+    assert_eq!(
+        probe.get("origin_form"),
+        "400",
+        "a request in origin form is not proxied"
+    );
+    assert!(
+        std::fs::read_dir(world.state_root()).map_or(true, |mut d| d.next().is_none()),
+        "--rm removes the state directory"
+    );
+}
+
+/// With `--rm` the state is gone, so the audit test keeps its bottle.
+#[test]
+fn audit_log_records_every_decision() {
+    let Some(world) = world() else { return };
+    let out = world
+        .command()
+        .args(["start", "probe", "-y", "--", "bash", "-c"])
+        .arg(curl("a", "http://allowed.test/p?secret=xyz") + &curl("b", "http://forbidden.test/"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let identity = identity_from(&stderr(&out)).expect("identity on stderr");
+    let log =
+        std::fs::read_to_string(world.state_root().join(&identity).join("audit.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let allowed = lines
+        .iter()
+        .find(|l| l["host"] == "allowed.test")
+        .expect("allowed request logged");
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["rule"], "allowed.test");
+    assert_eq!(allowed["path"], "/p?secret=");
+    assert!(!log.contains("xyz"), "query values never reach the log");
+    let denied = lines
+        .iter()
+        .find(|l| l["host"] == "forbidden.test")
+        .expect("denied request logged");
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["status"], 403);
+    // Containers and network are gone; the state directory stays.
+    assert_eq!(labelled_resources(&identity), Vec::<String>::new());
+    let metadata: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(world.state_root().join(&identity).join("metadata.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metadata["state"], "stopped");
+}
+
+#[test]
+fn no_route_out_but_the_gate() {
+    let Some(world) = world() else { return };
+    // A listener on the host side of the Docker bridges that would answer
+    // if anything reached it.
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = Arc::clone(&stop);
+    let watcher = std::thread::spawn(move || {
+        while !stopping.load(Ordering::Relaxed) {
+            if let Ok((mut s, _)) = listener.accept() {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let _ = s.read(&mut [0u8; 16]);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    // Every address of the host outside loopback: the bridges' gateways
+    // and the machine's own interfaces.
+    let host_addresses = host_ipv4_addresses();
+    assert!(
+        host_addresses.contains(&world.gateway),
+        "{host_addresses:?}"
+    );
+    let (origin, gateway) = (&world.origin_ip, &world.gateway);
+    let script = format!(
+        "curl -sS -m 5 --noproxy '*' http://allowed.test/ >/dev/null 2>&1; echo noproxy_rc=$?\n\
+         curl -sS -m 5 --noproxy '*' http://{origin}/ >/dev/null 2>&1; echo noproxy_ip_rc=$?\n\
+         curl -sS -m 5 --noproxy '*' http://{gateway}:{port}/ >/dev/null 2>&1; echo gateway_rc=$?\n\
+         echo gateway_proxied=$(curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{gateway}:{port}/)\n\
+         for a in {all}; do curl -sS -m 3 --noproxy '*' http://$a:{port}/ >/dev/null 2>&1 && echo reached=$a; \
+           echo proxied_$a=$(curl -sS -m 3 -o /dev/null -w '%{{http_code}}' http://$a:{port}/); done\n\
+         (exec 3<>/dev/tcp/{origin}/80) 2>/dev/null; echo devtcp_rc=$?\n\
+         getent hosts allowed.test; echo getent_rc=$?\n\
+         echo addrs=$(ip -o addr | awk '{{print $2\"/\"$4}}' | tr '\\n' ' ')\n\
+         echo routes=$(ip route | wc -l)\n\
+         echo links=$(ip -o link | awk -F': ' '{{print $2}}' | tr '\\n' ' ')\n",
+        all = host_addresses.join(" ")
+    );
+    let probe = world.probe("probe", &script);
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+
+    for key in ["noproxy_rc", "noproxy_ip_rc", "gateway_rc", "devtcp_rc"] {
+        assert_ne!(probe.get(key), "0", "{key}: a direct connection succeeded");
+    }
+    assert_eq!(
+        probe.get("gateway_proxied"),
+        "403",
+        "IP literals are refused by the gate: {}",
+        stdout(&probe.output)
+    );
+    assert!(
+        !probe.values.contains_key("reached"),
+        "reached the host directly: {}",
+        probe.get("reached")
+    );
+    for address in &host_addresses {
+        assert_eq!(
+            probe.get(&format!("proxied_{address}")),
+            "403",
+            "{address} through the gate"
+        );
+    }
+    assert_eq!(probe.get("getent_rc"), "2", "the bottle has no DNS");
+    assert!(
+        probe
+            .get("addrs")
+            .split_whitespace()
+            .all(|a| a.starts_with("lo/")),
+        "only loopback addresses: {}",
+        probe.get("addrs")
+    );
+    assert_eq!(probe.get("links"), "lo", "only the loopback interface");
+    assert_eq!(probe.get("routes"), "0", "no routes");
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        0,
+        "the host-side listener was reached"
+    );
+}
+
+#[test]
+fn ip_literals_and_odd_spellings_are_refused() {
+    let Some(world) = world() else { return };
+    let ip = &world.origin_ip;
+    let octets: Vec<u32> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+    let n = octets.iter().fold(0u32, |acc, o| (acc << 8) | o);
+    let spellings = [
+        ip.clone(),
+        n.to_string(),
+        format!("{n:#x}"),
+        format!("0{n:o}"),
+        octets
+            .iter()
+            .map(|o| format!("{o:#x}"))
+            .collect::<Vec<_>>()
+            .join("."),
+        octets
+            .iter()
+            .map(|o| format!("0{o:o}"))
+            .collect::<Vec<_>>()
+            .join("."),
+        format!(
+            "{}.{}.{}",
+            octets[0],
+            octets[1],
+            (octets[2] << 8) | octets[3]
+        ),
+        format!("[::ffff:{ip}]"),
+        format!("{ip}."),
+    ];
+    let script: String = spellings
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "echo s{i}=$(curl -sS -m 5 -g -o /dev/null -w '%{{http_code}}' 'http://{s}/' 2>&1)\n\
+                 echo c{i}=$(curl -sS -m 5 -g -p -o /dev/null -w '%{{http_code}}' 'http://{s}:443/' 2>&1 | grep -o 'response [0-9]*')\n"
+            )
+        })
+        .collect();
+    let probe = world.probe("probe", &script);
+    for (i, spelled) in spellings.iter().enumerate() {
+        assert_eq!(
+            probe.get(&format!("s{i}")),
+            "403",
+            "http://{spelled}/ was not refused"
+        );
+        assert_eq!(
+            probe.get(&format!("c{i}")),
+            "response 403",
+            "CONNECT {spelled}:443 was not refused"
+        );
+    }
+}
+
+#[test]
+fn a_dead_gate_closes_the_only_door() {
+    let Some(world) = world() else { return };
+    let child = world
+        .command()
+        .args(["start", "killgate", "-y", "--rm", "--", "bash", "-c"])
+        .arg(
+            "echo first=$(curl -sS -m 5 -o /dev/null -w '%{http_code}' http://allowed.test/)\n\
+             for i in $(seq 1 100); do [ -e /tmp/go ] && break; sleep 0.2; \
+               curl -sS -m 2 -o /dev/null http://allowed.test/ 2>/dev/null || break; done\n\
+             echo second=$(curl -sS -m 5 -o /dev/null -w '%{http_code}' http://allowed.test/ 2>/dev/null)\n\
+             curl -sS -m 5 --noproxy '*' http://allowed.test/ >/dev/null 2>&1; echo direct_rc=$?\n",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the gate of this world's bottle, then kill it.
+    let gate_filter = "label=bot-bottle.role=gate";
+    let mut gate = String::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            gate = docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                gate_filter,
+                "--filter",
+                "label=bot-bottle.agent=killgate",
+            ]);
+            !gate.is_empty()
+        }),
+        "the gate container never ran"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    docker(&["kill", gate.lines().next().unwrap()]);
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("first=200"), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("second=000"),
+        "a request after the gate died got an answer: {text}"
+    );
+    assert!(
+        text.contains("direct_rc=") && !text.contains("direct_rc=0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sigint_tears_everything_down() {
+    let Some(world) = world() else { return };
+    let child = world
+        .command()
+        .args(["start", "sigint", "-y", "--rm"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut agent = String::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            agent = docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                "label=bot-bottle.role=agent",
+                "--filter",
+                "label=bot-bottle.agent=sigint",
+                "--filter",
+                "status=running",
+            ]);
+            !agent.is_empty()
+        }),
+        "the agent container never ran"
+    );
+    let identity = docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"bot-bottle.identity\"}}",
+        agent.trim(),
+    ]);
+    assert!(world.state_root().join(&identity).is_dir());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(labelled_resources(&identity), Vec::<String>::new());
+    assert!(
+        !world.state_root().join(&identity).exists(),
+        "--rm leaves no state directory"
+    );
+}
+
+/// The host's IPv4 addresses outside loopback.
+fn host_ipv4_addresses() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|cidr| cidr.split('/').next())
+        .filter(|a| !a.starts_with("127."))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_bottle_of_its_own_network_leaves_nothing_behind() {
+    let Some(world) = world() else { return };
+    // No gate_network: the gate gets a network made for this bottle.
+    let mut manifest = default_manifest(&world.network, &[]);
+    manifest["bottles"]["test"]
+        .as_object_mut()
+        .unwrap()
+        .remove("gate_network");
+    world.write_manifest(&manifest);
+    let out = world
+        .command()
+        .args(["start", "probe", "-y", "--", "bash", "-c", "echo $BOTTLE_IDENTITY; echo code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://allowed.test/)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let identity = identity_from(&stderr(&out)).unwrap();
+    assert!(stdout(&out).contains(&identity), "BOTTLE_IDENTITY is set");
+    // allowed.test only exists on the test's network: from a network of its
+    // own the gate cannot resolve it and answers 502, with no fallback.
+    assert!(stdout(&out).contains("code=502"), "{}", stdout(&out));
+    assert!(
+        wait_until(Duration::from_secs(15), || labelled_resources(&identity)
+            .is_empty()),
+        "left behind: {:?}",
+        labelled_resources(&identity)
+    );
+    assert!(
+        world
+            .state_root()
+            .join(&identity)
+            .join("audit.jsonl")
+            .is_file(),
+        "without --rm the state stays"
+    );
+}

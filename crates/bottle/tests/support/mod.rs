@@ -1,0 +1,329 @@
+//! Shared harness of the end-to-end tests: real Docker, the real `bottle`
+//! binary, and an "internet" made of containers on a network the test
+//! creates. Every resource a test makes is removed when it is dropped,
+//! also when the test fails.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const BASE_IMAGE: &str = "bot-bottle/base:bookworm";
+pub const ORIGIN_IMAGE: &str = "bot-bottle-test/origin:latest";
+pub const IDENTITY_LABEL: &str = "bot-bottle.identity";
+
+/// The `bottle` binary under test.
+pub fn bottle_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bottle"))
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Whether Docker tests can run. Under `CI=true` a missing engine is a
+/// failure, never a skip.
+pub fn docker_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    let available = *AVAILABLE.get_or_init(|| {
+        Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !available {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true and the Docker engine is not reachable: Docker tests must run in CI");
+        }
+        eprintln!("skipping: the Docker engine is not reachable");
+    }
+    available
+}
+
+/// Runs `docker ARGS`, returning stdout; panics with stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `docker ARGS`, ignoring failure.
+pub fn docker_quiet(args: &[&str]) {
+    let _ = Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn random_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:x}{:x}", std::process::id(), nanos)
+}
+
+/// Makes the images the tests need, once per test process: the base (by
+/// `scripts/base-image` when missing), the origin, and the bottle images
+/// (by starting one bottle, which builds them).
+pub fn ensure_images() {
+    static DONE: Mutex<bool> = Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if *done {
+        return;
+    }
+    if Command::new("docker")
+        .args(["image", "inspect", BASE_IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| !s.success())
+    {
+        let status = Command::new(repo_root().join("scripts/base-image"))
+            .status()
+            .expect("run scripts/base-image");
+        assert!(status.success(), "scripts/base-image failed");
+    }
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/origin");
+    docker(&[
+        "build",
+        "-q",
+        "-t",
+        ORIGIN_IMAGE,
+        fixtures.to_str().unwrap(),
+    ]);
+
+    let world = World::new();
+    let out = world.bottle("probe", &["true"]);
+    assert!(
+        out.status.success(),
+        "first bottle failed: {}",
+        stderr(&out)
+    );
+    *done = true;
+}
+
+/// An "internet" of our own: a network, an origin container answering as
+/// `allowed.test` and `forbidden.test`, and a temporary home, state
+/// directory and manifest for the bottles of one test.
+pub struct World {
+    pub network: String,
+    pub origin: String,
+    pub origin_ip: String,
+    pub gateway: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub fn new() -> World {
+        let suffix = random_suffix();
+        let network = format!("bbtest-{suffix}");
+        let origin = format!("bbtest-origin-{suffix}");
+        docker(&["network", "create", "--label", "bbtest=1", &network]);
+        let world_dir = tempfile::tempdir().unwrap();
+        let mut world = World {
+            network: network.clone(),
+            origin: origin.clone(),
+            origin_ip: String::new(),
+            gateway: String::new(),
+            dir: world_dir,
+        };
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &origin,
+            "--label",
+            "bbtest=1",
+            "--network",
+            &network,
+            "--network-alias",
+            "allowed.test",
+            "--network-alias",
+            "forbidden.test",
+            "--network-alias",
+            "other.allowed.test",
+            ORIGIN_IMAGE,
+        ]);
+        world.origin_ip = docker(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+            &origin,
+        ]);
+        world.gateway = docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &network,
+        ]);
+        std::fs::create_dir_all(world.home()).unwrap();
+        world.write_manifest(&default_manifest(&network, &[]));
+        world
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn state_root(&self) -> PathBuf {
+        self.dir.path().join("state").join("bot-bottle")
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("bottle.json")
+    }
+
+    pub fn write_manifest(&self, manifest: &serde_json::Value) {
+        std::fs::write(
+            self.manifest_path(),
+            serde_json::to_vec_pretty(manifest).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// A `bottle` command set up for this world.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bottle_bin());
+        cmd.env("HOME", self.home())
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("BOTTLE_MANIFEST", self.manifest_path())
+            .env("BOTTLE_INSTALL_CLAUDE", "0")
+            .env("NO_COLOR", "1")
+            .env_remove("BOTTLE_BACKEND")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `bottle start AGENT -y --rm -- CMD…`, waited for.
+    pub fn bottle(&self, agent: &str, cmd: &[&str]) -> Output {
+        self.command()
+            .args(["start", agent, "-y", "--rm", "--"])
+            .args(cmd)
+            .output()
+            .expect("run bottle")
+    }
+
+    /// Runs a shell script in a bottle and parses its `key=value` lines.
+    pub fn probe(&self, agent: &str, script: &str) -> Probe {
+        let out = self.bottle(agent, &["bash", "-c", script]);
+        Probe::new(out)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        docker_quiet(&["rm", "-f", &self.origin]);
+        docker_quiet(&["network", "rm", &self.network]);
+    }
+}
+
+/// The default test manifest: agent `probe` (and `sigint`, `killgate`) in
+/// a bottle that allows `allowed.test` on the default ports, with the gate
+/// on the test's network.
+pub fn default_manifest(network: &str, extra_allow: &[&str]) -> serde_json::Value {
+    let mut allow = vec!["allowed.test", "other.allowed.test:8080"];
+    allow.extend_from_slice(extra_allow);
+    serde_json::json!({
+        "agents": {
+            "probe": { "bottle": "test", "command": ["true"] },
+            "sigint": { "bottle": "test", "command": ["sleep", "120"] },
+            "killgate": { "bottle": "test", "command": ["true"] }
+        },
+        "bottles": {
+            "test": {
+                "allow": allow,
+                "gate_network": network,
+                "resources": { "memory": "512m", "pids": 256 }
+            }
+        }
+    })
+}
+
+/// Output of a probe script: `key=value` lines.
+pub struct Probe {
+    pub output: Output,
+    pub values: HashMap<String, String>,
+}
+
+impl Probe {
+    fn new(output: Output) -> Probe {
+        let values = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Probe { output, values }
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        self.values.get(key).map(String::as_str).unwrap_or_else(|| {
+            panic!(
+                "probe printed no {key}=; stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&self.output.stdout),
+                stderr(&self.output)
+            )
+        })
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The identity `start -y` announced on stderr.
+pub fn identity_from(stderr_text: &str) -> Option<String> {
+    stderr_text
+        .lines()
+        .find_map(|l| l.split("starting ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+/// Everything Docker holds with `identity`'s label: containers, networks,
+/// volumes.
+pub fn labelled_resources(identity: &str) -> Vec<String> {
+    let filter = format!("label={IDENTITY_LABEL}={identity}");
+    let mut found = Vec::new();
+    for (kind, args) in [
+        ("container", vec!["ps", "-a", "-q", "--filter", &filter]),
+        ("network", vec!["network", "ls", "-q", "--filter", &filter]),
+        ("volume", vec!["volume", "ls", "-q", "--filter", &filter]),
+    ] {
+        for id in docker(&args).lines().filter(|l| !l.is_empty()) {
+            found.push(format!("{kind} {id}"));
+        }
+    }
+    found
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
