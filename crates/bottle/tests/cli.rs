@@ -48,6 +48,14 @@ impl Env {
         cmd
     }
 
+    /// Runs `bottle ARGS`, asserts it exits with `code`, returns stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.bottle().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        stderr
+    }
+
     /// `bottle manifest check` on `manifest`: (exit code, stderr).
     fn check(&self, manifest: &Value) -> (i32, String) {
         let path = self.manifest(&serde_json::to_string_pretty(manifest).unwrap());
@@ -123,14 +131,7 @@ fn bad_json_names_line_and_column() {
     let env = Env::new();
     let path =
         env.manifest("{\n  \"agents\": {\n    \"coder\": { \"bottle\": \"dev\" },\n  }\n}\n");
-    let out = env
-        .bottle()
-        .args(["manifest", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = env.fails(&["manifest", "check", path.to_str().unwrap()], EXIT_CONFIG);
     assert!(stderr.contains("bottle.json:4:3: "), "{stderr}");
     assert!(stderr.contains("trailing comma"), "{stderr}");
 }
@@ -260,13 +261,7 @@ fn every_problem_is_listed_at_once() {
 fn unknown_agents_list_the_known_ones() {
     let env = Env::new();
     env.manifest(&valid().to_string());
-    let out = env
-        .bottle()
-        .args(["start", "reviewer", "--dry-run"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = env.fails(&["start", "reviewer", "--dry-run"], EXIT_CONFIG);
     assert!(stderr.contains("agent \"reviewer\" is not in"), "{stderr}");
     assert!(stderr.contains("known agents are coder"), "{stderr}");
 }
@@ -274,13 +269,7 @@ fn unknown_agents_list_the_known_ones() {
 #[test]
 fn a_missing_manifest_says_where_it_looked() {
     let env = Env::new();
-    let out = env
-        .bottle()
-        .args(["start", "coder", "--dry-run"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = env.fails(&["start", "coder", "--dry-run"], EXIT_CONFIG);
     assert!(stderr.contains("no manifest found"), "{stderr}");
     assert!(stderr.contains("bottle.json"), "{stderr}");
     assert!(stderr.contains("pass --manifest PATH"), "{stderr}");

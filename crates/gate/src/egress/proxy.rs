@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bottle_manifest::host::Host;
+use bottle_manifest::host::{Host, split_host_port};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -106,16 +106,18 @@ impl Egress {
 
     /// `CONNECT host:port`: check, connect, answer 200, then splice.
     async fn connect(&self, req: Request<Incoming>) -> Response<Body> {
-        let Some((host, port)) = req
-            .uri()
-            .authority()
-            .and_then(|a| a.port_u16().map(|p| (a.host().to_owned(), p)))
-        else {
-            return self.refuse_request(
-                &req,
-                StatusCode::BAD_REQUEST,
-                "CONNECT needs a target of the form host:port",
-            );
+        let (host, port) = match req.uri().authority().map(|a| target(a.as_str())) {
+            Some(Ok((host, Some(port)))) => (host, port),
+            Some(Err(reason)) => {
+                return self.refuse_request(&req, StatusCode::BAD_REQUEST, &reason);
+            }
+            _ => {
+                return self.refuse_request(
+                    &req,
+                    StatusCode::BAD_REQUEST,
+                    "CONNECT needs a target of the form host:port",
+                );
+            }
         };
         let mut fields = fields(&[
             ("method", "CONNECT".into()),
@@ -160,8 +162,10 @@ impl Egress {
                 "only plain http:// URLs are forwarded in absolute form; HTTPS goes through CONNECT",
             );
         }
-        let host = authority.host().to_owned();
-        let port = authority.port_u16().unwrap_or(80);
+        let (host, port) = match target(authority.as_str()) {
+            Ok((host, port)) => (host, port.unwrap_or(80)),
+            Err(reason) => return self.refuse_request(&req, StatusCode::BAD_REQUEST, &reason),
+        };
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let mut fields = fields(&[
             ("method", req.method().as_str().into()),
@@ -341,6 +345,18 @@ fn refusal(origin: Origin, status: StatusCode, reason: &str) -> Response<Body> {
         headers.insert("x-bottle-reason", value);
     }
     response
+}
+
+/// Splits a request target's authority into host and port, refusing what a
+/// proxy target never needs and parsers disagree on: user information
+/// (`evil@allowed.test`) and ports that are not 1–65535.
+fn target(authority: &str) -> Result<(String, Option<u16>), String> {
+    if authority.contains('@') {
+        return Err("user information (user@host) in a proxy target is not allowed".to_owned());
+    }
+    split_host_port(authority)
+        .map(|(host, port)| (host.to_owned(), port))
+        .map_err(|e| e.to_string())
 }
 
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), including
