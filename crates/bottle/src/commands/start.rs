@@ -60,7 +60,11 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
-    let outcome = runtime.block_on(backend.launch(prepared, printer))?;
+    let outcome = runtime.block_on(backend.launch(prepared, printer));
+    // A read of our stdin may still be blocked in a runtime thread; it
+    // must not keep the launcher from exiting.
+    runtime.shutdown_background();
+    let outcome = outcome?;
     if let bottle_backend::Outcome::Interrupted(_) = outcome {
         printer.step(&format!("{} torn down", plan.identity));
     }
