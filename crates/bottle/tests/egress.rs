@@ -439,3 +439,27 @@ fn a_bottle_of_its_own_network_leaves_nothing_behind() {
         "without --rm the state stays"
     );
 }
+
+#[test]
+fn the_shim_passes_signals_on_and_reaps_orphans() {
+    let Some(world) = world() else { return };
+    // A signal to pid 1 (the shim) reaches the command, whose status is
+    // the bottle's.
+    let out = world.bottle(
+        "probe",
+        &[
+            "bash",
+            "-c",
+            "trap 'echo trapped; exit 7' TERM; kill -TERM 1; sleep 10 & wait",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stdout(&out).contains("trapped"));
+    // Orphans are re-parented to the shim and reaped: no zombies remain.
+    let probe = world.probe(
+        "probe",
+        "for i in 1 2 3 4 5; do (sleep 0.1 &); done; sleep 1; echo zombies=$(ps -eo stat= | grep -c '^Z')\necho pid1=$(ps -o comm= -p 1)",
+    );
+    assert_eq!(probe.get("zombies"), "0");
+    assert_eq!(probe.get("pid1"), "bottle");
+}

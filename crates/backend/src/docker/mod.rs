@@ -14,7 +14,7 @@ use bollard::Docker;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
     InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
-    RemoveContainerOptions, WaitContainerOptions,
+    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bottle_gate::config::{EgressConfig, GateConfig};
 use bottle_manifest::manifest::Runtime;
@@ -39,6 +39,8 @@ const SOCKET_DIR: &str = "/run/bottle";
 const GATE_CONFIG_DIR: &str = "/etc/bottle";
 const GATE_AUDIT_LOG: &str = "/var/log/bottle/audit.jsonl";
 const BINARY: &str = "/usr/local/bin/bottle";
+/// Seconds an interrupted agent gets to exit before it is killed.
+const STOP_GRACE_SECS: i32 = 3;
 /// The agent's uid and gid in the images bot-bottle builds.
 const AGENT_UID: &str = "1000:1000";
 
@@ -192,8 +194,17 @@ impl Backend for DockerBackend {
             result = self.run(&docker, &prepared, reporter) => result.map(Outcome::Exited),
             signal = signals.recv() => Ok(Outcome::Interrupted(signal)),
         };
-        if let Outcome::Interrupted(_) = outcome.as_ref().unwrap_or(&Outcome::Exited(0)) {
-            reporter.step("interrupted: tearing the bottle down");
+        if let Ok(Outcome::Interrupted(_)) = outcome {
+            reporter.step("interrupted: stopping the agent, then tearing the bottle down");
+            // SIGTERM to the shim, which passes it to the command: a chance
+            // to save its work before the container is removed.
+            let options = StopContainerOptions {
+                t: Some(STOP_GRACE_SECS),
+                ..Default::default()
+            };
+            let _ = docker
+                .stop_container(&prepared.agent_container, Some(options))
+                .await;
         }
         let torn = Instant::now();
         // After a normal exit the containers are removed before returning
