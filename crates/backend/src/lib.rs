@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod docker;
+pub mod secrets;
 pub mod state;
 
 use std::future::Future;
@@ -46,6 +47,10 @@ pub enum BackendError {
     NetworkMissing { name: String },
     #[error("the gate did not start: {0}")]
     GateFailed(String),
+    #[error("the secret of the route to {route}: {message}")]
+    Secret { route: String, message: String },
+    #[error("the bottle's CA: {0}")]
+    Ca(String),
     #[error("{}: {source}", .path.display())]
     Io {
         path: std::path::PathBuf,

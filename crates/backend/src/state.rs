@@ -12,6 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use bottle_gate::ca::MintedCa;
 use bottle_manifest::plan::Plan;
 use serde::Serialize;
 
@@ -41,6 +42,28 @@ impl BottleDir {
     }
     pub fn socket_dir(&self) -> PathBuf {
         self.root.join("run")
+    }
+    /// The bottle's CA certificate (public; the agent trusts it).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+
+    /// Writes the CA: the certificate where the agent's side can read it,
+    /// certificate and key in the gate's directory (the key readable by the
+    /// user alone), and a copy of the extra upstream CA for the gate.
+    pub fn write_ca(&self, ca: &MintedCa, upstream_ca: Option<&Path>) -> Result<(), BackendError> {
+        let gate = self.gate_dir();
+        write_file(&self.ca_cert(), ca.cert_pem.as_bytes(), 0o644)?;
+        write_file(&gate.join("ca.pem"), ca.cert_pem.as_bytes(), 0o644)?;
+        write_file(&gate.join("ca.key"), ca.key_pem.as_bytes(), 0o600)?;
+        if let Some(path) = upstream_ca {
+            let pem = std::fs::read(path).map_err(|source| BackendError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+            write_file(&gate.join("upstream-ca.pem"), &pem, 0o644)?;
+        }
+        Ok(())
     }
 
     /// Creates the directory tree: private to the user, but for `run/`,
@@ -112,6 +135,21 @@ impl BottleDir {
             _ => Ok(()),
         }
     }
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BackendError> {
+    let io = |source| BackendError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut file, bytes).map_err(io)
 }
 
 /// Lifecycle state recorded in `metadata.json`.

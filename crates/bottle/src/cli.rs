@@ -110,6 +110,12 @@ pub struct ShimArgs {
     /// How long to wait for the gate's sockets.
     #[arg(long, default_value = "15000")]
     pub gate_timeout_ms: u64,
+    /// The bottle's CA, added to the system trust stores (as root).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// UID:GID the command runs as.
+    #[arg(long, value_name = "UID:GID")]
+    pub user: Option<String>,
     /// The command to run.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

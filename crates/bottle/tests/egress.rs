@@ -36,9 +36,10 @@ fn allowlist_decides_what_leaves() {
         curl("upper", "http://ALLOWED.TEST./"),
         curl("forbidden", "http://forbidden.test/"),
         curl("port", "http://allowed.test:8443/"),
-        curl("tunnel", "-p http://allowed.test:443/tunnelled"),
-        curl("tunnel_bad_port", "-p http://allowed.test:8443/"),
-        curl("tunnel_forbidden", "-p http://forbidden.test:443/"),
+        curl("tunnel", "https://allowed.test/tunnelled"),
+        curl("plain_tunnel", "-p http://allowed.test:80/plain"),
+        curl("tunnel_bad_port", "https://allowed.test:8443/"),
+        curl("tunnel_forbidden", "https://forbidden.test/"),
         curl("explicit_port", "http://other.allowed.test:8080/"),
         curl(
             "origin_form",
@@ -77,9 +78,16 @@ fn allowlist_decides_what_leaves() {
     assert_eq!(
         probe.get("tunnel"),
         "200",
-        "CONNECT allowed.test:443 is spliced"
+        "CONNECT allowed.test:443 is intercepted and forwarded"
     );
     assert!(probe.get("tunnel_body").contains("\"port\": 443"));
+    assert!(probe.get("tunnel_body").contains("\"tls\": true"));
+    assert_eq!(
+        probe.get("plain_tunnel"),
+        "200",
+        "plain HTTP inside CONNECT is served too"
+    );
+    assert!(probe.get("plain_tunnel_body").contains("\"tls\": false"));
     assert_ne!(probe.get("tunnel_bad_port_rc"), "0");
     assert!(
         probe.get("tunnel_bad_port_err").contains("403"),
@@ -407,7 +415,7 @@ fn host_ipv4_addresses() -> Vec<String> {
 fn a_bottle_of_its_own_network_leaves_nothing_behind() {
     let Some(world) = world() else { return };
     // No gate_network: the gate gets a network made for this bottle.
-    let mut manifest = default_manifest(&world.network, &[]);
+    let mut manifest = world.manifest(&[]);
     manifest["bottles"]["test"]
         .as_object_mut()
         .unwrap()

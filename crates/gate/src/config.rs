@@ -22,6 +22,42 @@ pub struct GateConfig {
     /// JSON-lines audit log, appended to.
     pub audit_log: PathBuf,
     pub egress: EgressConfig,
+    pub tls: TlsConfig,
+}
+
+/// The bottle's CA (to mint leaves for the agent's side) and the extra CA
+/// trusted for upstreams.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    /// Extra CA file (PEM) trusted for upstream servers.
+    pub upstream_ca: Option<PathBuf>,
+}
+
+/// A credential route without its secret. Secrets reach the gate on its
+/// standard input, never through a file or the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub host: String,
+    pub header: String,
+    pub scheme: String,
+}
+
+/// What the launcher writes on the gate's standard input: one secret per
+/// route, in the order of [`EgressConfig::routes`].
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    pub secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} values)", self.secrets.len())
+    }
 }
 
 /// The egress role's policy.
@@ -39,6 +75,9 @@ pub struct EgressConfig {
     /// Addresses refused even inside `trusted_subnets`: the network's
     /// gateways, which are the host.
     pub refused_addresses: Vec<IpAddr>,
+    /// Credential routes, without secrets.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 impl EgressConfig {

@@ -1,15 +1,18 @@
 //! `bottle gate`: one async process per bottle serving its roles on Unix
 //! sockets in a directory shared only with that bottle (DESIGN.md §2).
 //!
-//! Roles: [`egress`] (the HTTP forward proxy). Every decision is appended to
-//! the bottle's [`audit`] log. Anything the gate cannot set up makes it
-//! exit: a gate that is not serving is a closed door, never an open one.
+//! Roles: [`egress`] (the HTTP forward proxy with TLS interception and
+//! credential injection). Every decision is appended to the bottle's
+//! [`audit`] log. Anything the gate cannot set up makes it exit: a gate
+//! that is not serving is a closed door, never an open one.
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod ca;
 pub mod config;
 pub mod egress;
 
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +20,8 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 
 pub use config::GateConfig;
+use config::Secrets;
+use egress::credentials::{Credentials, Route, Secret};
 
 /// Errors that stop the gate from starting.
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +32,85 @@ pub enum GateError {
     Config { path: PathBuf, message: String },
     #[error("invalid allow rule in the gate configuration: {0}")]
     Rule(#[from] bottle_manifest::host::RuleError),
+    #[error("the bottle's CA: {0}")]
+    Ca(#[from] ca::CaError),
+    #[error("credential routes: {0}")]
+    Routes(String),
+}
+
+/// Installs the process's TLS crypto provider (ring). Call once at start.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Reads the routes' secrets from standard input (the launcher writes them
+/// there and closes it), when there are routes.
+pub fn read_secrets(config: &GateConfig) -> Result<Vec<Secret>, GateError> {
+    if config.egress.routes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    let secrets: Secrets = serde_json::from_str(&text).map_err(|e| {
+        GateError::Routes(format!("the secrets on standard input are not valid: {e}"))
+    })?;
+    if secrets.secrets.len() != config.egress.routes.len() {
+        return Err(GateError::Routes(format!(
+            "{} routes but {} secrets",
+            config.egress.routes.len(),
+            secrets.secrets.len()
+        )));
+    }
+    Ok(secrets.secrets.into_iter().map(Secret::new).collect())
+}
+
+/// The routes of `config` with their secrets.
+fn routes(config: &GateConfig, secrets: Vec<Secret>) -> Result<Vec<Route>, GateError> {
+    config
+        .egress
+        .routes
+        .iter()
+        .zip(secrets)
+        .map(|(route, secret)| {
+            let host = bottle_manifest::host::normalize_host(&route.host)
+                .map_err(|e| GateError::Routes(format!("route host {:?}: {e}", route.host)))?;
+            let header = http::HeaderName::from_bytes(route.header.as_bytes())
+                .map_err(|e| GateError::Routes(format!("route header {:?}: {e}", route.header)))?;
+            if secret.expose().is_empty() || secret.expose().contains(['\r', '\n', '\0']) {
+                return Err(GateError::Routes(format!(
+                    "the secret for {} is empty or spans lines",
+                    route.host
+                )));
+            }
+            Ok(Route {
+                host,
+                header,
+                scheme: route.scheme.clone(),
+                secret,
+            })
+        })
+        .collect()
 }
 
 /// Runs the gate until SIGTERM or SIGINT.
-pub async fn run(config: GateConfig) -> Result<(), GateError> {
+pub async fn run(config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
     let audit = Arc::new(audit::Audit::open(&config.audit_log)?);
-    let policy = egress::Policy::new(config.egress.rules()?, &config.egress);
+    let policy = Arc::new(egress::Policy::new(config.egress.rules()?, &config.egress));
+    let minter = ca::LeafMinter::new(
+        &fs_err::read_to_string(&config.tls.ca_cert)?,
+        &fs_err::read_to_string(&config.tls.ca_key)?,
+    )?;
+    let upstreams =
+        egress::upstream::Upstreams::new(Arc::clone(&policy), config.tls.upstream_ca.as_deref())?;
+    let credentials = Credentials::new(routes(&config, secrets)?);
+    let egress = Arc::new(egress::Egress::new(
+        policy,
+        credentials,
+        minter,
+        upstreams,
+        Arc::clone(&audit),
+    ));
     let listener = bind(&config.socket_dir, config::EGRESS_SOCKET)?;
-    let egress = Arc::new(egress::Egress::new(policy, Arc::clone(&audit)));
     tracing::info!(identity = %config.identity, "gate serving");
     audit.record("gate", "start", serde_json::Map::new());
 

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bottle_gate::audit::Audit;
+use bottle_gate::ca::{LeafMinter, mint_ca};
 use bottle_gate::config::EgressConfig;
+use bottle_gate::egress::credentials::Credentials;
+use bottle_gate::egress::upstream::Upstreams;
 use bottle_gate::egress::{Egress, Policy};
 use bottle_manifest::host::HostRule;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,11 +22,22 @@ struct Gate {
 impl Gate {
     async fn start(allow: &[&str]) -> Gate {
         let dir = tempfile::tempdir().unwrap();
+        bottle_gate::install_crypto_provider();
         let rules = allow.iter().map(|r| HostRule::parse(r).unwrap()).collect();
-        let policy = Policy::new(rules, &EgressConfig::default());
+        let policy = Arc::new(Policy::new(rules, &EgressConfig::default()));
         let audit = Arc::new(Audit::open(&dir.path().join("audit.jsonl")).unwrap());
+        let ca = mint_ca("test-gate").unwrap();
+        let minter = LeafMinter::new(&ca.cert_pem, &ca.key_pem).unwrap();
+        let upstreams = Upstreams::new(Arc::clone(&policy), None).unwrap();
+        let egress = Egress::new(
+            policy,
+            Credentials::new(Vec::new()),
+            minter,
+            upstreams,
+            audit,
+        );
         let listener = UnixListener::bind(dir.path().join("egress.sock")).unwrap();
-        tokio::spawn(Arc::new(Egress::new(policy, audit)).serve(listener));
+        tokio::spawn(Arc::new(egress).serve(listener));
         Gate { dir }
     }
 

@@ -29,6 +29,25 @@ pub const AGENT_HOME: &str = "/home/agent";
 pub const PROXY_PORT: u16 = 3128;
 /// `NO_PROXY` in the bottle: only the bottle's own loopback.
 pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
+/// The bottle's CA certificate inside the agent's sandbox.
+pub const AGENT_CA_PATH: &str = "/etc/bot-bottle/ca.pem";
+/// The system trust bundle (with the bottle's CA added) that the CA
+/// variables point at.
+pub const TRUST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Preloaded into Node so its built-in `fetch` uses the proxy.
+pub const NODE_PRELOAD: &str = "/usr/local/lib/bot-bottle/node-proxy.cjs";
+/// Variables runtimes read for their CA bundle; each points at
+/// [`TRUST_BUNDLE`].
+pub const CA_BUNDLE_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+    "CARGO_HTTP_CAINFO",
+    "AWS_CA_BUNDLE",
+    "DENO_CERT",
+];
 /// Length of the random part of an identity.
 const SUFFIX_LEN: usize = 6;
 
@@ -78,6 +97,9 @@ pub struct RoutePlan {
     pub token_ref: Option<String>,
     /// Whether the secret comes from `token_command`.
     pub token_command: bool,
+    /// The command itself: run at start, never printed in the plan.
+    #[serde(skip)]
+    pub token_command_line: Option<String>,
     pub roles: Vec<String>,
 }
 
@@ -214,7 +236,13 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
     let proxy_url = format!("http://127.0.0.1:{PROXY_PORT}");
 
     let mut env = Vec::new();
+    let mut node_options = format!("--require={NODE_PRELOAD}");
     for (name, value) in &agent.env {
+        // The agent's own Node options are kept, after the preload.
+        if let (EnvValue::Literal(text), "NODE_OPTIONS") = (value, name.as_str()) {
+            node_options = format!("{node_options} {text}");
+            continue;
+        }
         env.push(match value {
             EnvValue::Literal(text) => EnvPlan {
                 name: name.clone(),
@@ -253,6 +281,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             scheme: r.scheme.clone().unwrap_or_else(|| "Bearer".to_owned()),
             token_ref: r.token_ref.clone(),
             token_command: r.token_command.is_some(),
+            token_command_line: r.token_command.clone(),
             roles: r.role.iter().flat_map(|r| r.as_slice()).cloned().collect(),
         })
         .collect();
@@ -275,7 +304,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         ("no_proxy", NO_PROXY.to_owned()),
         ("BOTTLE_IDENTITY", identity.clone()),
         ("HOME", AGENT_HOME.to_owned()),
+        ("NODE_EXTRA_CA_CERTS", AGENT_CA_PATH.to_owned()),
+        ("NODE_OPTIONS", node_options),
     ];
+    bottle_env.extend(
+        CA_BUNDLE_VARS
+            .iter()
+            .map(|var| (*var, TRUST_BUNDLE.to_owned())),
+    );
     if routes
         .iter()
         .any(|r| r.roles.iter().any(|x| x == ROLE_CLAUDE_CODE_OAUTH))

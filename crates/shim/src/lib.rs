@@ -23,6 +23,8 @@ use nix::unistd::Pid;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
+mod trust;
+
 /// Exit status when the shim itself fails (sysexits' EX_SOFTWARE).
 pub const EXIT_SHIM_FAILED: i32 = 70;
 
@@ -37,6 +39,12 @@ pub struct Forward {
 #[derive(Debug, Clone)]
 pub struct ShimConfig {
     pub forwards: Vec<Forward>,
+    /// The bottle's CA, to add to the system trust stores before the
+    /// command starts (needs the shim to start as root).
+    pub ca: Option<PathBuf>,
+    /// uid and gid the command runs as; the shim drops to them (and loses
+    /// every capability) before starting it.
+    pub user: Option<(u32, u32)>,
     /// How long to wait for the gate's sockets before giving up.
     pub gate_timeout: Duration,
     pub command: Vec<String>,
@@ -58,6 +66,14 @@ pub enum ShimError {
     },
     #[error("no command to run")]
     NoCommand,
+    #[error("cannot install the bottle's CA: {0}")]
+    Ca(std::io::Error),
+    #[error("cannot drop to uid {uid} gid {gid}: {source}")]
+    Drop {
+        uid: u32,
+        gid: u32,
+        source: nix::Error,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -103,6 +119,12 @@ const FORWARDED: &[Signal] = &[
 
 async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     let (program, args) = config.command.split_first().ok_or(ShimError::NoCommand)?;
+    if let Some(ca) = &config.ca {
+        trust::install(ca).map_err(ShimError::Ca)?;
+    }
+    if let Some((uid, gid)) = config.user {
+        drop_privileges(uid, gid)?;
+    }
 
     // Handlers first, so no signal or child exit is missed.
     let mut child_exits = signal(SignalKind::child())?;
@@ -157,6 +179,24 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
             }
         }
     }
+}
+
+/// Becomes `uid:gid` for good: supplementary groups, gid, then uid. From
+/// root, setuid to another user clears every capability, and
+/// no-new-privileges keeps them from coming back.
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), ShimError> {
+    use nix::unistd::{Gid, Uid, getuid, setgid, setgroups, setuid};
+    if getuid().as_raw() == uid {
+        return Ok(());
+    }
+    let fail = |source| ShimError::Drop { uid, gid, source };
+    setgroups(&[Gid::from_raw(gid)]).map_err(fail)?;
+    setgid(Gid::from_raw(gid)).map_err(fail)?;
+    setuid(Uid::from_raw(uid)).map_err(fail)?;
+    if getuid().as_raw() != uid || nix::unistd::geteuid().as_raw() != uid {
+        return Err(fail(nix::Error::EPERM));
+    }
+    Ok(())
 }
 
 /// Reaps every exited child; returns the command's status once it exits.

@@ -27,6 +27,11 @@ pub const MANAGED_LABEL: &str = "bot-bottle.managed";
 
 const GATE_DOCKERFILE: &str = include_str!("../../../../images/gate/Dockerfile");
 const AGENT_DOCKERFILE: &str = include_str!("../../../../images/agent/Dockerfile");
+/// Files of the agent's build context besides the Dockerfile and binary.
+const AGENT_FILES: &[(&str, &str)] = &[(
+    "node-proxy.cjs",
+    include_str!("../../../../images/agent/node-proxy.cjs"),
+)];
 
 /// Which image to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +59,17 @@ impl ImageSpec {
             ImageKind::Gate => GATE_DOCKERFILE.to_owned(),
             ImageKind::Agent => AGENT_DOCKERFILE.to_owned(),
             ImageKind::Derived => format!(
-                "FROM {}\nUSER root\nCOPY bottle /usr/local/bin/bottle\nRUN mkdir -p /run/bottle /workspace\n",
+                "FROM {}\nUSER root\nCOPY node-proxy.cjs /usr/local/lib/bot-bottle/node-proxy.cjs\n\
+                 COPY bottle /usr/local/bin/bottle\nRUN mkdir -p /run/bottle /workspace\n",
                 self.from
             ),
+        }
+    }
+
+    fn files(&self) -> &'static [(&'static str, &'static str)] {
+        match self.kind {
+            ImageKind::Gate => &[],
+            ImageKind::Agent | ImageKind::Derived => AGENT_FILES,
         }
     }
 }
@@ -97,6 +110,9 @@ fn inputs_hash(spec: &ImageSpec, from_id: &str, binary: &SelfBinary) -> String {
     for part in [spec.dockerfile().as_str(), from_id, &binary.fingerprint] {
         h.update(part.as_bytes());
         h.update([0]);
+    }
+    for (name, contents) in spec.files() {
+        h.update(format!("{name}\0{contents}\0").as_bytes());
     }
     for (k, v) in &spec.build_args {
         h.update(format!("{k}={v}\0").as_bytes());
@@ -194,7 +210,7 @@ async fn build(
     binary: &SelfBinary,
     reporter: &dyn Reporter,
 ) -> Result<(), BackendError> {
-    let context = build_context(&spec.dockerfile(), &binary.path)?;
+    let context = build_context(&spec.dockerfile(), spec.files(), &binary.path)?;
     let mut build_args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
     build_args.insert("BASE".into(), spec.from.clone());
     let labels = HashMap::from([
@@ -274,14 +290,20 @@ fn tail(log: &str) -> String {
     strip_ansi(&lines[lines.len().saturating_sub(30)..].join("\n"))
 }
 
-/// A tar holding the Dockerfile and the binary as `bottle`.
-fn build_context(dockerfile: &str, binary: &Path) -> Result<Bytes, BackendError> {
+/// A tar holding the Dockerfile, the extra files and the binary as `bottle`.
+fn build_context(
+    dockerfile: &str,
+    files: &[(&str, &str)],
+    binary: &Path,
+) -> Result<Bytes, BackendError> {
     let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(dockerfile.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "Dockerfile", dockerfile.as_bytes())?;
+    for (name, contents) in std::iter::once(&("Dockerfile", dockerfile)).chain(files) {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, contents.as_bytes())?;
+    }
     let mut file = std::fs::File::open(binary).map_err(|source| BackendError::Io {
         path: binary.to_owned(),
         source,

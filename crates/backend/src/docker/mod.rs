@@ -16,7 +16,8 @@ use bollard::query_parameters::{
     InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
     RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
-use bottle_gate::config::{EgressConfig, GateConfig};
+use bottle_gate::ca::{MintedCa, mint_ca};
+use bottle_gate::config::{EgressConfig, GateConfig, RouteConfig, Secrets, TlsConfig};
 use bottle_manifest::manifest::Runtime;
 use bottle_manifest::plan::Plan;
 use futures_util::StreamExt;
@@ -74,6 +75,8 @@ pub struct DockerPrepared {
     pub own_network: bool,
     pub labels: HashMap<String, String>,
     pub gate_config: GateConfig,
+    /// The bottle's CA, minted at prepare time; written at launch.
+    pub ca: MintedCa,
     pub gate_image: ImageSpec,
     /// The agent's image; its tag is what the agent container runs.
     pub agent_image: ImageSpec,
@@ -168,8 +171,28 @@ impl Backend for DockerBackend {
                     allow_private,
                     trusted_subnets: Vec::new(),
                     refused_addresses: Vec::new(),
+                    routes: plan
+                        .egress
+                        .routes
+                        .iter()
+                        .map(|r| RouteConfig {
+                            host: r.host.clone(),
+                            header: r.header.clone(),
+                            scheme: r.scheme.clone(),
+                        })
+                        .collect(),
+                },
+                tls: TlsConfig {
+                    ca_cert: format!("{GATE_CONFIG_DIR}/ca.pem").into(),
+                    ca_key: format!("{GATE_CONFIG_DIR}/ca.key").into(),
+                    upstream_ca: plan
+                        .egress
+                        .upstream_ca
+                        .as_ref()
+                        .map(|_| format!("{GATE_CONFIG_DIR}/upstream-ca.pem").into()),
                 },
             },
+            ca: mint_ca(identity).map_err(|e| BackendError::Ca(e.to_string()))?,
             gate_image,
             agent_image,
             plan: plan.clone(),
@@ -185,6 +208,9 @@ impl Backend for DockerBackend {
         let mut signals = Interrupts::new()?;
         let docker = connect().await?;
         prepared.dir.create()?;
+        prepared
+            .dir
+            .write_ca(&prepared.ca, prepared.plan.egress.upstream_ca.as_deref())?;
         prepared.dir.write_json(
             &prepared.dir.metadata(),
             &Metadata::new(&prepared.plan, BottleState::Running),
@@ -263,11 +289,9 @@ impl DockerBackend {
             gate_config.egress.trusted_subnets = subnets;
             gate_config.egress.refused_addresses = gateways;
             p.dir.write_json(&p.dir.gate_config(), &gate_config)?;
+            let secrets = crate::secrets::resolve(&p.plan)?;
             create_container(docker, &p.gate_container, spec::gate_container(p)).await?;
-            docker
-                .start_container(&p.gate_container, None)
-                .await
-                .map_err(|e| BackendError::GateFailed(e.to_string()))?;
+            start_gate(docker, &p.gate_container, secrets).await?;
             timing("gate started");
             let status = exit_status(docker, &p.gate_container).await;
             reporter.step(&format!(
@@ -296,6 +320,41 @@ impl DockerBackend {
             failed = gate_watch => failed,
         }
     }
+}
+
+/// Starts the gate; with routes, hands it their secrets on its standard
+/// input, which is then closed. Secrets never touch a file, the
+/// environment or argv.
+async fn start_gate(docker: &Docker, gate: &str, secrets: Vec<String>) -> Result<(), BackendError> {
+    let failed = |e: &dyn std::fmt::Display| BackendError::GateFailed(e.to_string());
+    if secrets.is_empty() {
+        return docker
+            .start_container(gate, None)
+            .await
+            .map_err(|e| failed(&e));
+    }
+    let attach = docker
+        .attach_container(
+            gate,
+            Some(
+                bollard::query_parameters::AttachContainerOptionsBuilder::new()
+                    .stream(true)
+                    .stdin(true)
+                    .build(),
+            ),
+        )
+        .await
+        .map_err(|e| failed(&e))?;
+    docker
+        .start_container(gate, None)
+        .await
+        .map_err(|e| failed(&e))?;
+    let mut input = attach.input;
+    let payload = serde_json::to_vec(&Secrets { secrets }).map_err(|e| failed(&e))?;
+    use tokio::io::AsyncWriteExt;
+    input.write_all(&payload).await?;
+    input.shutdown().await?;
+    Ok(())
 }
 
 /// Waits for `container` to stop; describes how it ended.

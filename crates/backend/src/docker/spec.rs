@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bottle_gate::config::EGRESS_SOCKET;
-use bottle_manifest::plan::PROXY_PORT;
+use bottle_manifest::plan::{AGENT_CA_PATH, PROXY_PORT};
 
 use super::{
     AGENT_UID, BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, ROLE_LABEL, SOCKET_DIR,
@@ -51,6 +51,10 @@ pub fn agent_container(
         format!("{PROXY_PORT}={SOCKET_DIR}/{EGRESS_SOCKET}"),
         "--gate-timeout-ms".to_owned(),
         gate_timeout.as_millis().to_string(),
+        "--ca".to_owned(),
+        AGENT_CA_PATH.to_owned(),
+        "--user".to_owned(),
+        AGENT_UID.to_owned(),
         "--".to_owned(),
     ];
     let mut labels = p.labels.clone();
@@ -60,7 +64,10 @@ pub fn agent_container(
         image: Some(p.agent_image.tag.clone()),
         entrypoint: Some(entrypoint),
         cmd: Some(p.plan.command.clone()),
-        user: Some(AGENT_UID.into()),
+        // The shim starts as root to add the CA to the trust stores, then
+        // drops to the agent's uid (losing every capability) before the
+        // command starts. Only SETUID and SETGID, for that drop, remain.
+        user: Some("0:0".into()),
         working_dir: Some(p.plan.workdir.clone()),
         hostname: Some("bottle".into()),
         env: Some(env),
@@ -75,16 +82,17 @@ pub fn agent_container(
             // No interface but loopback: the gate's sockets are the only way out.
             network_mode: Some("none".into()),
             cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(vec!["SETUID".into(), "SETGID".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             pids_limit: Some(p.plan.resources.pids),
             memory: Some(memory),
             memory_swap: Some(memory),
             nano_cpus: p.plan.resources.cpus.map(|c| (c * 1e9) as i64),
             // Read-only: the agent may connect to the sockets, not replace them.
-            binds: Some(vec![format!(
-                "{}:{SOCKET_DIR}:ro",
-                p.dir.socket_dir().display()
-            )]),
+            binds: Some(vec![
+                format!("{}:{SOCKET_DIR}:ro", p.dir.socket_dir().display()),
+                format!("{}:{AGENT_CA_PATH}:ro", p.dir.ca_cert().display()),
+            ]),
             runtime,
             init: Some(false),
             ..Default::default()
@@ -94,6 +102,7 @@ pub fn agent_container(
 }
 
 pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
+    let secrets_on_stdin = !p.plan.egress.routes.is_empty();
     let mut labels = p.labels.clone();
     labels.insert(ROLE_LABEL.into(), "gate".into());
     let uid = nix::unistd::getuid();
@@ -107,6 +116,10 @@ pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
         // The launching user: what the gate writes on the host is theirs.
         user: Some(format!("{uid}:{gid}")),
         labels: Some(labels),
+        // Route secrets arrive on stdin (see `start_gate`).
+        open_stdin: Some(secrets_on_stdin),
+        stdin_once: Some(secrets_on_stdin),
+        attach_stdin: Some(secrets_on_stdin),
         env: Some(vec!["RUST_LOG=info".into()]),
         host_config: Some(HostConfig {
             network_mode: Some(p.gate_network.clone()),

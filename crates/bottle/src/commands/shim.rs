@@ -26,8 +26,21 @@ pub fn run(args: ShimArgs) -> Result<i32, Failure> {
         })
         .collect::<anyhow::Result<Vec<_>>>()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
+    let user = match &args.user {
+        None => None,
+        Some(spec) => {
+            let parsed = spec
+                .split_once(':')
+                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+            Some(parsed.ok_or_else(|| {
+                Failure::new(exit::USAGE, anyhow!("--user {spec:?}: expected UID:GID"))
+            })?)
+        }
+    };
     Ok(bottle_shim::run(ShimConfig {
         forwards,
+        ca: args.ca,
+        user,
         gate_timeout: Duration::from_millis(args.gate_timeout_ms),
         command: args.command,
     }))

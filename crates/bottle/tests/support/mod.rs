@@ -134,6 +134,8 @@ impl World {
         let origin = format!("bbtest-origin-{suffix}");
         docker(&["network", "create", "--label", "bbtest=1", &network]);
         let world_dir = tempfile::tempdir().unwrap();
+        let certs = world_dir.path().join("certs");
+        make_certs(&certs);
         let mut world = World {
             network: network.clone(),
             origin: origin.clone(),
@@ -156,8 +158,36 @@ impl World {
             "forbidden.test",
             "--network-alias",
             "other.allowed.test",
+            "--network-alias",
+            "route.test",
+            "-v",
+            &format!("{}:/certs:ro", certs.display()),
             ORIGIN_IMAGE,
         ]);
+        // Ready when nginx answers on its TLS port.
+        let ready = wait_until(Duration::from_secs(30), || {
+            Command::new("docker")
+                .args([
+                    "exec",
+                    &origin,
+                    "bash",
+                    "-c",
+                    "exec 3<>/dev/tcp/127.0.0.1/443 && exec 4<>/dev/tcp/127.0.0.1/8080",
+                ])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !ready {
+            let logs = Command::new("docker")
+                .args(["logs", &origin])
+                .output()
+                .unwrap();
+            panic!(
+                "the origin never came up: {}",
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
         world.origin_ip = docker(&[
             "inspect",
             "-f",
@@ -172,8 +202,33 @@ impl World {
             &network,
         ]);
         std::fs::create_dir_all(world.home()).unwrap();
-        world.write_manifest(&default_manifest(&network, &[]));
+        world.write_manifest(&world.manifest(&[]));
         world
+    }
+
+    /// The test CA, which the manifest's `upstream_ca` makes the gate trust.
+    pub fn test_ca(&self) -> PathBuf {
+        self.dir.path().join("certs").join("ca.pem")
+    }
+
+    /// The secret of the route to `route.test`: in the launcher's
+    /// environment only.
+    pub fn secret(&self) -> String {
+        format!("bbtest-secret-{}-Zq9", self.network)
+    }
+
+    /// The default test manifest with `extra_allow` added.
+    pub fn manifest(&self, extra_allow: &[&str]) -> serde_json::Value {
+        default_manifest(&self.network, &self.test_ca(), extra_allow)
+    }
+
+    /// Lines the origin logged for requests it received (`REQUEST {...}`).
+    pub fn origin_requests(&self) -> Vec<serde_json::Value> {
+        docker(&["logs", &self.origin])
+            .lines()
+            .filter_map(|l| l.strip_prefix("REQUEST "))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     pub fn home(&self) -> PathBuf {
@@ -204,6 +259,7 @@ impl World {
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("BOTTLE_MANIFEST", self.manifest_path())
             .env("BOTTLE_INSTALL_CLAUDE", "0")
+            .env(SECRET_VAR, self.secret())
             .env("NO_COLOR", "1")
             .env_remove("BOTTLE_BACKEND")
             .stdin(Stdio::null());
@@ -233,11 +289,21 @@ impl Drop for World {
     }
 }
 
+/// The launcher's variable holding the route secret.
+pub const SECRET_VAR: &str = "BBTEST_ROUTE_TOKEN";
+
 /// The default test manifest: agent `probe` (and `sigint`, `killgate`) in
-/// a bottle that allows `allowed.test` on the default ports, with the gate
-/// on the test's network.
-pub fn default_manifest(network: &str, extra_allow: &[&str]) -> serde_json::Value {
-    let mut allow = vec!["allowed.test", "other.allowed.test:8080"];
+/// a bottle that allows `allowed.test` on the default ports (and 80 for
+/// CONNECT, 8444 where the certificate is untrusted), `route.test` with a
+/// credential route, the gate on the test's network trusting the test CA.
+pub fn default_manifest(network: &str, ca: &Path, extra_allow: &[&str]) -> serde_json::Value {
+    let mut allow = vec![
+        "allowed.test",
+        "allowed.test:80",
+        "allowed.test:8444",
+        "other.allowed.test:8080",
+        "route.test",
+    ];
     allow.extend_from_slice(extra_allow);
     serde_json::json!({
         "agents": {
@@ -249,6 +315,10 @@ pub fn default_manifest(network: &str, extra_allow: &[&str]) -> serde_json::Valu
             "test": {
                 "allow": allow,
                 "gate_network": network,
+                "egress_proxy": {
+                    "upstream_ca": ca,
+                    "routes": [{ "host": "route.test", "token_ref": SECRET_VAR }]
+                },
                 "resources": { "memory": "512m", "pids": 256 }
             }
         }
@@ -326,4 +396,49 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// A test CA, the origin's certificate signed by it (for every name the
+/// origin answers to), and an untrusted certificate from another CA.
+fn make_certs(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, "bbtest CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let names: Vec<String> = [
+        "allowed.test",
+        "forbidden.test",
+        "other.allowed.test",
+        "route.test",
+        "localhost",
+    ]
+    .map(String::from)
+    .to_vec();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(names.clone())
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("origin.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("origin.key"), key.serialize_pem()).unwrap();
+    let other_key = KeyPair::generate().unwrap();
+    let untrusted = CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&other_key)
+        .unwrap();
+    std::fs::write(dir.join("untrusted.pem"), untrusted.pem()).unwrap();
+    std::fs::write(dir.join("untrusted.key"), other_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("big.bin"), b"small in tests\n").unwrap();
+    // nginx runs as www-data in the origin.
+    for entry in std::fs::read_dir(dir).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = entry.unwrap().path();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }

@@ -1,7 +1,15 @@
 //! The egress role: the bottle's only way to the network (DESIGN.md §5).
+//!
+//! [`proxy`] takes the agent's requests, [`policy`] decides, [`intercept`]
+//! opens allowed tunnels, [`forward`] sends each request on with its
+//! [`credentials`], through [`upstream`] connections.
 
+pub mod credentials;
+pub mod forward;
+pub mod intercept;
 pub mod policy;
 pub mod proxy;
+pub mod upstream;
 
 pub use policy::Policy;
 pub use proxy::Egress;
