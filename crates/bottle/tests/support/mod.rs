@@ -332,7 +332,7 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn new(output: Output) -> Probe {
+    pub fn new(output: Output) -> Probe {
         let values = String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(|l| l.split_once('='))

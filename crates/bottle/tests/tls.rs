@@ -1,0 +1,472 @@
+//! End to end, real TLS: the gate intercepts with the bottle's own CA,
+//! verifies the origin against the test CA, injects the route's
+//! credential, and keeps the real secret out of the agent's reach.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use support::*;
+
+fn world() -> Option<World> {
+    if !docker_available() {
+        return None;
+    }
+    ensure_images();
+    Some(World::new())
+}
+
+/// `curl` printing `NAME=<status>`, `NAME_body=…` and `NAME_err=…`.
+fn curl(name: &str, args: &str) -> String {
+    format!(
+        "out=$(curl -sS -m 10 -o /tmp/{name}.body -w '%{{http_code}}' {args} 2>/tmp/{name}.err); echo {name}_rc=$?; echo {name}=$out; \
+         echo {name}_body=$(head -c 600 /tmp/{name}.body | tr '\\n' ' '); echo {name}_err=$(tr '\\n' ' ' < /tmp/{name}.err)\n"
+    )
+}
+
+#[test]
+fn every_runtime_trusts_the_gate_without_flags() {
+    let Some(world) = world() else { return };
+    let script = [
+        curl("curl", "https://allowed.test/curl"),
+        "echo git=$(git ls-remote https://allowed.test/git/repo.git 2>&1 | grep -c refs/heads/main)\n".to_owned(),
+        "echo urllib=$(python3 -c 'import urllib.request as u; print(u.urlopen(\"https://allowed.test/urllib\").status)' 2>&1 | tail -1)\n".to_owned(),
+        "echo requests=$(python3 -c 'import requests; print(requests.get(\"https://allowed.test/requests\").status_code)' 2>&1 | tail -1)\n".to_owned(),
+        "echo node=$(node -e 'fetch(\"https://allowed.test/node\").then(r => r.json()).then(j => console.log(j.path + \":\" + j.tls))' 2>&1 | tail -1)\n".to_owned(),
+    ]
+    .concat();
+    let probe = world.probe("probe", &script);
+    assert_eq!(probe.get("curl"), "200", "{}", probe.get("curl_err"));
+    assert!(probe.get("curl_body").contains("\"tls\": true"));
+    assert_eq!(probe.get("git"), "1", "git ls-remote over HTTPS lists main");
+    assert_eq!(probe.get("urllib"), "200");
+    assert_eq!(probe.get("requests"), "200");
+    assert_eq!(
+        probe.get("node"),
+        "/node:true",
+        "Node's fetch goes through the gate"
+    );
+}
+
+#[test]
+fn credentials_are_injected_only_on_their_route() {
+    let Some(world) = world() else { return };
+    let secret = world.secret();
+    let script = [
+        curl(
+            "route",
+            "-H 'Authorization: Bearer agent-placeholder' https://route.test/inject",
+        ),
+        curl(
+            "elsewhere",
+            "-H 'Authorization: Bearer agent-placeholder' https://allowed.test/elsewhere",
+        ),
+        curl(
+            "cleartext",
+            "-H 'Authorization: Bearer agent-placeholder' http://route.test/cleartext",
+        ),
+    ]
+    .concat();
+    let out = world
+        .command()
+        .args(["start", "probe", "-y", "--", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let identity = identity_from(&stderr(&out)).expect("identity");
+    let probe = Probe::new(out);
+    assert_eq!(probe.get("route"), "200", "{}", probe.get("route_err"));
+    assert_eq!(probe.get("elsewhere"), "200");
+
+    let requests = world.origin_requests();
+    let seen = |path: &str| -> Vec<String> {
+        requests
+            .iter()
+            .filter(|r| r["path"] == path)
+            .filter_map(|r| r["headers"]["authorization"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        seen("/inject"),
+        vec![format!("Bearer {secret}")],
+        "the route's host gets the real token, once"
+    );
+    assert_eq!(
+        seen("/elsewhere"),
+        vec!["Bearer agent-placeholder".to_owned()]
+    );
+    assert_eq!(
+        seen("/cleartext"),
+        vec!["Bearer agent-placeholder".to_owned()],
+        "never over plain HTTP"
+    );
+
+    // The origin echoed the header back; the agent got it scrubbed.
+    let out = stdout(&probe.output);
+    assert!(!out.contains(&secret), "the agent saw the secret: {out}");
+    assert!(
+        probe.get("route_body").contains("Bearer xxxxxxxx"),
+        "{}",
+        probe.get("route_body")
+    );
+
+    // The audit log says a credential was injected, never its value.
+    let audit =
+        std::fs::read_to_string(world.state_root().join(&identity).join("audit.jsonl")).unwrap();
+    assert!(!audit.contains(&secret), "the secret is in the audit log");
+    let injected: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["path"] == "/inject")
+        .collect();
+    assert_eq!(injected.len(), 1, "{audit}");
+    assert_eq!(injected[0]["injected"], "authorization");
+    assert_eq!(injected[0]["host"], "route.test");
+    assert_eq!(injected[0]["rule"], "route.test");
+    assert_eq!(injected[0]["status"], 200);
+}
+
+#[test]
+fn the_secret_is_nowhere_in_the_bottle() {
+    let Some(world) = world() else { return };
+    let secret = world.secret();
+    let mut child = world
+        .command()
+        .args(["start", "probe", "-y", "--rm", "--", "bash", "-c"])
+        .arg(
+            "curl -s -H 'Authorization: Bearer x' https://route.test/keep > /home/agent/response.json; \
+             cp /home/agent/response.json /workspace/; echo ID=$BOTTLE_IDENTITY; sleep 60",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let identity = lines
+        .find_map(|l| l.ok()?.strip_prefix("ID=").map(str::to_owned))
+        .expect("the bottle printed its identity");
+    let container = format!("{identity}-agent");
+    assert!(
+        world
+            .origin_requests()
+            .iter()
+            .any(|r| r["path"] == "/keep"
+                && r["headers"]["authorization"] == format!("Bearer {secret}")),
+        "the route was used, so the gate held the secret"
+    );
+
+    // Every process's environment and command line.
+    let procs = Command::new("docker")
+        .args(["exec", "-u", "0", &container, "sh", "-c"])
+        .arg("cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null")
+        .output()
+        .unwrap();
+    assert!(!procs.stdout.is_empty());
+    assert!(
+        !contains(&procs.stdout, secret.as_bytes()),
+        "the secret is in /proc"
+    );
+
+    // The whole filesystem; the secret goes in on stdin, not argv.
+    let mut grep = Command::new("docker")
+        .args([
+            "exec", "-i", "-u", "0", &container, "grep", "-rlsF", "-f", "-", "/",
+        ])
+        .args([
+            "--exclude-dir=proc",
+            "--exclude-dir=sys",
+            "--exclude-dir=dev",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    grep.stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    let found = grep.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout),
+        "",
+        "files holding the secret"
+    );
+    let response = docker(&["exec", &container, "cat", "/workspace/response.json"]);
+    assert!(
+        response.contains("bbtest-origin"),
+        "the search ran over real files: {response}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn domain_fronting_is_refused() {
+    let Some(world) = world() else { return };
+    let script = [
+        curl(
+            "host_header",
+            "-H 'Host: forbidden.test' https://allowed.test/fronted",
+        ),
+        curl(
+            "sni",
+            "--connect-to forbidden.test:443:allowed.test:443 https://forbidden.test/sni",
+        ),
+        curl(
+            "connect_forbidden",
+            "--connect-to allowed.test:443:forbidden.test:443 https://allowed.test/x",
+        ),
+    ]
+    .concat();
+    let probe = world.probe("probe", &script);
+    assert_eq!(probe.get("host_header"), "403");
+    assert!(
+        probe.get("host_header_body").contains("domain fronting"),
+        "{}",
+        probe.get("host_header_body")
+    );
+    assert_ne!(
+        probe.get("sni_rc"),
+        "0",
+        "a handshake naming another host must fail"
+    );
+    assert!(probe.get("connect_forbidden_err").contains("403"));
+    let paths: Vec<String> = world
+        .origin_requests()
+        .iter()
+        .filter_map(|r| r["path"].as_str().map(str::to_owned))
+        .collect();
+    for path in ["/fronted", "/sni", "/x"] {
+        assert!(
+            !paths.iter().any(|p| p == path),
+            "{path} reached the origin"
+        );
+    }
+}
+
+const WEBSOCKET_CLIENT: &str = r#"
+import base64, os, socket, ssl
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+ctx.set_alpn_protocols(["http/1.1"])
+t = ctx.wrap_socket(s, server_hostname="allowed.test")
+key = base64.b64encode(os.urandom(16)).decode()
+t.sendall(("GET /ws HTTP/1.1\r\nHost: allowed.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += t.recv(1)
+print("ws_status=" + head.split(b"\r\n")[0].decode().split(" ")[1])
+msg = b"hello through the gate"
+mask = os.urandom(4)
+t.sendall(bytes([0x81, 0x80 | len(msg)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(msg)))
+hdr = t.recv(2)
+n = hdr[1] & 0x7F
+data = b""
+while len(data) < n:
+    data += t.recv(n - len(data))
+print("ws_echo=" + data.decode())
+"#;
+
+#[test]
+fn http2_and_websockets_work_through_the_gate() {
+    let Some(world) = world() else { return };
+    let script = format!(
+        "echo h2=$(curl -sS --http2 -o /tmp/h2 -w '%{{http_version}}' https://allowed.test/h2)\n\
+         echo h2_upstream=$(python3 -c 'import json; print(json.load(open(\"/tmp/h2\"))[\"protocol\"])')\n\
+         echo h1=$(curl -sS --http1.1 -o /dev/null -w '%{{http_version}}' https://allowed.test/h1)\n\
+         python3 -c '{}' 2>&1\n",
+        WEBSOCKET_CLIENT.replace('\'', "'\\''")
+    );
+    let probe = world.probe("probe", &script);
+    assert_eq!(probe.get("h2"), "2", "the agent's leg speaks HTTP/2");
+    assert_eq!(
+        probe.get("h2_upstream"),
+        "HTTP/2.0",
+        "the upstream leg negotiated HTTP/2 too"
+    );
+    assert_eq!(probe.get("h1"), "1.1");
+    assert_eq!(probe.get("ws_status"), "101");
+    assert_eq!(probe.get("ws_echo"), "hello through the gate");
+}
+
+#[test]
+fn a_secret_sent_elsewhere_is_blocked_in_every_encoding() {
+    let Some(world) = world() else { return };
+    let secret = world.secret();
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let b64 = |s: &str| {
+        let out = Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        out.stdin.as_ref().unwrap().write_all(s.as_bytes()).unwrap();
+        String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let url_encoded: String = secret
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let cases = [
+        (
+            "header",
+            format!("-H 'X-Token: {secret}' https://allowed.test/h"),
+        ),
+        (
+            "basic",
+            format!(
+                "-H 'Authorization: Basic {}' https://allowed.test/b",
+                b64(&format!("me:{secret}"))
+            ),
+        ),
+        ("query", format!("'https://allowed.test/q?t={url_encoded}'")),
+        ("path", format!("https://allowed.test/p/{secret}")),
+        (
+            "body_hex",
+            format!("--data '{hex}' https://allowed.test/bh"),
+        ),
+        (
+            "body_b64",
+            format!(
+                "--data 'x={}' https://allowed.test/bb",
+                b64(&format!("{{\"token\":\"{secret}\"}}"))
+            ),
+        ),
+        (
+            "body_raw",
+            format!("--data-binary 'prefix {secret} suffix' https://allowed.test/br"),
+        ),
+        (
+            "plain_http",
+            format!("-H 'X-Token: {secret}' http://allowed.test/plain"),
+        ),
+    ];
+    let script: String = cases.iter().map(|(name, args)| curl(name, args)).collect();
+    let probe = world.probe("probe", &script);
+    for (name, _) in &cases {
+        assert_eq!(
+            probe.get(name),
+            "403",
+            "{name}: {}",
+            probe.get(&format!("{name}_body"))
+        );
+        assert!(
+            probe
+                .get(&format!("{name}_body"))
+                .contains("credential leak"),
+            "{name}: {}",
+            probe.get(&format!("{name}_body"))
+        );
+    }
+    let leaked: Vec<_> = world
+        .origin_requests()
+        .into_iter()
+        .filter(|r| r.to_string().contains(&secret) || r.to_string().contains(&hex))
+        .collect();
+    assert!(leaked.is_empty(), "reached the origin: {leaked:?}");
+}
+
+#[test]
+fn an_untrusted_upstream_certificate_is_a_502() {
+    let Some(world) = world() else { return };
+    let probe = world.probe("probe", &curl("bad", "https://allowed.test:8444/"));
+    assert_eq!(probe.get("bad"), "502");
+    let body = probe.get("bad_body");
+    assert!(
+        body.starts_with("bottle gate: upstream error: TLS with allowed.test:8444 failed"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("secret body"),
+        "the body behind a bad certificate leaked"
+    );
+}
+
+#[test]
+fn bottles_never_share_a_ca() {
+    let Some(world) = world() else { return };
+    let leaf_script = "echo ID=$BOTTLE_IDENTITY; openssl s_client -proxy 127.0.0.1:3128 -connect allowed.test:443 \
+                       -servername allowed.test </dev/null 2>/dev/null | openssl x509";
+    let run = || {
+        let out = world
+            .command()
+            .args(["start", "probe", "-y", "--", "bash", "-c", leaf_script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        let identity = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ID="))
+            .unwrap()
+            .to_owned();
+        (
+            identity,
+            text[text.find("-----BEGIN").expect("a leaf certificate")..].to_owned(),
+        )
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(run);
+        let b = s.spawn(run);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca =
+        |id: &str| std::fs::read_to_string(world.state_root().join(id).join("ca.pem")).unwrap();
+    let (ca_a, ca_b) = (file("a.pem", &ca(&a.0)), file("b.pem", &ca(&b.0)));
+    assert_ne!(
+        std::fs::read(&ca_a).unwrap(),
+        std::fs::read(&ca_b).unwrap(),
+        "two bottles, one CA"
+    );
+    let leaf_a = file("leaf-a.pem", &a.1);
+    let verify = |ca: &std::path::Path, leaf: &std::path::Path| {
+        Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(ca)
+            .arg(leaf)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        verify(&ca_a, &leaf_a),
+        "a leaf verifies against its own bottle's CA"
+    );
+    assert!(
+        !verify(&ca_b, &leaf_a),
+        "a leaf of one bottle is trusted by another"
+    );
+    // The CA key never went to the agent's side.
+    let agent_side = std::fs::read_to_string(world.state_root().join(&a.0).join("ca.pem")).unwrap();
+    assert!(!agent_side.contains("PRIVATE KEY"));
+}
