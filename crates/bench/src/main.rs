@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod proxy;
+
 #[derive(Debug, Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -21,6 +23,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// The gate's throughput, latency and memory against a direct
+    /// connection and mitmproxy.
+    Proxy {
+        /// Seconds per load measurement.
+        #[arg(long, default_value = "4")]
+        seconds: u64,
+        /// The `bottle` binary [default: beside this one].
+        #[arg(long)]
+        bottle: Option<PathBuf>,
+        /// The repository (for the origin's fixtures).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
     /// Start latency against `docker run`, and the gate's idle memory.
     Start {
         /// Runs of each command (after one warm-up run each).
@@ -42,7 +57,13 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
+        Bench::Proxy {
+            seconds,
+            bottle,
+            repo,
+        } => proxy::run(&bottle_path(bottle)?, &repo, seconds),
         Bench::Start {
             runs,
             manifest,
@@ -74,13 +95,13 @@ fn time(cmd: &mut Command) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-struct Stats {
-    median: Duration,
-    p90: Duration,
-    min: Duration,
+pub(crate) struct Stats {
+    pub(crate) median: Duration,
+    pub(crate) p90: Duration,
+    pub(crate) min: Duration,
 }
 
-fn stats(mut samples: Vec<Duration>) -> Stats {
+pub(crate) fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     Stats {
@@ -90,7 +111,7 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
     }
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
@@ -201,12 +222,12 @@ fn gate_idle_rss(bottle: &PathBuf, manifest: &PathBuf, agent: &str) -> anyhow::R
     rss.context("the gate never ran")
 }
 
-fn verdict(met: bool) -> &'static str {
+pub(crate) fn verdict(met: bool) -> &'static str {
     if met { "✓" } else { "✗" }
 }
 
 /// The table is the benchmark's output: stdout.
 #[expect(clippy::print_stdout, reason = "the table is this program's data")]
-fn emit(table: &str) {
+pub(crate) fn emit(table: &str) {
     print!("{table}");
 }

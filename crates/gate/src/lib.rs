@@ -92,47 +92,88 @@ fn routes(config: &GateConfig, secrets: Vec<Secret>) -> Result<Vec<Route>, GateE
         .collect()
 }
 
+/// Most worker threads, whatever the machine.
+const MAX_WORKERS: usize = 4;
+
 /// Runs the gate until SIGTERM or SIGINT.
-pub async fn run(config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
+///
+/// One single-threaded runtime per worker thread, each accepting from the
+/// same socket and keeping a connection — the agent's side, its tunnel and
+/// the upstream connections it uses — on one thread: no cross-thread
+/// wake-ups on the hot path.
+pub fn run(config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
     let audit = Arc::new(audit::Audit::open(&config.audit_log)?);
     let policy = Arc::new(egress::Policy::new(config.egress.rules()?, &config.egress));
-    let minter = ca::LeafMinter::new(
+    let minter = Arc::new(ca::LeafMinter::new(
         &fs_err::read_to_string(&config.tls.ca_cert)?,
         &fs_err::read_to_string(&config.tls.ca_key)?,
-    )?;
-    let upstreams =
-        egress::upstream::Upstreams::new(Arc::clone(&policy), config.tls.upstream_ca.as_deref())?;
-    let credentials = Credentials::new(routes(&config, secrets)?);
-    let egress = Arc::new(egress::Egress::new(
-        policy,
-        credentials,
-        minter,
-        upstreams,
-        Arc::clone(&audit),
-    ));
+    )?);
+    let tls = egress::upstream::UpstreamTls::new(config.tls.upstream_ca.as_deref())?;
+    let credentials = Arc::new(Credentials::new(routes(&config, secrets)?));
     let listener = bind(&config.socket_dir, config::EGRESS_SOCKET)?;
-    tracing::info!(identity = %config.identity, "gate serving");
+    // Half the cores: the gate shares the machine with its agent, the
+    // upstreams it talks to and other bottles. (On 2 cores one worker
+    // measured faster than two.)
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get() / 2)
+        .clamp(1, MAX_WORKERS);
+    for i in 0..workers {
+        let listener = listener.try_clone()?;
+        let egress = egress::Egress::new(
+            Arc::clone(&policy),
+            Arc::clone(&credentials),
+            Arc::clone(&minter),
+            egress::upstream::Upstreams::new(Arc::clone(&policy), &tls),
+            Arc::clone(&audit),
+        );
+        std::thread::Builder::new()
+            .name(format!("egress-{i}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let served = runtime.and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = UnixListener::from_std(listener)?;
+                        Arc::new(egress).serve(listener).await;
+                        Ok(())
+                    })
+                });
+                if let Err(err) = served {
+                    // A worker that cannot serve takes the gate down: fail closed.
+                    tracing::error!(%err, "egress worker failed");
+                    std::process::exit(70);
+                }
+            })?;
+    }
+    tracing::info!(identity = %config.identity, workers, "gate serving");
     audit.record("gate", "start", serde_json::Map::new());
 
-    let serving = tokio::spawn(egress.serve(listener));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = serving => {}
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
     audit.record("gate", "stop", serde_json::Map::new());
+    audit.close();
     Ok(())
 }
 
 /// Binds a socket under a temporary name and renames it into place once it
 /// listens, so a client never finds a socket that refuses connections
 /// because the gate is still starting.
-fn bind(dir: &Path, name: &str) -> Result<UnixListener, GateError> {
+fn bind(dir: &Path, name: &str) -> Result<std::os::unix::net::UnixListener, GateError> {
     let path = dir.join(name);
     let staging = dir.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging)?;
+    let listener = std::os::unix::net::UnixListener::bind(&staging)?;
+    listener.set_nonblocking(true)?;
     // The agent runs as another user: it must be able to connect.
     fs_err::set_permissions(&staging, std::fs::Permissions::from_mode(0o666))?;
     fs_err::rename(&staging, &path)?;

@@ -9,7 +9,7 @@ use bottle_gate::audit::Audit;
 use bottle_gate::ca::{LeafMinter, mint_ca};
 use bottle_gate::config::EgressConfig;
 use bottle_gate::egress::credentials::Credentials;
-use bottle_gate::egress::upstream::Upstreams;
+use bottle_gate::egress::upstream::{UpstreamTls, Upstreams};
 use bottle_gate::egress::{Egress, Policy};
 use bottle_manifest::host::HostRule;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,11 +28,11 @@ impl Gate {
         let audit = Arc::new(Audit::open(&dir.path().join("audit.jsonl")).unwrap());
         let ca = mint_ca("test-gate").unwrap();
         let minter = LeafMinter::new(&ca.cert_pem, &ca.key_pem).unwrap();
-        let upstreams = Upstreams::new(Arc::clone(&policy), None).unwrap();
+        let upstreams = Upstreams::new(Arc::clone(&policy), &UpstreamTls::new(None).unwrap());
         let egress = Egress::new(
             policy,
-            Credentials::new(Vec::new()),
-            minter,
+            Arc::new(Credentials::new(Vec::new())),
+            Arc::new(minter),
             upstreams,
             audit,
         );

@@ -16,13 +16,6 @@ pub fn run(args: GateArgs) -> Result<i32, Failure> {
     bottle_gate::install_crypto_provider();
     let config = GateConfig::load(&args.config).map_err(|e| Failure::new(exit::CONFIG, e))?;
     let secrets = bottle_gate::read_secrets(&config).map_err(|e| Failure::new(exit::CONFIG, e))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
-    runtime
-        .block_on(bottle_gate::run(config, secrets))
-        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+    bottle_gate::run(config, secrets).map_err(|e| Failure::new(exit::SOFTWARE, e))?;
     Ok(0)
 }

@@ -81,6 +81,10 @@ impl Egress {
         }
 
         let upgrade = wants_upgrade(req.headers());
+        // The upstream protocol follows the agent's: HTTP/2 agents may get
+        // HTTP/2 upstream (by ALPN); HTTP/1.1 agents get a pool of HTTP/1.1
+        // connections, one per request in flight, as they would directly.
+        let agent_h2 = req.version() == http::Version::HTTP_2;
         let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -114,6 +118,11 @@ impl Egress {
         };
         parts.version = http::Version::HTTP_11;
 
+        // A request without a body and with an idempotent method may be
+        // sent again if the pooled connection it went out on was closed
+        // under it (an HTTP/2 GOAWAY, a keep-alive race).
+        let retry = (body.is_end_stream() && is_idempotent(&parts.method) && !upgrade)
+            .then(|| parts.clone());
         let leaked = Arc::new(OnceLock::new());
         let body: UpstreamBody = if self.credentials.is_empty() {
             body.map_err(BoxError::from).boxed()
@@ -127,12 +136,21 @@ impl Egress {
             }
             .boxed()
         };
-        let client = if upgrade {
-            &self.upstreams.http1
-        } else {
+        let client = if agent_h2 && !upgrade {
             &self.upstreams.any
+        } else {
+            &self.upstreams.http1
         };
-        let mut response = match client.request(Request::from_parts(parts, body)).await {
+        let mut sent = client.request(Request::from_parts(parts, body)).await;
+        if let (Err(err), Some(parts)) = (&sent, retry)
+            && refusal_of(err).is_none()
+        {
+            tracing::debug!(%err, "retrying an idempotent request on a fresh connection");
+            sent = client
+                .request(Request::from_parts(parts, empty_body()))
+                .await;
+        }
+        let mut response = match sent {
             Ok(response) => response,
             Err(err) => {
                 let refusal = match leaked.get() {
@@ -298,6 +316,25 @@ pub(crate) fn refusal_response(refusal: &Refusal) -> Response<Body> {
 
 pub(crate) fn full(text: String) -> Body {
     Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+fn empty_body() -> UpstreamBody {
+    http_body_util::Empty::new()
         .map_err(|never| match never {})
         .boxed()
 }

@@ -157,7 +157,7 @@ impl Egress {
         // The allowlist applies to every request, not only to the tunnel.
         let allowed = match self
             .policy
-            .check_target(&tunnel.host.to_string(), tunnel.port, 443)
+            .check_host(tunnel.host.clone(), tunnel.port, 443)
         {
             Ok(allowed) => allowed,
             Err(denial) => return self.refuse(fields, denial.into()),

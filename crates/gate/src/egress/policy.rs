@@ -80,6 +80,11 @@ impl Policy {
         default_port: u16,
     ) -> Result<Allowed, Denial> {
         let host = normalize_host(raw_host).map_err(Denial::BadHost)?;
+        self.check_host(host, port, default_port)
+    }
+
+    /// [`Policy::check_target`] for a host already normalised.
+    pub fn check_host(&self, host: Host, port: u16, default_port: u16) -> Result<Allowed, Denial> {
         if let Some(rule) = self
             .rules
             .iter()

@@ -32,10 +32,13 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The egress role: policy, credentials, certificates, upstream
 /// connections and the audit log.
+///
+/// Each worker thread of the gate has its own `Egress` (and so its own
+/// upstream connection pools); the rest is shared.
 pub struct Egress {
     pub(crate) policy: Arc<Policy>,
     pub(crate) credentials: Arc<Credentials>,
-    pub(crate) minter: LeafMinter,
+    pub(crate) minter: Arc<LeafMinter>,
     pub(crate) upstreams: Upstreams,
     pub(crate) audit: Arc<Audit>,
 }
@@ -43,14 +46,14 @@ pub struct Egress {
 impl Egress {
     pub fn new(
         policy: Arc<Policy>,
-        credentials: Credentials,
-        minter: LeafMinter,
+        credentials: Arc<Credentials>,
+        minter: Arc<LeafMinter>,
         upstreams: Upstreams,
         audit: Arc<Audit>,
     ) -> Egress {
         Egress {
             policy,
-            credentials: Arc::new(credentials),
+            credentials,
             minter,
             upstreams,
             audit,

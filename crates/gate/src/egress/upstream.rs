@@ -329,27 +329,45 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// TLS settings for upstreams, built once (reading the system roots is not
+/// free) and shared by every worker's clients.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// Offers HTTP/2 and HTTP/1.1.
+    any: Arc<rustls::ClientConfig>,
+    /// Offers HTTP/1.1 only.
+    http1: Arc<rustls::ClientConfig>,
+}
+
+impl UpstreamTls {
+    pub fn new(extra_ca: Option<&Path>) -> Result<UpstreamTls, io::Error> {
+        Ok(UpstreamTls {
+            any: client_tls(extra_ca, &[b"h2", b"http/1.1"])?,
+            http1: client_tls(extra_ca, &[b"http/1.1"])?,
+        })
+    }
+}
+
 /// The pooled clients: one that speaks what ALPN picks, one that keeps to
-/// HTTP/1.1 (for upgrades such as WebSocket).
+/// HTTP/1.1 (for HTTP/1.1 agents and upgrades such as WebSocket).
 pub struct Upstreams {
     pub any: Client<Connector, UpstreamBody>,
     pub http1: Client<Connector, UpstreamBody>,
 }
 
 impl Upstreams {
-    pub fn new(policy: Arc<Policy>, extra_ca: Option<&Path>) -> Result<Upstreams, io::Error> {
-        let build = |alpn: &[&[u8]]| -> Result<Client<Connector, UpstreamBody>, io::Error> {
-            let connector = Connector::new(Arc::clone(&policy), client_tls(extra_ca, alpn)?);
-            Ok(Client::builder(TokioExecutor::new())
+    pub fn new(policy: Arc<Policy>, tls: &UpstreamTls) -> Upstreams {
+        let build = |config: &Arc<rustls::ClientConfig>| {
+            Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE)
                 .pool_timer(hyper_util::rt::TokioTimer::new())
                 .timer(hyper_util::rt::TokioTimer::new())
-                .build(connector))
+                .build(Connector::new(Arc::clone(&policy), Arc::clone(config)))
         };
-        Ok(Upstreams {
-            any: build(&[b"h2", b"http/1.1"])?,
-            http1: build(&[b"http/1.1"])?,
-        })
+        Upstreams {
+            any: build(&tls.any),
+            http1: build(&tls.http1),
+        }
     }
 }
 
