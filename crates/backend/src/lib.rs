@@ -6,6 +6,7 @@
 pub mod docker;
 pub mod secrets;
 pub mod state;
+pub mod workspace;
 
 use std::future::Future;
 

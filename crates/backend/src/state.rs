@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bottle_gate::ca::MintedCa;
-use bottle_manifest::plan::Plan;
+use bottle_manifest::plan::{GitPlan, Plan};
 use serde::Serialize;
 
 use crate::BackendError;
@@ -43,6 +43,46 @@ impl BottleDir {
     pub fn socket_dir(&self) -> PathBuf {
         self.root.join("run")
     }
+    /// The gate's writable git directory (mirrors, learned host keys).
+    pub fn git_dir(&self) -> PathBuf {
+        self.root.join("git")
+    }
+
+    /// Copies each git entry's key into the gate's directory (mode 0600)
+    /// with its pinned host key, and makes the gate's mirror directory.
+    pub fn write_git(&self, entries: &[GitPlan]) -> Result<(), BackendError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| BackendError::Io { path, source }
+        };
+        let mirrors = self.git_dir();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&mirrors)
+            .map_err(io(&mirrors))?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let keys = self.gate_dir().join("git");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&keys)
+            .map_err(io(&keys))?;
+        for entry in entries {
+            let key = std::fs::read(&entry.identity_file).map_err(io(&entry.identity_file))?;
+            write_file(&keys.join(format!("{}.key", entry.name)), &key, 0o600)?;
+            if let Some(line) = &entry.host_key {
+                let known = known_hosts_line(&entry.upstream, line);
+                write_file(
+                    &keys.join(format!("{}.known_hosts", entry.name)),
+                    known.as_bytes(),
+                    0o600,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// The bottle's CA certificate (public; the agent trusts it).
     pub fn ca_cert(&self) -> PathBuf {
         self.root.join("ca.pem")
@@ -135,6 +175,41 @@ impl BottleDir {
             _ => Ok(()),
         }
     }
+}
+
+/// A known_hosts line for `upstream` from the manifest's `HostKey` line:
+/// its key type and key, under the host (and port) ssh will look up, so a
+/// pinned key cannot miss because the line named the host differently.
+pub fn known_hosts_line(upstream: &str, host_key: &str) -> String {
+    let fields: Vec<&str> = host_key.split_whitespace().collect();
+    let (key_type, key) = match fields.as_slice() {
+        [_, key_type, key, ..] => (*key_type, *key),
+        _ => ("", ""),
+    };
+    let (host, port) = upstream_host_port(upstream);
+    let host = if port == 22 {
+        host
+    } else {
+        format!("[{host}]:{port}")
+    };
+    format!("{host} {key_type} {key}\n")
+}
+
+/// Host and port of an SSH upstream (`ssh://user@host:port/path` or
+/// `user@host:path`).
+pub fn upstream_host_port(upstream: &str) -> (String, u16) {
+    let authority = match upstream.strip_prefix("ssh://") {
+        Some(rest) => rest.split('/').next().unwrap_or(rest),
+        None => upstream.split(':').next().unwrap_or(upstream),
+    };
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    if upstream.starts_with("ssh://")
+        && let Some((host, port)) = host_port.rsplit_once(':')
+        && let Ok(port) = port.parse()
+    {
+        return (host.trim_matches(['[', ']']).to_owned(), port);
+    }
+    (host_port.trim_matches(['[', ']']).to_owned(), 22)
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BackendError> {

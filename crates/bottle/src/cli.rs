@@ -30,6 +30,12 @@ pub enum Command {
     /// Run as pid 1 in the agent's sandbox.
     #[command(hide = true)]
     Shim(ShimArgs),
+    /// The git gate's hook (run by git inside the gate).
+    #[command(hide = true)]
+    GitHook {
+        /// The hook: pre-receive.
+        name: String,
+    },
     /// Remove what is left of a bottle after its launcher returned.
     #[command(hide = true)]
     Reap {
@@ -79,6 +85,10 @@ pub struct StartArgs {
     /// Remove everything the bottle made when it exits, state included.
     #[arg(long)]
     pub rm: bool,
+    /// Copy the current directory (with .git) into the bottle's workspace.
+    /// The agent works on the copy; its work leaves through the git gate.
+    #[arg(long)]
+    pub cwd: bool,
     /// Run this command in the bottle instead of the agent's.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -64,6 +64,7 @@ fn main() {
         Command::Gate(args) => commands::gate::run(args),
         Command::Shim(args) => commands::shim::run(args),
         Command::Reap { identity } => commands::reap::run(&identity),
+        Command::GitHook { name } => commands::gate::hook(&name),
     };
     let code = match result {
         Ok(code) => code,

@@ -51,18 +51,7 @@ impl Audit {
     /// failed write is logged, not fatal: refusing traffic because the disk
     /// is full would be a denial of service the agent could cause.
     pub fn record(&self, role: &str, event: &str, fields: Map<String, Value>) {
-        let mut record = Map::new();
-        record.insert(
-            "ts".into(),
-            humantime::format_rfc3339_millis(SystemTime::now())
-                .to_string()
-                .into(),
-        );
-        record.insert("role".into(), role.into());
-        record.insert("event".into(), event.into());
-        record.extend(fields);
-        let mut line = Value::Object(record).to_string();
-        line.push('\n');
+        let line = line(role, event, fields);
         let mut queue = lock(&self.queue.0);
         queue.lines.extend_from_slice(line.as_bytes());
     }
@@ -87,6 +76,35 @@ impl Drop for Audit {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// One record as a line: `ts`, `role`, `event`, then `fields`.
+fn line(role: &str, event: &str, fields: Map<String, Value>) -> String {
+    let mut record = Map::new();
+    record.insert(
+        "ts".into(),
+        humantime::format_rfc3339_millis(SystemTime::now())
+            .to_string()
+            .into(),
+    );
+    record.insert("role".into(), role.into());
+    record.insert("event".into(), event.into());
+    record.extend(fields);
+    let mut line = Value::Object(record).to_string();
+    line.push('\n');
+    line
+}
+
+/// Appends one record right away, from a process other than the gate's
+/// (the git hook). One `write` on an `O_APPEND` file keeps it whole.
+pub fn append_now(
+    path: &Path,
+    role: &str,
+    event: &str,
+    fields: Map<String, Value>,
+) -> std::io::Result<()> {
+    let mut file = fs_err::OpenOptions::new().append(true).open(path)?;
+    file.write_all(line(role, event, fields).as_bytes())
 }
 
 fn lock(mutex: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {

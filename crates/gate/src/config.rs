@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// File name of the egress role's socket in the socket directory.
 pub const EGRESS_SOCKET: &str = "egress.sock";
+/// File name of the git role's socket in the socket directory.
+pub const GIT_SOCKET: &str = "git.sock";
 
 /// Everything one gate process needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +25,44 @@ pub struct GateConfig {
     pub audit_log: PathBuf,
     pub egress: EgressConfig,
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub git: GitConfig,
+}
+
+/// The git role: one bare mirror per upstream, and the push policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// Writable directory for the mirrors and learned host keys.
+    pub dir: PathBuf,
+    pub entries: Vec<GitEntryConfig>,
+}
+
+/// One upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitEntryConfig {
+    /// The remote's name: the agent reaches it as `/<name>.git`.
+    pub name: String,
+    /// The real upstream URL.
+    pub upstream: String,
+    /// The SSH key (in the gate only).
+    pub identity_file: PathBuf,
+    /// A known_hosts file pinning the upstream's key; `None`: trust on
+    /// first use, recorded in `dir`.
+    pub known_hosts: Option<PathBuf>,
+    pub push: PushConfig,
+}
+
+/// What pushes are forwarded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    pub branches: Vec<String>,
+    pub force: bool,
+    pub delete: bool,
+    pub tags: bool,
+    pub max_pack_bytes: Option<u64>,
 }
 
 /// The bottle's CA (to mint leaves for the agent's side) and the extra CA

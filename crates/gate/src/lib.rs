@@ -11,6 +11,7 @@ pub mod audit;
 pub mod ca;
 pub mod config;
 pub mod egress;
+pub mod git;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -101,7 +102,7 @@ const MAX_WORKERS: usize = 4;
 /// same socket and keeping a connection — the agent's side, its tunnel and
 /// the upstream connections it uses — on one thread: no cross-thread
 /// wake-ups on the hot path.
-pub fn run(config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
+pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
     let audit = Arc::new(audit::Audit::open(&config.audit_log)?);
     let policy = Arc::new(egress::Policy::new(config.egress.rules()?, &config.egress));
     let minter = Arc::new(ca::LeafMinter::new(
@@ -142,6 +143,31 @@ pub fn run(config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
                 if let Err(err) = served {
                     // A worker that cannot serve takes the gate down: fail closed.
                     tracing::error!(%err, "egress worker failed");
+                    std::process::exit(70);
+                }
+            })?;
+    }
+    if !config.git.entries.is_empty() {
+        let listener = bind(&config.socket_dir, config::GIT_SOCKET)?;
+        let git = Arc::new(git::Git::new(
+            config.git.clone(),
+            config_path.to_owned(),
+            Arc::clone(&audit),
+        ));
+        std::thread::Builder::new()
+            .name("git".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let served = runtime.and_then(|rt| {
+                    rt.block_on(async move {
+                        git.serve(UnixListener::from_std(listener)?).await;
+                        Ok(())
+                    })
+                });
+                if let Err(err) = served {
+                    tracing::error!(%err, "git worker failed");
                     std::process::exit(70);
                 }
             })?;

@@ -27,6 +27,8 @@ pub const AGENT_USER: &str = "agent";
 pub const AGENT_HOME: &str = "/home/agent";
 /// The egress proxy as the agent sees it (the shim's loopback port).
 pub const PROXY_PORT: u16 = 3128;
+/// The git gate as the agent sees it (the shim's loopback port).
+pub const GIT_PORT: u16 = 9418;
 /// `NO_PROXY` in the bottle: only the bottle's own loopback.
 pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 /// The bottle's CA certificate inside the agent's sandbox.
@@ -123,6 +125,9 @@ pub struct GitPlan {
     pub identity_file: PathBuf,
     /// Whether the host key is pinned in the manifest (else first use).
     pub host_key_pinned: bool,
+    /// The pinned known_hosts line, for the gate.
+    #[serde(skip)]
+    pub host_key: Option<String>,
     pub push: PushPolicyPlan,
 }
 
@@ -183,6 +188,18 @@ pub struct Plan {
     pub resources: ResourcePlan,
     pub state_dir: PathBuf,
     pub remove_on_exit: bool,
+    /// What `--cwd` copies into the workspace; `None` without `--cwd`.
+    pub workspace: Option<WorkspacePlan>,
+}
+
+/// The copy of the host's directory the agent works on.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorkspacePlan {
+    /// The host directory copied (never mounted).
+    pub source: PathBuf,
+    /// `git`: what git tracks plus untracked files it does not ignore, and
+    /// `.git`; `all`: every file (not a git repository).
+    pub mode: &'static str,
 }
 
 /// What `prepare` needs besides the manifest.
@@ -196,6 +213,8 @@ pub struct PlanInput<'a> {
     pub backend: &'a str,
     pub base_image: &'a str,
     pub remove_on_exit: bool,
+    /// `--cwd`: the directory to copy into the workspace.
+    pub cwd: Option<&'a Path>,
     /// `$XDG_STATE_HOME/bot-bottle`.
     pub state_root: &'a Path,
     /// Reads a host variable (to check that forwarded ones are set).
@@ -312,6 +331,30 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             .iter()
             .map(|var| (*var, TRUST_BUNDLE.to_owned())),
     );
+    // Each upstream's URL is rewritten to the git gate, through git's
+    // environment configuration: no file the agent could edit, and the
+    // repository's remotes keep their real URLs.
+    let git_config: Vec<(String, String)> = bottle
+        .git
+        .iter()
+        .map(|entry| {
+            (
+                format!(
+                    "url.http://127.0.0.1:{GIT_PORT}/{}.git.insteadOf",
+                    entry.name
+                ),
+                entry.upstream.clone(),
+            )
+        })
+        .collect();
+    let mut git_env = Vec::new();
+    if !git_config.is_empty() {
+        git_env.push(("GIT_CONFIG_COUNT".to_owned(), git_config.len().to_string()));
+    }
+    for (i, (key, value)) in git_config.into_iter().enumerate() {
+        git_env.push((format!("GIT_CONFIG_KEY_{i}"), key));
+        git_env.push((format!("GIT_CONFIG_VALUE_{i}"), value));
+    }
     if routes
         .iter()
         .any(|r| r.roles.iter().any(|x| x == ROLE_CLAUDE_CODE_OAUTH))
@@ -322,12 +365,18 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             ("DISABLE_ERROR_REPORTING", "1".to_owned()),
         ]);
     }
-    env.extend(bottle_env.into_iter().map(|(name, value)| EnvPlan {
-        name: name.to_owned(),
-        source: "bottle",
-        value: Some(value),
-        host_var: None,
-    }));
+    env.extend(
+        bottle_env
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .chain(git_env)
+            .map(|(name, value)| EnvPlan {
+                name,
+                source: "bottle",
+                value: Some(value),
+                host_var: None,
+            }),
+    );
 
     let git = bottle
         .git
@@ -338,6 +387,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             upstream: entry.upstream.clone(),
             identity_file: key.clone(),
             host_key_pinned: entry.host_key.is_some(),
+            host_key: entry.host_key.clone(),
             push: PushPolicyPlan::from(&entry.push),
         })
         .collect();
@@ -388,6 +438,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             pids: checked.pids,
         },
         remove_on_exit: input.remove_on_exit,
+        workspace: input.cwd.map(|dir| WorkspacePlan {
+            source: dir.to_owned(),
+            mode: if dir.join(".git").exists() {
+                "git"
+            } else {
+                "all"
+            },
+        }),
     })
 }
 
@@ -516,6 +574,23 @@ impl Plan {
                     .unwrap_or_else(|| "all".to_owned())
             ),
         );
+        match &self.workspace {
+            Some(w) if w.mode == "git" => line(
+                "workspace",
+                &format!(
+                    "a copy of {} (files git tracks, untracked files it does not ignore, and .git)",
+                    w.source.display()
+                ),
+            ),
+            Some(w) => line(
+                "workspace",
+                &format!("a copy of every file in {}", w.source.display()),
+            ),
+            None => line(
+                "workspace",
+                "empty (pass --cwd to work on a copy of this directory)",
+            ),
+        }
         line("state", &self.state_dir.display().to_string());
         line(
             "on exit",

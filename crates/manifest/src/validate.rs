@@ -48,6 +48,8 @@ pub const RESERVED_ENV: &[&str] = &[
     "CARGO_HTTP_CAINFO",
     "AWS_CA_BUNDLE",
     "DENO_CERT",
+    "GIT_CONFIG_COUNT",
+    "GIT_CONFIG_PARAMETERS",
 ];
 
 /// What validation needs from the host.

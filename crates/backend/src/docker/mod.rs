@@ -17,7 +17,10 @@ use bollard::query_parameters::{
     RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bottle_gate::ca::{MintedCa, mint_ca};
-use bottle_gate::config::{EgressConfig, GateConfig, RouteConfig, Secrets, TlsConfig};
+use bottle_gate::config::{
+    EgressConfig, GateConfig, GitConfig, GitEntryConfig, PushConfig, RouteConfig, Secrets,
+    TlsConfig,
+};
 use bottle_manifest::manifest::Runtime;
 use bottle_manifest::plan::Plan;
 use futures_util::StreamExt;
@@ -26,6 +29,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::state::{BottleDir, BottleState, Metadata};
 use crate::{Backend, BackendError, Outcome, Reporter};
+use bottle_manifest::plan::WorkspacePlan;
+use bytes::Bytes;
 pub use images::{INPUTS_LABEL, MANAGED_LABEL};
 use images::{ImageKind, ImageSpec, SelfBinary};
 
@@ -37,8 +42,12 @@ pub const ROLE_LABEL: &str = "bot-bottle.role";
 
 /// Paths inside the containers.
 const SOCKET_DIR: &str = "/run/bottle";
+/// The agent's workspace.
+const WORKSPACE: &str = "/workspace";
 const GATE_CONFIG_DIR: &str = "/etc/bottle";
 const GATE_AUDIT_LOG: &str = "/var/log/bottle/audit.jsonl";
+/// The gate's writable directory for git mirrors.
+const GATE_GIT_DIR: &str = "/var/lib/bottle/git";
 const BINARY: &str = "/usr/local/bin/bottle";
 /// Seconds an interrupted agent gets to exit before it is killed.
 const STOP_GRACE_SECS: i32 = 3;
@@ -191,6 +200,28 @@ impl Backend for DockerBackend {
                         .as_ref()
                         .map(|_| format!("{GATE_CONFIG_DIR}/upstream-ca.pem").into()),
                 },
+                git: GitConfig {
+                    dir: GATE_GIT_DIR.into(),
+                    entries: plan
+                        .git
+                        .iter()
+                        .map(|g| GitEntryConfig {
+                            name: g.name.clone(),
+                            upstream: g.upstream.clone(),
+                            identity_file: format!("{GATE_CONFIG_DIR}/git/{}.key", g.name).into(),
+                            known_hosts: g.host_key_pinned.then(|| {
+                                format!("{GATE_CONFIG_DIR}/git/{}.known_hosts", g.name).into()
+                            }),
+                            push: PushConfig {
+                                branches: g.push.branches.clone(),
+                                force: g.push.force,
+                                delete: g.push.delete,
+                                tags: g.push.tags,
+                                max_pack_bytes: g.push.max_pack_bytes,
+                            },
+                        })
+                        .collect(),
+                },
             },
             ca: mint_ca(identity).map_err(|e| BackendError::Ca(e.to_string()))?,
             gate_image,
@@ -211,6 +242,7 @@ impl Backend for DockerBackend {
         prepared
             .dir
             .write_ca(&prepared.ca, prepared.plan.egress.upstream_ca.as_deref())?;
+        prepared.dir.write_git(&prepared.plan.git)?;
         prepared.dir.write_json(
             &prepared.dir.metadata(),
             &Metadata::new(&prepared.plan, BottleState::Running),
@@ -313,6 +345,10 @@ impl DockerBackend {
                 self.settings.gate_timeout,
             )?;
             create_container(docker, &p.agent_container, agent).await?;
+            if let Some(workspace) = &p.plan.workspace {
+                copy_in(docker, &p.agent_container, workspace).await?;
+                timing("workspace copied in");
+            }
             session::run(docker, &p.agent_container, &timing).await
         };
         tokio::select! {
@@ -320,6 +356,35 @@ impl DockerBackend {
             failed = gate_watch => failed,
         }
     }
+}
+
+/// Streams a copy of the workspace into the (created, not started) agent
+/// container, owned by the agent's user.
+async fn copy_in(
+    docker: &Docker,
+    container: &str,
+    workspace: &WorkspacePlan,
+) -> Result<(), BackendError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let source = workspace.source.clone();
+    let mode = workspace.mode;
+    let writer =
+        tokio::task::spawn_blocking(move || crate::workspace::write_tar(&source, mode, tx));
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let options = bollard::query_parameters::UploadToContainerOptions {
+        path: WORKSPACE.into(),
+        ..Default::default()
+    };
+    let uploaded = docker
+        .upload_to_container(container, Some(options), bollard::body_stream(stream))
+        .await;
+    let written = writer.await.map_err(std::io::Error::other)?;
+    written.map_err(|source| BackendError::Io {
+        path: workspace.source.clone(),
+        source,
+    })?;
+    uploaded.map_err(|e| BackendError::docker("copy the workspace in", e))
 }
 
 /// Starts the gate; with routes, hands it their secrets on its standard

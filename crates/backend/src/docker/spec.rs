@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bottle_gate::config::EGRESS_SOCKET;
-use bottle_manifest::plan::{AGENT_CA_PATH, PROXY_PORT};
+use bottle_gate::config::{EGRESS_SOCKET, GIT_SOCKET};
+use bottle_manifest::plan::{AGENT_CA_PATH, GIT_PORT, PROXY_PORT};
 
 use super::{
-    AGENT_UID, BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, ROLE_LABEL, SOCKET_DIR,
+    AGENT_UID, BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, GATE_GIT_DIR, ROLE_LABEL,
+    SOCKET_DIR,
 };
 use crate::BackendError;
 
@@ -44,7 +45,7 @@ pub fn agent_container(
             std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into())
         ));
     }
-    let entrypoint = vec![
+    let mut entrypoint = vec![
         BINARY.to_owned(),
         "shim".to_owned(),
         "--forward".to_owned(),
@@ -55,8 +56,14 @@ pub fn agent_container(
         AGENT_CA_PATH.to_owned(),
         "--user".to_owned(),
         AGENT_UID.to_owned(),
-        "--".to_owned(),
     ];
+    if !p.plan.git.is_empty() {
+        entrypoint.extend([
+            "--forward".to_owned(),
+            format!("{GIT_PORT}={SOCKET_DIR}/{GIT_SOCKET}"),
+        ]);
+    }
+    entrypoint.push("--".to_owned());
     let mut labels = p.labels.clone();
     labels.insert(ROLE_LABEL.into(), "agent".into());
     let memory = i64::try_from(p.plan.resources.memory_bytes).unwrap_or(i64::MAX);
@@ -133,6 +140,7 @@ pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
                 format!("{}:{GATE_CONFIG_DIR}:ro", p.dir.gate_dir().display()),
                 format!("{}:{SOCKET_DIR}", p.dir.socket_dir().display()),
                 format!("{}:{GATE_AUDIT_LOG}", p.dir.audit_log().display()),
+                format!("{}:{GATE_GIT_DIR}", p.dir.git_dir().display()),
             ]),
             init: Some(false),
             ..Default::default()

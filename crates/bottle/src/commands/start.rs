@@ -30,6 +30,7 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         },
         base_image: &settings.base_image,
         remove_on_exit: args.rm,
+        cwd: args.cwd.then_some(global.cwd.as_path()),
         state_root: &global.state_root,
         host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
     })?;

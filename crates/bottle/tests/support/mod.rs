@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
+
 use std::time::{Duration, Instant};
 
 pub const BASE_IMAGE: &str = "bot-bottle/base:bookworm";
@@ -441,4 +442,178 @@ fn make_certs(dir: &Path) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+pub const UPSTREAM_IMAGE: &str = "bot-bottle-test/upstream:latest";
+/// The upstream's URL as the bottle knows it.
+pub const UPSTREAM_URL: &str = "ssh://git@upstream.test/srv/git/repo.git";
+
+/// A git upstream of our own on the world's network: sshd accepting only
+/// the test key, a bare repository, and a checkout of it on the host.
+pub struct Upstream {
+    pub container: String,
+    pub key: PathBuf,
+    /// `upstream.test ssh-ed25519 AAAA…`.
+    pub host_key: String,
+    pub checkout: PathBuf,
+}
+
+impl Upstream {
+    pub fn new(world: &World) -> Upstream {
+        static BUILT: OnceLock<()> = OnceLock::new();
+        BUILT.get_or_init(|| {
+            let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upstream");
+            docker(&[
+                "build",
+                "-q",
+                "-t",
+                UPSTREAM_IMAGE,
+                fixtures.to_str().unwrap(),
+            ]);
+        });
+        let keys = world.dir.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let key = keys.join("id_ed25519");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "bbtest", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::copy(keys.join("id_ed25519.pub"), keys.join("authorized_keys")).unwrap();
+        let container = format!("{}-upstream", world.origin);
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--label",
+            "bbtest=1",
+            "--network",
+            &world.network,
+            "--network-alias",
+            "upstream.test",
+            "-v",
+            &format!("{}:/keys:ro", keys.display()),
+            UPSTREAM_IMAGE,
+        ]);
+        let ready = wait_until(Duration::from_secs(30), || {
+            Command::new("docker")
+                .args([
+                    "exec",
+                    &container,
+                    "bash",
+                    "-c",
+                    "exec 3<>/dev/tcp/127.0.0.1/22",
+                ])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        assert!(ready, "sshd never came up");
+        let public = docker(&[
+            "exec",
+            &container,
+            "cat",
+            "/etc/ssh/ssh_host_ed25519_key.pub",
+        ]);
+        let mut fields = public.split_whitespace();
+        let host_key = format!(
+            "upstream.test {} {}",
+            fields.next().unwrap(),
+            fields.next().unwrap()
+        );
+        // A checkout on the host, cloned over the network we made, whose
+        // origin names the upstream as the bottle knows it.
+        let ip = docker(&[
+            "inspect",
+            "-f",
+            &format!(
+                "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+                world.network
+            ),
+            &container,
+        ]);
+        let checkout = world.dir.path().join("checkout");
+        let ssh = format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            key.display()
+        );
+        let clone = Command::new("git")
+            .args(["clone", "-q", &format!("ssh://git@{ip}/srv/git/repo.git")])
+            .arg(&checkout)
+            .env("GIT_SSH_COMMAND", &ssh)
+            .output()
+            .unwrap();
+        assert!(
+            clone.status.success(),
+            "{}",
+            String::from_utf8_lossy(&clone.stderr)
+        );
+        git(&checkout, &["remote", "set-url", "origin", UPSTREAM_URL]);
+        std::fs::write(checkout.join("notes.txt"), "untracked but not ignored\n").unwrap();
+        std::fs::write(checkout.join(".gitignore"), "target/\n").unwrap();
+        std::fs::create_dir_all(checkout.join("target")).unwrap();
+        std::fs::write(checkout.join("target/build.o"), "ignored build output\n").unwrap();
+        Upstream {
+            container,
+            key,
+            host_key,
+            checkout,
+        }
+    }
+
+    /// The upstream's refs: `refname -> id`.
+    pub fn refs(&self) -> HashMap<String, String> {
+        docker(&[
+            "exec",
+            "-u",
+            "git",
+            &self.container,
+            "git",
+            "-C",
+            "/srv/git/repo.git",
+            "show-ref",
+        ])
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, name)| (name.to_owned(), id.to_owned()))
+        .collect()
+    }
+
+    /// The manifest's git entry for this upstream.
+    pub fn entry(&self, host_key: Option<&str>) -> serde_json::Value {
+        let mut entry = serde_json::json!({
+            "Name": "origin",
+            "Upstream": UPSTREAM_URL,
+            "IdentityFile": self.key,
+        });
+        if let Some(line) = host_key {
+            entry["HostKey"] = line.into();
+        }
+        entry
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        docker_quiet(&["rm", "-f", &self.container]);
+    }
+}
+
+/// `git ARGS` in `dir`, returning stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

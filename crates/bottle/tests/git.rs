@@ -1,0 +1,362 @@
+//! End to end, real git and sshd: the agent works on a copy of the host's
+//! checkout, and its pushes leave only through the git gate, which holds
+//! the key and applies the push policy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use support::*;
+
+fn setup() -> Option<(World, Upstream)> {
+    if !docker_available() {
+        return None;
+    }
+    ensure_images();
+    let world = World::new();
+    let upstream = Upstream::new(&world);
+    let mut manifest = world.manifest(&[]);
+    manifest["bottles"]["test"]["git"] =
+        serde_json::json!([upstream.entry(Some(&upstream.host_key))]);
+    world.write_manifest(&manifest);
+    Some((world, upstream))
+}
+
+/// Runs `script` in a bottle started with `--cwd` in the checkout.
+fn in_bottle(world: &World, upstream: &Upstream, script: &str) -> Probe {
+    let out = world
+        .command()
+        .current_dir(&upstream.checkout)
+                .args(["start", "probe", "-y", "--cwd", "--", "bash", "-c"])
+        .arg(format!(
+            "cd /workspace && git config user.email agent@bottle && git config user.name agent\n{script}"
+        ))
+        .output()
+        .unwrap();
+    Probe::new(out)
+}
+
+const PUSHES: &str = r#"
+echo copied=$(ls -A | sort | tr '\n' ' ')
+echo owner=$(stat -c %U README notes.txt .git/config | sort -u | tr '\n' ' ')
+echo remote=$(git config remote.origin.url)
+git fetch origin >/tmp/fetch 2>&1; echo fetch_rc=$?
+echo change >> README && git commit -qam "agent work"
+git push origin HEAD:agent/x >/tmp/push 2>&1; echo push_rc=$?
+echo pushed=$(git rev-parse HEAD)
+git push origin HEAD:main >/tmp/main 2>&1; echo main_rc=$?; echo main_err=$(tr '\n' ' ' < /tmp/main)
+git commit -q --amend -m rewritten
+git push -f origin HEAD:agent/x >/tmp/force 2>&1; echo force_rc=$?; echo force_err=$(tr '\n' ' ' < /tmp/force)
+git push origin :agent/x >/tmp/delete 2>&1; echo delete_rc=$?; echo delete_err=$(tr '\n' ' ' < /tmp/delete)
+git tag v1 && git push origin v1 >/tmp/tag 2>&1; echo tag_rc=$?; echo tag_err=$(tr '\n' ' ' < /tmp/tag)
+ssh -o BatchMode=yes -o ConnectTimeout=5 git@upstream.test true >/dev/null 2>&1; echo ssh_rc=$?
+echo edited > notes.txt
+"#;
+
+#[test]
+fn pushes_leave_only_through_the_gate_and_its_policy() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    let before = upstream.refs();
+    let host_head = git(&upstream.checkout, &["rev-parse", "HEAD"]);
+    let probe = in_bottle(&world, &upstream, PUSHES);
+
+    // The copy: tracked and untracked-unignored files and .git; not the
+    // ignored build output; owned by the agent.
+    let copied = probe.get("copied");
+    assert!(
+        copied.contains(".git ") && copied.contains("README") && copied.contains("notes.txt"),
+        "{copied}"
+    );
+    assert!(
+        !copied.contains("target"),
+        "ignored files are not copied: {copied}"
+    );
+    assert_eq!(probe.get("owner"), "agent");
+    assert_eq!(
+        probe.get("remote"),
+        UPSTREAM_URL,
+        "the remote keeps its real URL"
+    );
+
+    assert_eq!(probe.get("fetch_rc"), "0", "{}", stdout(&probe.output));
+    assert_eq!(probe.get("push_rc"), "0", "{}", stdout(&probe.output));
+    let after = upstream.refs();
+    assert_eq!(
+        after.get("refs/heads/agent/x"),
+        Some(&probe.get("pushed").to_owned()),
+        "the upstream has the commit"
+    );
+
+    assert_ne!(probe.get("main_rc"), "0");
+    assert!(
+        probe.get("main_err").contains("rule push.branches"),
+        "{}",
+        probe.get("main_err")
+    );
+    assert_ne!(probe.get("force_rc"), "0");
+    assert!(
+        probe.get("force_err").contains("rule push.force"),
+        "{}",
+        probe.get("force_err")
+    );
+    assert_ne!(probe.get("delete_rc"), "0");
+    assert!(
+        probe.get("delete_err").contains("rule push.delete"),
+        "{}",
+        probe.get("delete_err")
+    );
+    assert_ne!(probe.get("tag_rc"), "0");
+    assert!(
+        probe.get("tag_err").contains("rule push.tags"),
+        "{}",
+        probe.get("tag_err")
+    );
+    assert_eq!(
+        after.get("refs/heads/main"),
+        before.get("refs/heads/main"),
+        "main unchanged"
+    );
+    assert!(!after.contains_key("refs/tags/v1"), "no tag upstream");
+    assert_eq!(
+        after.len(),
+        before.len() + 1,
+        "only agent/x was added: {after:?}"
+    );
+
+    assert_ne!(probe.get("ssh_rc"), "0", "ssh from the agent has no route");
+
+    // Every fetch and push is in the audit log, with refs, verdict and rule.
+    let identity = identity_from(&stderr(&probe.output)).unwrap();
+    let audit =
+        std::fs::read_to_string(world.state_root().join(&identity).join("audit.jsonl")).unwrap();
+    let pushes: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["role"] == "git" && l["event"] == "push")
+        .collect();
+    let rules: Vec<&str> = pushes.iter().filter_map(|p| p["rule"].as_str()).collect();
+    assert_eq!(
+        rules,
+        ["push.branches", "push.force", "push.delete", "push.tags"],
+        "{audit}"
+    );
+    assert_eq!(pushes[0]["decision"], "allow");
+    assert_eq!(pushes[0]["refs"][0]["ref"], "refs/heads/agent/x");
+    assert_eq!(pushes[0]["refs"][0]["new"], probe.get("pushed"));
+    assert!(audit.contains("\"event\":\"fetch\""), "fetches are logged");
+
+    // The host's checkout is untouched.
+    assert_eq!(git(&upstream.checkout, &["rev-parse", "HEAD"]), host_head);
+    assert_eq!(
+        std::fs::read_to_string(upstream.checkout.join("notes.txt")).unwrap(),
+        "untracked but not ignored\n"
+    );
+    assert!(!git(&upstream.checkout, &["log", "--oneline", "-3"]).contains("agent work"));
+}
+
+#[test]
+fn the_key_never_enters_the_bottle() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    let key = std::fs::read_to_string(&upstream.key).unwrap();
+    // A line of the key's body: distinctive, and what a copy would hold.
+    let needle = key.lines().nth(2).unwrap().to_owned();
+    let mut child = world
+        .command()
+        .current_dir(&upstream.checkout)
+        .args(["start", "probe", "-y", "--rm", "--cwd", "--", "bash", "-c"])
+        .arg("cd /workspace && git fetch -q origin && echo ID=$BOTTLE_IDENTITY && sleep 60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let identity = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        lines
+            .find_map(|l| l.ok()?.strip_prefix("ID=").map(str::to_owned))
+            .expect("the bottle fetched and printed its identity")
+    };
+    let container = format!("{identity}-agent");
+    let procs = Command::new("docker")
+        .args([
+            "exec",
+            "-u",
+            "0",
+            &container,
+            "sh",
+            "-c",
+            "cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline",
+        ])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&procs.stdout).contains(&needle));
+    let mut grep = Command::new("docker")
+        .args([
+            "exec", "-i", "-u", "0", &container, "grep", "-rlsF", "-f", "-", "/",
+        ])
+        .args([
+            "--exclude-dir=proc",
+            "--exclude-dir=sys",
+            "--exclude-dir=dev",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    grep.stdin
+        .take()
+        .unwrap()
+        .write_all(needle.as_bytes())
+        .unwrap();
+    let found = grep.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout),
+        "",
+        "files holding the key"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn an_upstream_that_is_down_changes_nothing() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    let before = upstream.refs();
+    let probe = {
+        // Stop the upstream once the bottle has fetched.
+        let mut child = world
+            .command()
+            .current_dir(&upstream.checkout)
+            .args(["start", "probe", "-y", "--rm", "--cwd", "--", "bash", "-c"])
+            .arg(
+                "cd /workspace && git config user.email a@b && git config user.name a && git fetch -q origin \
+                 && echo FETCHED && read -r go && echo x >> README && git commit -qam down \
+                                  && git push origin HEAD:agent/down >/tmp/push 2>&1; echo push_rc=$?; echo push_err=$(tr '\\n' ' ' < /tmp/push)",
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert_eq!(line.trim(), "FETCHED");
+        docker(&["stop", "-t", "1", &upstream.container]);
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        child.wait().unwrap();
+        rest
+    };
+    assert!(!probe.contains("push_rc=0"), "{probe}");
+    assert!(
+        probe.contains("cannot fetch from the upstream of origin"),
+        "the agent is told why: {probe}"
+    );
+    docker(&["start", &upstream.container]);
+    assert!(wait_until(std::time::Duration::from_secs(20), || {
+        Command::new("docker")
+            .args([
+                "exec",
+                &upstream.container,
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/127.0.0.1/22",
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }));
+    assert_eq!(upstream.refs(), before, "nothing was half-applied upstream");
+}
+
+#[test]
+fn a_host_key_that_does_not_match_is_refused() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    // Pin some other key for the upstream.
+    let other = world.dir.path().join("other");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let fields: Vec<&str> = public.split_whitespace().collect();
+    let wrong = format!("upstream.test {} {}", fields[0], fields[1]);
+    let mut manifest = world.manifest(&[]);
+    manifest["bottles"]["test"]["git"] = serde_json::json!([upstream.entry(Some(&wrong))]);
+    world.write_manifest(&manifest);
+    let before = upstream.refs();
+    let probe = in_bottle(
+        &world,
+        &upstream,
+        "echo x >> README && git commit -qam mitm\n\
+         git push origin HEAD:agent/mitm >/tmp/push 2>&1; echo push_rc=$?; echo push_err=$(tr '\\n' ' ' < /tmp/push)",
+    );
+    assert_ne!(probe.get("push_rc"), "0");
+    assert!(
+        probe
+            .get("push_err")
+            .contains("cannot fetch from the upstream"),
+        "{}",
+        probe.get("push_err")
+    );
+    assert_eq!(upstream.refs(), before);
+}
+
+#[test]
+fn an_upstream_refusal_moves_no_ref() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    // The upstream itself refuses agent/reject*: our policy allows it, the
+    // forward fails, and the agent's push must fail whole.
+    docker(&[
+        "exec",
+        "-u",
+        "git",
+        &upstream.container,
+        "sh",
+        "-c",
+        "printf '#!/bin/sh\\nwhile read o n r; do case $r in refs/heads/agent/reject*) echo no >&2; exit 1;; esac; done\\n' \
+         > /srv/git/repo.git/hooks/pre-receive && chmod +x /srv/git/repo.git/hooks/pre-receive",
+    ]);
+    let before = upstream.refs();
+    let probe = in_bottle(
+        &world,
+        &upstream,
+        "echo x >> README && git commit -qam refused\n\
+         git push origin HEAD:agent/reject >/tmp/push 2>&1; echo push_rc=$?; echo push_err=$(tr '\\n' ' ' < /tmp/push)\n\
+         echo mirror=$(git ls-remote origin refs/heads/agent/reject | wc -l)",
+    );
+    assert_ne!(probe.get("push_rc"), "0");
+    assert!(
+        probe
+            .get("push_err")
+            .contains("the upstream did not take the push, so nothing changed"),
+        "{}",
+        probe.get("push_err")
+    );
+    assert_eq!(
+        probe.get("mirror"),
+        "0",
+        "the gate's mirror did not move either"
+    );
+    assert_eq!(upstream.refs(), before);
+}
