@@ -65,8 +65,16 @@ fn walk(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) -> io::Result<()> 
     Ok(())
 }
 
+/// What a copy-in carried.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Copied {
+    pub files: usize,
+    pub bytes: u64,
+}
+
 /// Writes the tar of `source` into `tx` in chunks.
-pub fn write_tar(source: &Path, mode: &str, tx: Sender<Bytes>) -> io::Result<()> {
+pub fn write_tar(source: &Path, mode: &str, tx: Sender<Bytes>) -> io::Result<Copied> {
+    let mut copied = Copied::default();
     let files = files(source, mode)?;
     let mut tar = tar::Builder::new(ChunkWriter {
         tx,
@@ -103,10 +111,13 @@ pub fn write_tar(source: &Path, mode: &str, tx: Sender<Bytes>) -> io::Result<()>
         } else if meta.is_file() {
             let file = fs_err::File::open(&path)?;
             tar.append_data(&mut header, rel, file)?;
+            copied.bytes += meta.len();
         }
+        copied.files += 1;
     }
     let mut writer = tar.into_inner()?;
-    writer.flush()
+    writer.flush()?;
+    Ok(copied)
 }
 
 fn own(header: &mut tar::Header) {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod git;
 mod proxy;
 
 #[derive(Debug, Parser)]
@@ -23,6 +24,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// `--cwd` copy-in against tar, and pushes through the git gate
+    /// against direct SSH.
+    Git {
+        #[arg(long, default_value = "10000")]
+        files: usize,
+        #[arg(long, default_value = "200")]
+        mib: usize,
+        #[arg(long, default_value = "10")]
+        pushes: usize,
+        /// The `bottle` binary [default: beside this one].
+        #[arg(long)]
+        bottle: Option<PathBuf>,
+        /// The repository (for the upstream's fixtures).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
     /// The gate's throughput, latency and memory against a direct
     /// connection and mitmproxy.
     Proxy {
@@ -64,6 +81,13 @@ fn main() -> anyhow::Result<()> {
             bottle,
             repo,
         } => proxy::run(&bottle_path(bottle)?, &repo, seconds),
+        Bench::Git {
+            files,
+            mib,
+            pushes,
+            bottle,
+            repo,
+        } => git::run_bench(&bottle_path(bottle)?, &repo, files, mib, pushes),
         Bench::Start {
             runs,
             manifest,

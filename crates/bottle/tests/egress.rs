@@ -148,8 +148,14 @@ fn audit_log_records_every_decision() {
         .expect("denied request logged");
     assert_eq!(denied["decision"], "deny");
     assert_eq!(denied["status"], 403);
-    // Containers and network are gone; the state directory stays.
-    assert_eq!(labelled_resources(&identity), Vec::<String>::new());
+    // Containers and network are gone; the state directory and the
+    // workspace volume stay, for resume.
+    assert_eq!(running_parts(&identity), Vec::<String>::new());
+    assert_eq!(
+        labelled_resources(&identity).len(),
+        1,
+        "the workspace volume is kept"
+    );
     let metadata: serde_json::Value = serde_json::from_slice(
         &std::fs::read(world.state_root().join(&identity).join("metadata.json")).unwrap(),
     )
@@ -433,7 +439,7 @@ fn a_bottle_of_its_own_network_leaves_nothing_behind() {
     // own the gate cannot resolve it and answers 502, with no fallback.
     assert!(stdout(&out).contains("code=502"), "{}", stdout(&out));
     assert!(
-        wait_until(Duration::from_secs(15), || labelled_resources(&identity)
+        wait_until(Duration::from_secs(15), || running_parts(&identity)
             .is_empty()),
         "left behind: {:?}",
         labelled_resources(&identity)

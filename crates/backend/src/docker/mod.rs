@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
-    InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    WaitContainerOptions,
 };
 use bottle_gate::ca::{MintedCa, mint_ca};
 use bottle_gate::config::{
@@ -78,6 +79,9 @@ pub struct DockerPrepared {
     pub dir: BottleDir,
     pub agent_container: String,
     pub gate_container: String,
+    /// The volume holding `/workspace`: a plain directory of the engine,
+    /// not the container's (slow, copy-on-write) root filesystem.
+    pub workspace_volume: String,
     /// The network the gate joins.
     pub gate_network: String,
     /// Whether `gate_network` is made for this bottle (and removed with it).
@@ -167,6 +171,7 @@ impl Backend for DockerBackend {
         Ok(DockerPrepared {
             dir: BottleDir::new(&plan.state_dir),
             agent_container: format!("{identity}-agent"),
+            workspace_volume: format!("{identity}-workspace"),
             gate_container: format!("{identity}-gate"),
             gate_network,
             own_network,
@@ -270,7 +275,11 @@ impl Backend for DockerBackend {
         // slow, is removed by a detached reaper right after. Interrupts and
         // failures tear everything down before returning.
         let detach_network = prepared.own_network && matches!(outcome, Ok(Outcome::Exited(_)));
-        let teardown = match teardown(&docker, &prepared.plan.identity, !detach_network).await {
+        let scope = Scope {
+            networks: !detach_network,
+            volumes: prepared.plan.remove_on_exit,
+        };
+        let teardown = match teardown(&docker, &prepared.plan.identity, scope).await {
             Ok(()) if detach_network => spawn_reaper(&prepared.plan.identity),
             result => result,
         };
@@ -344,10 +353,18 @@ impl DockerBackend {
                 session::is_interactive(),
                 self.settings.gate_timeout,
             )?;
+            create_volume(docker, &p.workspace_volume, &p.labels, "workspace").await?;
             create_container(docker, &p.agent_container, agent).await?;
             if let Some(workspace) = &p.plan.workspace {
-                copy_in(docker, &p.agent_container, workspace).await?;
-                timing("workspace copied in");
+                let started = Instant::now();
+                let copied = copy_in(docker, &p.agent_container, workspace).await?;
+                reporter.step(&format!(
+                    "workspace: copied {} files ({:.1} MiB) from {} in {} ms",
+                    copied.files,
+                    copied.bytes as f64 / f64::from(1 << 20),
+                    workspace.source.display(),
+                    started.elapsed().as_millis()
+                ));
             }
             session::run(docker, &p.agent_container, &timing).await
         };
@@ -364,7 +381,7 @@ async fn copy_in(
     docker: &Docker,
     container: &str,
     workspace: &WorkspacePlan,
-) -> Result<(), BackendError> {
+) -> Result<crate::workspace::Copied, BackendError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let source = workspace.source.clone();
     let mode = workspace.mode;
@@ -380,11 +397,12 @@ async fn copy_in(
         .upload_to_container(container, Some(options), bollard::body_stream(stream))
         .await;
     let written = writer.await.map_err(std::io::Error::other)?;
-    written.map_err(|source| BackendError::Io {
+    let copied = written.map_err(|source| BackendError::Io {
         path: workspace.source.clone(),
         source,
     })?;
-    uploaded.map_err(|e| BackendError::docker("copy the workspace in", e))
+    uploaded.map_err(|e| BackendError::docker("copy the workspace in", e))?;
+    Ok(copied)
 }
 
 /// Starts the gate; with routes, hands it their secrets on its standard
@@ -545,6 +563,25 @@ async fn network_addresses(
     Ok((subnets, gateways))
 }
 
+async fn create_volume(
+    docker: &Docker,
+    name: &str,
+    labels: &HashMap<String, String>,
+    role: &str,
+) -> Result<(), BackendError> {
+    let mut labels = labels.clone();
+    labels.insert(ROLE_LABEL.into(), role.into());
+    docker
+        .create_volume(bollard::models::VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BackendError::docker(format!("create volume {name}"), e))?;
+    Ok(())
+}
+
 async fn create_container(
     docker: &Docker,
     name: &str,
@@ -560,11 +597,20 @@ async fn create_container(
     Ok(())
 }
 
-/// Removes every container (and, with `networks`, network) labelled with
-/// `identity`, whether or not this process recorded creating it: an
-/// interrupt can land between the engine creating a container and the
-/// reply.
-pub async fn teardown(docker: &Docker, identity: &str, networks: bool) -> Result<(), BackendError> {
+/// What a teardown removes besides containers.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope {
+    pub networks: bool,
+    /// The bottle's volumes (its workspace): only when nothing is to be
+    /// resumed (`--rm`).
+    pub volumes: bool,
+}
+
+/// Removes every container (and, as `scope` says, network and volume)
+/// labelled with `identity`, whether or not this process recorded creating
+/// it: an interrupt can land between the engine creating a container and
+/// the reply.
+pub async fn teardown(docker: &Docker, identity: &str, scope: Scope) -> Result<(), BackendError> {
     let filter = HashMap::from([(
         "label".to_owned(),
         vec![format!("{IDENTITY_LABEL}={identity}")],
@@ -597,7 +643,24 @@ pub async fn teardown(docker: &Docker, identity: &str, networks: bool) -> Result
         .into_iter()
         .filter_map(|r| r.err().filter(|e| !is_not_found(e)).map(|e| e.to_string()))
         .collect();
-    if !networks {
+    if scope.volumes {
+        let volumes = docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filter.clone()),
+            }))
+            .await
+            .map_err(|e| BackendError::docker("list volumes", e))?;
+        for volume in volumes.volumes.unwrap_or_default() {
+            if let Err(e) = docker
+                .remove_volume(&volume.name, None::<RemoveVolumeOptions>)
+                .await
+                && !is_not_found(&e)
+            {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if !scope.networks {
         return finish_teardown(identity, errors);
     }
     let networks = docker
@@ -649,7 +712,11 @@ pub async fn reap(identity: &str, patience: Duration) -> Result<(), BackendError
     let docker = connect().await?;
     let deadline = Instant::now() + patience;
     loop {
-        match teardown(&docker, identity, true).await {
+        let scope = Scope {
+            networks: true,
+            volumes: false,
+        };
+        match teardown(&docker, identity, scope).await {
             Ok(()) => return Ok(()),
             Err(err) if Instant::now() >= deadline => return Err(err),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,

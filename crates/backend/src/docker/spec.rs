@@ -99,6 +99,7 @@ pub fn agent_container(
             binds: Some(vec![
                 format!("{}:{SOCKET_DIR}:ro", p.dir.socket_dir().display()),
                 format!("{}:{AGENT_CA_PATH}:ro", p.dir.ca_cert().display()),
+                format!("{}:{}", p.workspace_volume, p.plan.workdir),
             ]),
             runtime,
             init: Some(false),

@@ -285,6 +285,23 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        // Bottles started without --rm keep their volumes: remove them.
+        if let Ok(entries) = std::fs::read_dir(self.state_root()) {
+            for entry in entries.flatten() {
+                let identity = entry.file_name().to_string_lossy().into_owned();
+                for id in docker(&[
+                    "volume",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &format!("label={IDENTITY_LABEL}={identity}"),
+                ])
+                .lines()
+                {
+                    docker_quiet(&["volume", "rm", id]);
+                }
+            }
+        }
         docker_quiet(&["rm", "-f", &self.origin]);
         docker_quiet(&["network", "rm", &self.network]);
     }
@@ -385,6 +402,15 @@ pub fn labelled_resources(identity: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// The containers and networks of `identity` (what must not outlive its
+/// launcher; volumes are kept for resume unless `--rm`).
+pub fn running_parts(identity: &str) -> Vec<String> {
+    labelled_resources(identity)
+        .into_iter()
+        .filter(|r| !r.starts_with("volume "))
+        .collect()
 }
 
 /// Polls `check` until it returns true or `timeout` passes.

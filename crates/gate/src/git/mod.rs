@@ -51,11 +51,15 @@ pub fn ssh_command(entry: &GitEntryConfig, dir: &Path) -> String {
         Some(pinned) => (pinned.clone(), "yes"),
         None => (learned_hosts(dir, &entry.name), "accept-new"),
     };
+    // One SSH connection per upstream is kept open a while and shared by
+    // the fetches and pushes that follow: no handshake per operation.
     format!(
         "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile={} \
-         -o StrictHostKeyChecking={checking} -o ConnectTimeout=10",
+         -o StrictHostKeyChecking={checking} -o ConnectTimeout=10 \
+         -o ControlMaster=auto -o ControlPath={} -o ControlPersist=120",
         shell_quote(&entry.identity_file.to_string_lossy()),
         shell_quote(&known_hosts.to_string_lossy()),
+        shell_quote(&dir.join(format!(".ssh-{}", entry.name)).to_string_lossy()),
     )
 }
 
