@@ -360,3 +360,62 @@ fn an_upstream_refusal_moves_no_ref() {
     );
     assert_eq!(upstream.refs(), before);
 }
+
+#[test]
+fn without_a_host_key_the_first_one_seen_is_pinned() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    let mut manifest = world.manifest(&[]);
+    manifest["bottles"]["test"]["git"] = serde_json::json!([upstream.entry(None)]);
+    world.write_manifest(&manifest);
+    let probe = in_bottle(
+        &world,
+        &upstream,
+        "git fetch origin >/tmp/f 2>&1; echo fetch_rc=$?",
+    );
+    assert_eq!(probe.get("fetch_rc"), "0", "{}", stderr(&probe.output));
+    let identity = identity_from(&stderr(&probe.output)).unwrap();
+    let learned = std::fs::read_to_string(
+        world
+            .state_root()
+            .join(&identity)
+            .join("git/origin.known_hosts"),
+    )
+    .unwrap();
+    let key = upstream.host_key.split_whitespace().nth(2).unwrap();
+    assert!(
+        learned.contains(key),
+        "the upstream's key is recorded in the state: {learned}"
+    );
+}
+
+#[test]
+fn a_directory_that_is_not_a_repository_is_copied_whole() {
+    let Some((world, _upstream)) = setup() else {
+        return;
+    };
+    let plain = world.dir.path().join("plain");
+    std::fs::create_dir_all(plain.join("sub")).unwrap();
+    std::fs::write(plain.join("a.txt"), "a\n").unwrap();
+    std::fs::write(plain.join("sub/b.txt"), "b\n").unwrap();
+    let out = world
+        .command()
+        .current_dir(&plain)
+        .args(["start", "probe", "-y", "--rm", "--cwd", "--", "bash", "-c"])
+        .arg("cd /workspace && echo files=$(find . -type f | sort | tr '\\n' ' ') && echo > sub/c.txt && echo wrote=$?")
+        .output()
+        .unwrap();
+    let probe = Probe::new(out);
+    assert_eq!(probe.get("files"), "./a.txt ./sub/b.txt");
+    assert_eq!(
+        probe.get("wrote"),
+        "0",
+        "the agent owns the copied directories"
+    );
+    assert!(
+        !plain.join("sub/c.txt").exists(),
+        "the host's directory is untouched"
+    );
+    assert!(stderr(&probe.output).contains("workspace: copied 2 files"));
+}

@@ -536,10 +536,21 @@ impl Plan {
             line(
                 "git",
                 &format!(
-                    "{} -> {} key {} push {} force={} delete={} tags={}",
+                    "{} -> {} key {} (host key {}) push {} force={} delete={} tags={}",
                     git.name,
                     git.upstream,
                     git.identity_file.display(),
+                    if git.host_key_pinned {
+                        "pinned by the manifest".to_owned()
+                    } else {
+                        format!(
+                            "trusted on first use, recorded in {}",
+                            self.state_dir
+                                .join("git")
+                                .join(format!("{}.known_hosts", git.name))
+                                .display()
+                        )
+                    },
                     git.push.branches.join(","),
                     git.push.force,
                     git.push.delete,
