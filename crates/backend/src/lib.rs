@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod docker;
+pub mod process;
 pub mod secrets;
 pub mod state;
 pub mod workspace;

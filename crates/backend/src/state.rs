@@ -227,6 +227,60 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BackendError> 
     std::io::Write::write_all(&mut file, bytes).map_err(io)
 }
 
+/// A bottle found in the state root.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub identity: String,
+    pub dir: BottleDir,
+    /// `metadata.json`, or `Null` when it is missing or unreadable.
+    pub metadata: serde_json::Value,
+}
+
+impl Record {
+    /// `running`, `stopped`, `preserved`, or `unknown`.
+    pub fn state(&self) -> &str {
+        self.metadata["state"].as_str().unwrap_or("unknown")
+    }
+
+    /// Whether the launcher recorded in the metadata still runs.
+    pub fn launcher_alive(&self) -> bool {
+        self.metadata["launcher"]
+            .as_str()
+            .and_then(|l| l.parse::<crate::process::Launcher>().ok())
+            .is_some_and(|l| l.is_alive())
+    }
+
+    /// Running, with a live launcher: held, not to be cleaned up.
+    pub fn is_live(&self) -> bool {
+        self.state() == "running" && self.launcher_alive()
+    }
+}
+
+/// Every bottle directory under `root`, sorted by identity.
+pub fn records(root: &Path) -> Vec<Record> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Record> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| {
+            let dir = BottleDir::new(e.path());
+            let metadata = std::fs::read(dir.metadata())
+                .ok()
+                .and_then(|m| serde_json::from_slice(&m).ok())
+                .unwrap_or(serde_json::Value::Null);
+            Record {
+                identity: e.file_name().to_string_lossy().into_owned(),
+                dir,
+                metadata,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.identity.cmp(&b.identity));
+    out
+}
+
 /// Lifecycle state recorded in `metadata.json`.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -247,6 +301,8 @@ pub struct Metadata<'a> {
     pub started_at: String,
     pub state: BottleState,
     pub launcher_pid: u32,
+    /// `PID:START`, which a recycled pid cannot match.
+    pub launcher: String,
     pub plan: &'a Plan,
 }
 
@@ -261,6 +317,9 @@ impl<'a> Metadata<'a> {
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             state,
             launcher_pid: std::process::id(),
+            launcher: crate::process::Launcher::current()
+                .map(|l| l.to_string())
+                .unwrap_or_default(),
             plan,
         }
     }

@@ -21,6 +21,29 @@ pub struct Cli {
 pub enum Command {
     /// Start an agent in a fresh bottle.
     Start(StartArgs),
+    /// List bottles: every one, or only the running ones.
+    List {
+        /// `active`: only bottles whose launcher runs.
+        #[arg(value_parser = ["active"])]
+        which: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Remove everything bot-bottle owns that no running bottle holds.
+    Cleanup {
+        /// Show what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove without asking.
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
+    },
+    /// Remove one stopped bottle: its volumes, network and state.
+    Rm {
+        identity: String,
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
+    },
     /// Check a manifest or print its JSON Schema.
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -41,6 +64,12 @@ pub enum Command {
     Reap {
         /// The bottle's identity.
         identity: String,
+        /// Wait until this launcher (PID:START) is gone first.
+        #[arg(long)]
+        launcher: Option<String>,
+        /// The bottle's state directory.
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
 }
 

@@ -61,9 +61,16 @@ fn main() {
     let result = match cli.command {
         Command::Start(args) => commands::start::run(args, &printer),
         Command::Manifest(cmd) => commands::manifest::run(cmd, &printer),
+        Command::List { which, format } => commands::list::run(which.is_some(), format, &printer),
+        Command::Cleanup { dry_run, yes } => commands::cleanup::cleanup(dry_run, yes, &printer),
+        Command::Rm { identity, yes } => commands::cleanup::rm(&identity, yes, &printer),
         Command::Gate(args) => commands::gate::run(args),
         Command::Shim(args) => commands::shim::run(args),
-        Command::Reap { identity } => commands::reap::run(&identity),
+        Command::Reap {
+            identity,
+            launcher,
+            state,
+        } => commands::reap::run(&identity, launcher.as_deref(), state.as_deref()),
         Command::GitHook { name } => commands::gate::hook(&name),
     };
     let code = match result {

@@ -326,14 +326,7 @@ fn a_dead_gate_closes_the_only_door() {
     let mut gate = String::new();
     assert!(
         wait_until(Duration::from_secs(60), || {
-            gate = docker(&[
-                "ps",
-                "-q",
-                "--filter",
-                gate_filter,
-                "--filter",
-                "label=bot-bottle.agent=killgate",
-            ]);
+            gate = world.containers(&[gate_filter, "label=bot-bottle.agent=killgate"]);
             !gate.is_empty()
         }),
         "the gate container never ran"
@@ -367,14 +360,10 @@ fn sigint_tears_everything_down() {
     let mut agent = String::new();
     assert!(
         wait_until(Duration::from_secs(60), || {
-            agent = docker(&[
-                "ps",
-                "-q",
-                "--filter",
+            // This world's bottle: the one whose state is under its root.
+            agent = world.containers(&[
                 "label=bot-bottle.role=agent",
-                "--filter",
                 "label=bot-bottle.agent=sigint",
-                "--filter",
                 "status=running",
             ]);
             !agent.is_empty()

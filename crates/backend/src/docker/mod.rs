@@ -4,6 +4,7 @@
 //! the API version negotiated (Debian's engine speaks 1.41).
 
 mod images;
+pub mod inventory;
 mod session;
 mod spec;
 
@@ -38,6 +39,10 @@ use images::{ImageKind, ImageSpec, SelfBinary};
 /// Label every resource of a bottle carries; `list` and `cleanup` find
 /// resources by it, never by name alone.
 pub const IDENTITY_LABEL: &str = "bot-bottle.identity";
+/// Label naming the state directory of the bottle a resource belongs to.
+pub const STATE_LABEL: &str = "bot-bottle.state";
+/// Label naming the launcher (`PID:START`) that holds a resource.
+pub const LAUNCHER_LABEL: &str = "bot-bottle.launcher";
 /// Label naming a resource's part in its bottle (`agent`, `gate`, `egress`).
 pub const ROLE_LABEL: &str = "bot-bottle.role";
 
@@ -128,9 +133,18 @@ impl Backend for DockerBackend {
 
     fn prepare(&self, plan: &Plan) -> Result<DockerPrepared, BackendError> {
         let identity = &plan.identity;
+        // The launcher's label lets `cleanup` from another state root (or
+        // another user) tell a live bottle from an orphan.
         let labels = HashMap::from([
             (IDENTITY_LABEL.to_owned(), identity.clone()),
             ("bot-bottle.agent".to_owned(), plan.agent.clone()),
+            (
+                LAUNCHER_LABEL.to_owned(),
+                crate::process::Launcher::current()
+                    .map(|l| l.to_string())
+                    .unwrap_or_default(),
+            ),
+            (STATE_LABEL.to_owned(), plan.state_dir.display().to_string()),
         ]);
         let (gate_network, own_network) = match &plan.gate_network {
             Some(name) => (name.clone(), false),
@@ -248,6 +262,7 @@ impl Backend for DockerBackend {
             .dir
             .write_ca(&prepared.ca, prepared.plan.egress.upstream_ca.as_deref())?;
         prepared.dir.write_git(&prepared.plan.git)?;
+        spawn_guardian(&prepared.plan.identity, &prepared.dir.root)?;
         prepared.dir.write_json(
             &prepared.dir.metadata(),
             &Metadata::new(&prepared.plan, BottleState::Running),
@@ -272,17 +287,14 @@ impl Backend for DockerBackend {
         let torn = Instant::now();
         // After a normal exit the containers are removed before returning
         // and the bottle's own network, an inert object whose removal is
-        // slow, is removed by a detached reaper right after. Interrupts and
+        // slow, is removed by the guardian right after. Interrupts and
         // failures tear everything down before returning.
         let detach_network = prepared.own_network && matches!(outcome, Ok(Outcome::Exited(_)));
         let scope = Scope {
             networks: !detach_network,
             volumes: prepared.plan.remove_on_exit,
         };
-        let teardown = match teardown(&docker, &prepared.plan.identity, scope).await {
-            Ok(()) if detach_network => spawn_reaper(&prepared.plan.identity),
-            result => result,
-        };
+        let teardown = teardown(&docker, &prepared.plan.identity, scope).await;
         reporter.detail(&format!("torn down in {} ms", torn.elapsed().as_millis()));
         let kept = if prepared.plan.remove_on_exit {
             prepared.dir.remove()
@@ -691,37 +703,93 @@ fn finish_teardown(identity: &str, errors: Vec<String>) -> Result<(), BackendErr
     }
 }
 
-/// Starts `bottle reap IDENTITY` detached from this process, so the
-/// launcher can return while the bottle's network is removed.
-fn spawn_reaper(identity: &str) -> Result<(), BackendError> {
+/// Starts the bottle's guardian, `bottle reap`, detached in a session of
+/// its own: it outlives the launcher however the launcher ends (even
+/// `kill -9`), waits for it to be gone, and then removes whatever of the
+/// bottle is left. After a normal exit that is only the bottle's network,
+/// whose removal is slow; after a crash it is everything the launcher
+/// would have removed.
+fn spawn_guardian(identity: &str, state_dir: &std::path::Path) -> Result<(), BackendError> {
     use std::os::unix::process::CommandExt;
-    std::process::Command::new(std::env::current_exe()?)
-        .args(["reap", identity])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()?;
+    let launcher = crate::process::Launcher::current()?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args([
+        "reap",
+        identity,
+        "--launcher",
+        &launcher.to_string(),
+        "--state",
+    ])
+    .arg(state_dir)
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    // A process group of its own keeps the terminal's signals (Ctrl-C, a
+    // hang-up of the launcher's group) away from it.
+    cmd.process_group(0);
+    cmd.spawn()?;
     Ok(())
 }
 
-/// What `bottle reap` does: removes what is left of `identity` (its
-/// containers, then its networks), retrying while the engine still counts
-/// a removed container as attached, for up to `patience`.
-pub async fn reap(identity: &str, patience: Duration) -> Result<(), BackendError> {
+/// What `bottle reap` does: waits until `launcher` is gone, then removes
+/// what is left of `identity`, retrying while the engine still counts a
+/// removed container as attached, for up to `patience`.
+pub async fn reap(
+    identity: &str,
+    launcher: Option<crate::process::Launcher>,
+    state_dir: Option<&std::path::Path>,
+    patience: Duration,
+) -> Result<(), BackendError> {
+    if let Some(launcher) = launcher {
+        while launcher.is_alive() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // A launcher that finished its work marked the bottle stopped (or, with
+    // --rm, removed its directory); one that crashed left it running.
+    let dir = state_dir.map(BottleDir::new);
+    let metadata = dir.as_ref().and_then(|d| std::fs::read(d.metadata()).ok());
+    let record: Option<serde_json::Value> = metadata.and_then(|m| serde_json::from_slice(&m).ok());
+    let crashed = record.as_ref().is_some_and(|r| r["state"] == "running");
+    let remove_all = record
+        .as_ref()
+        .is_some_and(|r| r["plan"]["remove_on_exit"] == true);
     let docker = connect().await?;
     let deadline = Instant::now() + patience;
+    let scope = Scope {
+        networks: true,
+        volumes: crashed && remove_all,
+    };
     loop {
-        let scope = Scope {
-            networks: true,
-            volumes: false,
-        };
         match teardown(&docker, identity, scope).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => break,
             Err(err) if Instant::now() >= deadline => return Err(err),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+    if crashed && let (Some(dir), Some(mut record)) = (dir, record) {
+        if remove_all {
+            dir.remove()?;
+        } else {
+            record["state"] = "stopped".into();
+            record["stopped_by"] = "guardian: the launcher ended without tearing down".into();
+            dir.write_json(&dir.metadata(), &record)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes an image bot-bottle built.
+pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), BackendError> {
+    docker
+        .remove_image(
+            id,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| BackendError::docker(format!("remove image {id}"), e))
 }
 
 fn is_not_found(err: &bollard::errors::Error) -> bool {

@@ -232,6 +232,29 @@ impl World {
             .collect()
     }
 
+    /// Ids of this world's containers (by the state directory they name)
+    /// that match every `docker ps` filter given.
+    pub fn containers(&self, filters: &[&str]) -> String {
+        let mut args = vec!["ps", "-q"];
+        for f in filters {
+            args.extend(["--filter", f]);
+        }
+        let root = self.state_root().to_string_lossy().into_owned();
+        docker(&args)
+            .lines()
+            .filter(|id| {
+                docker(&[
+                    "inspect",
+                    "-f",
+                    "{{index .Config.Labels \"bot-bottle.state\"}}",
+                    id,
+                ])
+                .starts_with(&root)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }

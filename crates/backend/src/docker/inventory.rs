@@ -1,0 +1,135 @@
+//! What Docker holds for bot-bottle, found by label, never by name.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions,
+};
+
+use super::{IDENTITY_LABEL, LAUNCHER_LABEL, MANAGED_LABEL, ROLE_LABEL, STATE_LABEL};
+use crate::BackendError;
+
+/// One container of a bottle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    /// `agent` or `gate`.
+    pub role: String,
+    pub running: bool,
+}
+
+/// Everything Docker holds for one identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// The launcher the containers name (`PID:START`), if any.
+    pub launcher: Option<String>,
+    /// The state directory the resources name, if any.
+    pub state_dir: Option<std::path::PathBuf>,
+    pub containers: Vec<Container>,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.networks.is_empty() && self.volumes.is_empty()
+    }
+
+    /// Whether the launcher named on the resources still runs.
+    pub fn launcher_alive(&self) -> bool {
+        self.launcher
+            .as_deref()
+            .and_then(|l| l.parse::<crate::process::Launcher>().ok())
+            .is_some_and(|l| l.is_alive())
+    }
+
+    /// Whether the role's container runs.
+    pub fn running(&self, role: &str) -> bool {
+        self.containers.iter().any(|c| c.role == role && c.running)
+    }
+}
+
+/// Every labelled container, network and volume, by identity.
+pub async fn by_identity(docker: &Docker) -> Result<BTreeMap<String, Resources>, BackendError> {
+    let filter = HashMap::from([("label".to_owned(), vec![IDENTITY_LABEL.to_owned()])]);
+    let (containers, networks, volumes) = tokio::join!(
+        docker.list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filter.clone()),
+            ..Default::default()
+        })),
+        docker.list_networks(Some(ListNetworksOptions {
+            filters: Some(filter.clone()),
+        })),
+        docker.list_volumes(Some(ListVolumesOptions {
+            filters: Some(filter.clone()),
+        })),
+    );
+    let mut out: BTreeMap<String, Resources> = BTreeMap::new();
+    for c in containers.map_err(|e| BackendError::docker("list containers", e))? {
+        let labels = c.labels.unwrap_or_default();
+        let Some(identity) = labels.get(IDENTITY_LABEL) else {
+            continue;
+        };
+        let entry = out.entry(identity.clone()).or_default();
+        if let Some(launcher) = labels.get(LAUNCHER_LABEL) {
+            entry.launcher = Some(launcher.clone());
+        }
+        if let Some(dir) = labels.get(STATE_LABEL) {
+            entry.state_dir = Some(dir.into());
+        }
+        entry.containers.push(Container {
+            id: c.id.unwrap_or_default(),
+            name: c
+                .names
+                .and_then(|n| n.first().cloned())
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_owned(),
+            role: labels.get(ROLE_LABEL).cloned().unwrap_or_default(),
+            running: c.state.is_some_and(|s| s.to_string() == "running"),
+        });
+    }
+    for n in networks.map_err(|e| BackendError::docker("list networks", e))? {
+        if let Some(identity) = n.labels.as_ref().and_then(|l| l.get(IDENTITY_LABEL)) {
+            out.entry(identity.clone())
+                .or_default()
+                .networks
+                .push(n.name.unwrap_or_default());
+        }
+    }
+    for v in volumes
+        .map_err(|e| BackendError::docker("list volumes", e))?
+        .volumes
+        .unwrap_or_default()
+    {
+        if let Some(identity) = v.labels.get(IDENTITY_LABEL) {
+            let entry = out.entry(identity.clone()).or_default();
+            if let Some(dir) = v.labels.get(STATE_LABEL) {
+                entry.state_dir.get_or_insert_with(|| dir.into());
+            }
+            entry.volumes.push(v.name);
+        }
+    }
+    Ok(out)
+}
+
+/// Images bot-bottle built that no tag names any more (left behind by
+/// rebuilds): safe to remove.
+pub async fn dangling_images(docker: &Docker) -> Result<Vec<String>, BackendError> {
+    let filters = HashMap::from([
+        ("label".to_owned(), vec![format!("{MANAGED_LABEL}=true")]),
+        ("dangling".to_owned(), vec!["true".to_owned()]),
+    ]);
+    let images = docker
+        .list_images(Some(ListImagesOptions {
+            all: false,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| BackendError::docker("list images", e))?;
+    Ok(images.into_iter().map(|i| i.id).collect())
+}

@@ -1,0 +1,52 @@
+//! `bottle list [active] [--format json]`.
+
+use crate::cli::Format;
+use crate::commands::inventory::gather;
+use crate::printer::Printer;
+use crate::settings::Global;
+use crate::{Failure, exit};
+
+pub fn run(active_only: bool, format: Format, printer: &Printer) -> Result<i32, Failure> {
+    let global = Global::resolve()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+    let (bottles, trouble) = runtime.block_on(gather(&global));
+    if let Some(err) = trouble {
+        printer.step(&format!("warning: {err}"));
+    }
+    let rows: Vec<_> = bottles
+        .iter()
+        .filter(|b| !active_only || b.is_live())
+        .map(|b| b.row())
+        .collect();
+    match format {
+        Format::Json => {
+            printer.data(&serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?)
+        }
+        Format::Text => {
+            let mut out = format!(
+                "{:<22} {:<14} {:<8} {:<21} {:<10} {}\n",
+                "IDENTITY", "AGENT", "BACKEND", "STARTED", "STATE", "SERVICES"
+            );
+            for r in &rows {
+                out += &format!(
+                    "{:<22} {:<14} {:<8} {:<21} {:<10} {}\n",
+                    r.identity,
+                    r.agent.unwrap_or("-"),
+                    r.backend,
+                    r.started_at.unwrap_or("-"),
+                    r.state,
+                    if r.services.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        r.services.join(",")
+                    }
+                );
+            }
+            printer.data(&out);
+        }
+    }
+    Ok(0)
+}

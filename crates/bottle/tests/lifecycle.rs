@@ -1,0 +1,209 @@
+//! Bottles have identities: list, clean up, run many at once, survive the
+//! launcher's crash. Real Docker; checked with the Docker CLI, not only the
+//! tool's own listing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+
+fn world() -> Option<World> {
+    if !docker_available() {
+        return None;
+    }
+    ensure_images();
+    Some(World::new())
+}
+
+/// Starts the long-running agent `sigint` in the background; returns the
+/// child and its identity once its agent container runs.
+fn running_bottle(world: &World) -> (std::process::Child, String) {
+    let child = world
+        .command()
+        .args(["start", "sigint", "-y"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut identity = String::new();
+    let state = world.state_root();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let Some(id) = std::fs::read_dir(&state)
+                .ok()
+                .and_then(|d| d.flatten().next())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+            else {
+                return false;
+            };
+            identity = id;
+            !docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=bot-bottle.identity={identity}"),
+                "--filter",
+                "label=bot-bottle.role=agent",
+                "--filter",
+                "status=running",
+            ])
+            .is_empty()
+        }),
+        "the bottle never ran"
+    );
+    (child, identity)
+}
+
+fn list(world: &World, args: &[&str]) -> serde_json::Value {
+    let out = world
+        .command()
+        .arg("list")
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn kill_9_of_the_launcher_leaves_nothing_running() {
+    let Some(world) = world() else { return };
+    let (mut child, identity) = running_bottle(&world);
+    // Other tests' bottles may run on the same engine: look for ours.
+    let ours = |listing: &serde_json::Value| -> serde_json::Value {
+        listing
+            .as_array()
+            .and_then(|rows| {
+                rows.iter()
+                    .find(|r| r["identity"] == identity.as_str())
+                    .cloned()
+            })
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let mut active = serde_json::Value::Null;
+    let both = wait_until(Duration::from_secs(20), || {
+        active = list(&world, &["active"]);
+        ours(&active)["services"] == serde_json::json!(["agent", "gate"])
+    });
+    assert!(both, "{active}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || running_parts(&identity)
+            .is_empty()),
+        "still there after the launcher died: {:?}",
+        running_parts(&identity)
+    );
+    assert_eq!(ours(&list(&world, &["active"])), serde_json::Value::Null);
+    // The guardian recorded what happened; the bottle is stopped, its
+    // volume and state kept until cleanup.
+    let mut all = serde_json::Value::Null;
+    let stopped = wait_until(Duration::from_secs(10), || {
+        all = list(&world, &[]);
+        ours(&all)["state"] == "stopped"
+    });
+    assert!(stopped, "{all}");
+
+    let out = world.command().args(["cleanup", "-y"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(labelled_resources(&identity), Vec::<String>::new());
+    assert!(!world.state_root().join(&identity).exists());
+    // Idempotent.
+    let again = world.command().args(["cleanup", "-y"]).output().unwrap();
+    assert!(again.status.success());
+    assert!(
+        stderr(&again).contains("nothing to clean up"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn cleanup_never_touches_what_is_not_ours() {
+    let Some(world) = world() else { return };
+    // A container that looks like a bottle's but has no labels.
+    let lookalike = format!("sigint-{}-agent", &world.network[world.network.len() - 6..]);
+    docker(&["create", "--name", &lookalike, BASE_IMAGE, "true"]);
+    let (mut child, identity) = running_bottle(&world);
+    let dry = world
+        .command()
+        .args(["cleanup", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&dry).contains(&identity),
+        "a running bottle is never a cleanup target"
+    );
+    let out = world.command().args(["cleanup", "-y"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !docker(&["ps", "-aq", "--filter", &format!("name=^{lookalike}$")]).is_empty(),
+        "the look-alike was removed"
+    );
+    assert!(
+        !running_parts(&identity).is_empty(),
+        "the running bottle was touched"
+    );
+    docker_quiet(&["rm", "-f", &lookalike]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let out = world
+        .command()
+        .args(["rm", "-y", &identity])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        wait_until(Duration::from_secs(10), || labelled_resources(&identity)
+            .is_empty()),
+        "{:?}",
+        labelled_resources(&identity)
+    );
+}
+
+#[test]
+fn ten_bottles_at_once() {
+    let Some(world) = world() else { return };
+    let children: Vec<_> = (0..10)
+        .map(|_| {
+            world
+                .command()
+                .args(["start", "probe", "-y", "--rm", "--", "true"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut identities = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        identities.push(identity_from(&stderr(&out)).unwrap());
+    }
+    let mut unique = identities.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 10, "{identities:?}");
+    for identity in &identities {
+        assert!(
+            wait_until(Duration::from_secs(20), || labelled_resources(identity)
+                .is_empty()),
+            "{identity}: {:?}",
+            labelled_resources(identity)
+        );
+    }
+}
