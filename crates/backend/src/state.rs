@@ -58,6 +58,7 @@ impl BottleDir {
         let mirrors = self.git_dir();
         std::fs::DirBuilder::new()
             .mode(0o700)
+            .recursive(true)
             .create(&mirrors)
             .map_err(io(&mirrors))?;
         if entries.is_empty() {
@@ -66,6 +67,7 @@ impl BottleDir {
         let keys = self.gate_dir().join("git");
         std::fs::DirBuilder::new()
             .mode(0o700)
+            .recursive(true)
             .create(&keys)
             .map_err(io(&keys))?;
         for entry in entries {
@@ -86,6 +88,17 @@ impl BottleDir {
     /// The bottle's CA certificate (public; the agent trusts it).
     pub fn ca_cert(&self) -> PathBuf {
         self.root.join("ca.pem")
+    }
+
+    /// The CA a bottle was started with, for resume.
+    pub fn read_ca(&self) -> Result<MintedCa, BackendError> {
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(&path).map_err(|source| BackendError::Io { path, source })
+        };
+        Ok(MintedCa {
+            cert_pem: read(self.gate_dir().join("ca.pem"))?,
+            key_pem: read(self.gate_dir().join("ca.key"))?,
+        })
     }
 
     /// Writes the CA: the certificate where the agent's side can read it,
@@ -122,15 +135,18 @@ impl BottleDir {
         }
         std::fs::DirBuilder::new()
             .mode(0o700)
+            .recursive(true)
             .create(&self.root)
             .map_err(io(&self.root))?;
         std::fs::DirBuilder::new()
             .mode(0o700)
+            .recursive(true)
             .create(self.gate_dir())
             .map_err(io(&self.gate_dir()))?;
         let run = self.socket_dir();
         std::fs::DirBuilder::new()
             .mode(0o755)
+            .recursive(true)
             .create(&run)
             .map_err(io(&run))?;
         // Explicit chmod: the umask may have narrowed the mode above.

@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Start an agent in a fresh bottle.
     Start(StartArgs),
+    /// Start a stopped bottle again: same identity, volumes and CA.
+    Resume(ResumeArgs),
     /// List bottles: every one, or only the running ones.
     List {
         /// `active`: only bottles whose launcher runs.
@@ -157,5 +159,17 @@ pub struct ShimArgs {
     pub user: Option<String>,
     /// The command to run.
     #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The bottle's identity (see `bottle list`).
+    pub identity: String,
+    /// Resume without asking for confirmation.
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+    /// Run this command in the bottle instead of the agent's.
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

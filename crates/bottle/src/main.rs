@@ -61,6 +61,7 @@ fn main() {
     let result = match cli.command {
         Command::Start(args) => commands::start::run(args, &printer),
         Command::Manifest(cmd) => commands::manifest::run(cmd, &printer),
+        Command::Resume(args) => commands::resume::run(args, &printer),
         Command::List { which, format } => commands::list::run(which.is_some(), format, &printer),
         Command::Cleanup { dry_run, yes } => commands::cleanup::cleanup(dry_run, yes, &printer),
         Command::Rm { identity, yes } => commands::cleanup::rm(&identity, yes, &printer),

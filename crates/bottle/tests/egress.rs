@@ -153,8 +153,8 @@ fn audit_log_records_every_decision() {
     assert_eq!(running_parts(&identity), Vec::<String>::new());
     assert_eq!(
         labelled_resources(&identity).len(),
-        1,
-        "the workspace volume is kept"
+        2,
+        "the workspace and home volumes are kept"
     );
     let metadata: serde_json::Value = serde_json::from_slice(
         &std::fs::read(world.state_root().join(&identity).join("metadata.json")).unwrap(),

@@ -207,3 +207,55 @@ fn ten_bottles_at_once() {
         );
     }
 }
+
+#[test]
+fn a_stopped_bottle_resumes_with_its_files_and_ca() {
+    let Some(world) = world() else { return };
+    let fingerprint =
+        "echo ca=$(openssl x509 -noout -fingerprint -sha256 -in /etc/bot-bottle/ca.pem)";
+    let first = world
+        .command()
+        .args(["start", "probe", "-y", "--", "bash", "-c"])
+        .arg(format!(
+            "echo work > /workspace/w.txt && echo home > ~/h.txt && {fingerprint}"
+        ))
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let identity = identity_from(&stderr(&first)).unwrap();
+    let before = Probe::new(first);
+    assert_eq!(
+        running_parts(&identity),
+        Vec::<String>::new(),
+        "stopped: no container left"
+    );
+
+    let again = world
+        .command()
+        .args(["resume", &identity, "-y", "--", "bash", "-c"])
+        .arg(format!(
+            "echo w=$(cat /workspace/w.txt) h=$(cat ~/h.txt) id=$BOTTLE_IDENTITY; {fingerprint}"
+        ))
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let after = Probe::new(again);
+    assert_eq!(after.get("w"), "work h=home id=".to_owned() + &identity);
+    assert_eq!(
+        after.get("ca"),
+        before.get("ca"),
+        "the CA is the bottle's for life"
+    );
+
+    let unknown = world
+        .command()
+        .args(["resume", "nope-000000", "-y"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(78));
+    assert!(
+        stderr(&unknown).contains(&identity),
+        "the error lists the known bottles: {}",
+        stderr(&unknown)
+    );
+}

@@ -215,6 +215,8 @@ pub struct PlanInput<'a> {
     pub remove_on_exit: bool,
     /// `--cwd`: the directory to copy into the workspace.
     pub cwd: Option<&'a Path>,
+    /// Resume: the bottle's identity (else a fresh one is minted).
+    pub identity: Option<String>,
     /// `$XDG_STATE_HOME/bot-bottle`.
     pub state_root: &'a Path,
     /// Reads a host variable (to check that forwarded ones are set).
@@ -251,7 +253,10 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         _ => (agent.command.clone(), CommandSource::Agent),
     };
 
-    let identity = mint_identity(input.agent);
+    let identity = input
+        .identity
+        .clone()
+        .unwrap_or_else(|| mint_identity(input.agent));
     let proxy_url = format!("http://127.0.0.1:{PROXY_PORT}");
 
     let mut env = Vec::new();

@@ -87,6 +87,8 @@ pub struct DockerPrepared {
     /// The volume holding `/workspace`: a plain directory of the engine,
     /// not the container's (slow, copy-on-write) root filesystem.
     pub workspace_volume: String,
+    /// The volume holding the agent's home.
+    pub home_volume: String,
     /// The network the gate joins.
     pub gate_network: String,
     /// Whether `gate_network` is made for this bottle (and removed with it).
@@ -186,6 +188,7 @@ impl Backend for DockerBackend {
             dir: BottleDir::new(&plan.state_dir),
             agent_container: format!("{identity}-agent"),
             workspace_volume: format!("{identity}-workspace"),
+            home_volume: format!("{identity}-home"),
             gate_container: format!("{identity}-gate"),
             gate_network,
             own_network,
@@ -242,7 +245,16 @@ impl Backend for DockerBackend {
                         .collect(),
                 },
             },
-            ca: mint_ca(identity).map_err(|e| BackendError::Ca(e.to_string()))?,
+            // A bottle keeps its CA for life: resume reads the one it made.
+            ca: if BottleDir::new(&plan.state_dir)
+                .gate_dir()
+                .join("ca.key")
+                .is_file()
+            {
+                BottleDir::new(&plan.state_dir).read_ca()?
+            } else {
+                mint_ca(identity).map_err(|e| BackendError::Ca(e.to_string()))?
+            },
             gate_image,
             agent_image,
             plan: plan.clone(),
@@ -290,9 +302,11 @@ impl Backend for DockerBackend {
         // slow, is removed by the guardian right after. Interrupts and
         // failures tear everything down before returning.
         let detach_network = prepared.own_network && matches!(outcome, Ok(Outcome::Exited(_)));
+        let me = crate::process::Launcher::current()?.to_string();
         let scope = Scope {
             networks: !detach_network,
             volumes: prepared.plan.remove_on_exit,
+            launcher: Some(&me),
         };
         let teardown = teardown(&docker, &prepared.plan.identity, scope).await;
         reporter.detail(&format!("torn down in {} ms", torn.elapsed().as_millis()));
@@ -366,6 +380,7 @@ impl DockerBackend {
                 self.settings.gate_timeout,
             )?;
             create_volume(docker, &p.workspace_volume, &p.labels, "workspace").await?;
+            create_volume(docker, &p.home_volume, &p.labels, "home").await?;
             create_container(docker, &p.agent_container, agent).await?;
             if let Some(workspace) = &p.plan.workspace {
                 let started = Instant::now();
@@ -611,26 +626,39 @@ async fn create_container(
 
 /// What a teardown removes besides containers.
 #[derive(Debug, Clone, Copy)]
-pub struct Scope {
+pub struct Scope<'a> {
     pub networks: bool,
     /// The bottle's volumes (its workspace): only when nothing is to be
     /// resumed (`--rm`).
     pub volumes: bool,
+    /// Only containers and networks of this launcher (`PID:START`): a
+    /// guardian must never touch the run that resumed its bottle.
+    pub launcher: Option<&'a str>,
 }
 
 /// Removes every container (and, as `scope` says, network and volume)
 /// labelled with `identity`, whether or not this process recorded creating
 /// it: an interrupt can land between the engine creating a container and
 /// the reply.
-pub async fn teardown(docker: &Docker, identity: &str, scope: Scope) -> Result<(), BackendError> {
+pub async fn teardown(
+    docker: &Docker,
+    identity: &str,
+    scope: Scope<'_>,
+) -> Result<(), BackendError> {
     let filter = HashMap::from([(
         "label".to_owned(),
         vec![format!("{IDENTITY_LABEL}={identity}")],
     )]);
+    let mut run_filter = filter.clone();
+    if let Some(launcher) = scope.launcher
+        && let Some(labels) = run_filter.get_mut("label")
+    {
+        labels.push(format!("{LAUNCHER_LABEL}={launcher}"));
+    }
     let containers = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
-            filters: Some(filter.clone()),
+            filters: Some(run_filter.clone()),
             ..Default::default()
         }))
         .await
@@ -653,7 +681,11 @@ pub async fn teardown(docker: &Docker, identity: &str, scope: Scope) -> Result<(
     let mut errors: Vec<String> = join_all(removals)
         .await
         .into_iter()
-        .filter_map(|r| r.err().filter(|e| !is_not_found(e)).map(|e| e.to_string()))
+        .filter_map(|r| {
+            r.err()
+                .filter(|e| !is_not_found(e) && !is_conflict(e))
+                .map(|e| e.to_string())
+        })
         .collect();
     if scope.volumes {
         let volumes = docker
@@ -677,7 +709,7 @@ pub async fn teardown(docker: &Docker, identity: &str, scope: Scope) -> Result<(
     }
     let networks = docker
         .list_networks(Some(ListNetworksOptions {
-            filters: Some(filter),
+            filters: Some(run_filter),
         }))
         .await
         .map_err(|e| BackendError::docker("list networks", e))?;
@@ -750,7 +782,20 @@ pub async fn reap(
     let dir = state_dir.map(BottleDir::new);
     let metadata = dir.as_ref().and_then(|d| std::fs::read(d.metadata()).ok());
     let record: Option<serde_json::Value> = metadata.and_then(|m| serde_json::from_slice(&m).ok());
-    let crashed = record.as_ref().is_some_and(|r| r["state"] == "running");
+    // Crashed: the record still says running, under this guardian's
+    // launcher. A record naming another launcher is a resumed run: not ours.
+    let mine = launcher.map(|l| l.to_string());
+    let crashed = record
+        .as_ref()
+        .is_some_and(|r| r["state"] == "running" && r["launcher"].as_str() == mine.as_deref());
+    if record
+        .as_ref()
+        .is_some_and(|r| r["launcher"].as_str() != mine.as_deref())
+        && mine.is_some()
+    {
+        // Resumed since: leave the new run's network alone too.
+        return Ok(());
+    }
     let remove_all = record
         .as_ref()
         .is_some_and(|r| r["plan"]["remove_on_exit"] == true);
@@ -759,6 +804,7 @@ pub async fn reap(
     let scope = Scope {
         networks: true,
         volumes: crashed && remove_all,
+        launcher: mine.as_deref(),
     };
     loop {
         match teardown(&docker, identity, scope).await {
@@ -790,6 +836,17 @@ pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), BackendError>
         .await
         .map(|_| ())
         .map_err(|e| BackendError::docker(format!("remove image {id}"), e))
+}
+
+/// A removal already under way (by the guardian, or a concurrent cleanup).
+fn is_conflict(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
 }
 
 fn is_not_found(err: &bollard::errors::Error) -> bool {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bottle_gate::config::{EGRESS_SOCKET, GIT_SOCKET};
-use bottle_manifest::plan::{AGENT_CA_PATH, GIT_PORT, PROXY_PORT};
+use bottle_manifest::plan::{AGENT_CA_PATH, AGENT_HOME, GIT_PORT, PROXY_PORT};
 
 use super::{
     AGENT_UID, BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, GATE_GIT_DIR, ROLE_LABEL,
@@ -100,6 +100,7 @@ pub fn agent_container(
                 format!("{}:{SOCKET_DIR}:ro", p.dir.socket_dir().display()),
                 format!("{}:{AGENT_CA_PATH}:ro", p.dir.ca_cert().display()),
                 format!("{}:{}", p.workspace_volume, p.plan.workdir),
+                format!("{}:{AGENT_HOME}", p.home_volume),
             ]),
             runtime,
             init: Some(false),

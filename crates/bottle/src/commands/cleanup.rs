@@ -102,9 +102,10 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
         }
         for b in &targets {
             if let Some(engine) = &engine {
-                let scope = Scope {
+                                let scope = Scope {
                     networks: true,
                     volumes: true,
+                    launcher: None,
                 };
                 docker::teardown(engine, &b.identity, scope).await?;
             }

@@ -6,5 +6,6 @@ pub mod inventory;
 pub mod list;
 pub mod manifest;
 pub mod reap;
+pub mod resume;
 pub mod shim;
 pub mod start;

@@ -31,10 +31,30 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         base_image: &settings.base_image,
         remove_on_exit: args.rm,
         cwd: args.cwd.then_some(global.cwd.as_path()),
+        identity: None,
         state_root: &global.state_root,
         host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
     })?;
+    launch(
+        &plan,
+        &settings,
+        &global,
+        args.dry_run.then_some(args.format),
+        args.yes,
+        printer,
+    )
+}
 
+/// Prepares `plan`, prints it (`dry_run`) or confirms it (unless `yes`),
+/// and runs the bottle. Shared by `start` and `resume`.
+pub fn launch(
+    plan: &Plan,
+    settings: &Start,
+    global: &Global,
+    dry_run: Option<Format>,
+    yes: bool,
+    printer: &Printer,
+) -> Result<i32, Failure> {
     let backend = match settings.backend {
         BackendName::Docker => DockerBackend::new(DockerSettings {
             install_claude: settings.install_claude.clone(),
@@ -42,14 +62,14 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
             gate_timeout: settings.gate_timeout,
         }),
     };
-    let prepared = backend.prepare(&plan)?;
+    let prepared = backend.prepare(plan)?;
 
-    if args.dry_run {
-        print_plan(&plan, args.format, printer)?;
+    if let Some(format) = dry_run {
+        print_plan(plan, format, printer)?;
         return Ok(0);
     }
-    if !args.yes {
-        confirm(&plan, printer)?;
+    if !yes {
+        confirm(plan, printer)?;
     } else {
         printer.step(&format!(
             "starting {} (agent {}, bottle {})",

@@ -1,0 +1,116 @@
+//! `bottle resume IDENTITY [-y] [-- CMD…]`: the same bottle again — its
+//! volumes (workspace and home), its CA, its state — with the plan rebuilt
+//! from the manifest as it is now.
+
+use anyhow::anyhow;
+use bottle_backend::state;
+use bottle_manifest::load;
+use bottle_manifest::plan::{self, PlanInput};
+
+use crate::cli::{BackendName, ResumeArgs};
+use crate::printer::Printer;
+use crate::settings::{Global, Start};
+use crate::{Failure, exit};
+
+pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
+    let global = Global::resolve()?;
+    let records = state::records(&global.state_root);
+    let Some(record) = records.iter().find(|r| r.identity == args.identity) else {
+        let known: Vec<&str> = records.iter().map(|r| r.identity.as_str()).collect();
+        return Err(Failure::new(
+            exit::CONFIG,
+            anyhow!(
+                "no bottle {:?} in {}: {}",
+                args.identity,
+                global.state_root.display(),
+                if known.is_empty() {
+                    "there are none".to_owned()
+                } else {
+                    format!("known: {}", known.join(", "))
+                }
+            ),
+        ));
+    };
+    if record.is_live() {
+        return Err(Failure::new(
+            exit::NOT_CONFIRMED,
+            anyhow!(
+                "{} is running already (its launcher is alive)",
+                record.identity
+            ),
+        ));
+    }
+    let meta = &record.metadata;
+    let (Some(manifest_path), Some(agent)) = (meta["manifest"].as_str(), meta["agent"].as_str())
+    else {
+        return Err(Failure::new(
+            exit::CONFIG,
+            anyhow!(
+                "{}: metadata.json does not say which manifest and agent it ran",
+                record.dir.root.display()
+            ),
+        ));
+    };
+    let path = std::path::PathBuf::from(manifest_path);
+    // The manifest is read again: a change since then that no longer
+    // validates is an error naming the field.
+    let manifest = load::load(&path)?;
+    let checked = super::manifest::check(&manifest, &path, &global)?;
+    let command = if args.command.is_empty() {
+        manifest
+            .agents
+            .get(agent)
+            .map(|a| continue_claude(&a.command))
+    } else {
+        Some(args.command.clone())
+    };
+    let settings = Start::resolve(Some(BackendName::Docker))?;
+    let plan = plan::plan(PlanInput {
+        manifest_path: &path,
+        manifest: &manifest,
+        checked: &checked,
+        agent,
+        command,
+        backend: "docker",
+        base_image: &settings.base_image,
+        remove_on_exit: false,
+        cwd: None,
+        identity: Some(record.identity.clone()),
+        state_root: &global.state_root,
+        host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
+    })?;
+    super::start::launch(&plan, &settings, &global, None, args.yes, printer)
+}
+
+/// `claude …` resumes its conversation (`--continue`) when the agent's
+/// home holds one, and starts afresh when it does not; other commands run
+/// as they are.
+fn continue_claude(command: &[String]) -> Vec<String> {
+    if command.first().map(String::as_str) != Some("claude") {
+        return command.to_vec();
+    }
+    let mut wrapped = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "if ls \"$HOME\"/.claude/projects/*/*.jsonl >/dev/null 2>&1; then exec \"$0\" --continue \"$@\"; else exec \"$0\" \"$@\"; fi"
+            .to_owned(),
+    ];
+    wrapped.extend(command.iter().cloned());
+    wrapped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_claude_is_continued() {
+        let bash = vec!["bash".to_owned()];
+        assert_eq!(continue_claude(&bash), bash);
+        let claude = vec!["claude".to_owned(), "--verbose".to_owned()];
+        let wrapped = continue_claude(&claude);
+        assert_eq!(wrapped[0], "sh");
+        assert_eq!(&wrapped[3..], &claude[..]);
+        assert!(wrapped[2].contains("--continue"));
+    }
+}
