@@ -51,6 +51,10 @@ pub enum BackendError {
     GateFailed(String),
     #[error("the secret of the route to {route}: {message}")]
     Secret { route: String, message: String },
+    #[error(
+        "a container named {name:?} exists already: remove it, or unset BOTTLE_CONTAINER to let bot-bottle name the container"
+    )]
+    NameTaken { name: String },
     #[error("the bottle's CA: {0}")]
     Ca(String),
     #[error("{}: {source}", .path.display())]

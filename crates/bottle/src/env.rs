@@ -15,6 +15,9 @@ pub const BOTTLE_BASE_IMAGE: &str = "BOTTLE_BASE_IMAGE";
 pub const BOTTLE_INSTALL_CLAUDE: &str = "BOTTLE_INSTALL_CLAUDE";
 /// Milliseconds the shim waits for the gate's sockets (default 15000).
 pub const BOTTLE_GATE_TIMEOUT_MS: &str = "BOTTLE_GATE_TIMEOUT_MS";
+/// A fixed name for the agent's container instead of `IDENTITY-agent`
+/// (for scripts that address it by name). A name in use is an error.
+pub const BOTTLE_CONTAINER: &str = "BOTTLE_CONTAINER";
 /// Where bottles keep their state (default `~/.local/state`).
 pub const XDG_STATE_HOME: &str = "XDG_STATE_HOME";
 /// Where the user's manifest may live (default `~/.config`).
@@ -30,6 +33,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("CLAUDE_BOTTLE_MANIFEST", BOTTLE_MANIFEST),
     ("CLAUDE_BOTTLE_BACKEND", BOTTLE_BACKEND),
     ("CLAUDE_BOTTLE_BASE_IMAGE", BOTTLE_BASE_IMAGE),
+    ("CLAUDE_BOTTLE_CONTAINER", BOTTLE_CONTAINER),
 ];
 
 /// Reads `name`, falling back to its `CLAUDE_BOTTLE_*` alias. Empty counts

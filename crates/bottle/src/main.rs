@@ -42,7 +42,7 @@ impl From<bottle_backend::BackendError> for Failure {
             | E::BaseImageMissing { .. }
             | E::RuntimeMissing
             | E::ImageMissing { .. } => exit::UNAVAILABLE,
-            E::NetworkMissing { .. } => exit::CONFIG,
+            E::NetworkMissing { .. } | E::NameTaken { .. } => exit::CONFIG,
             _ => exit::SOFTWARE,
         };
         Failure::new(code, err)

@@ -81,6 +81,8 @@ pub struct Start {
     pub base_image: String,
     pub install_claude: String,
     pub gate_timeout: Duration,
+    /// `BOTTLE_CONTAINER`: the agent container's name, pinned.
+    pub container_name: Option<String>,
 }
 
 impl Start {
@@ -117,6 +119,7 @@ impl Start {
                 .unwrap_or_else(|| DEFAULT_BASE_IMAGE.into()),
             install_claude,
             gate_timeout,
+            container_name: env::read(env::BOTTLE_CONTAINER),
         })
     }
 }

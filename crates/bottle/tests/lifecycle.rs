@@ -259,3 +259,30 @@ fn a_stopped_bottle_resumes_with_its_files_and_ca() {
         stderr(&unknown)
     );
 }
+
+#[test]
+fn a_pinned_container_name_in_use_is_a_clear_error() {
+    let Some(world) = world() else { return };
+    let taken = format!("bbtest-taken-{}", &world.network[world.network.len() - 6..]);
+    docker(&["create", "--name", &taken, BASE_IMAGE, "true"]);
+    let out = world
+        .command()
+        .env("BOTTLE_CONTAINER", &taken)
+        .args(["start", "probe", "-y", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    docker_quiet(&["rm", "-f", &taken]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("a container named \"{taken}\" exists already")),
+        "{}",
+        stderr(&out)
+    );
+    let identity = identity_from(&stderr(&out)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || labelled_resources(&identity)
+            .is_empty()),
+        "{:?}",
+        labelled_resources(&identity)
+    );
+}

@@ -69,6 +69,8 @@ pub struct DockerSettings {
     pub lock_dir: std::path::PathBuf,
     /// How long the shim waits for the gate's sockets.
     pub gate_timeout: Duration,
+    /// A fixed name for the agent's container (`BOTTLE_CONTAINER`).
+    pub container_name: Option<String>,
 }
 
 /// The Docker backend.
@@ -186,7 +188,11 @@ impl Backend for DockerBackend {
             .collect();
         Ok(DockerPrepared {
             dir: BottleDir::new(&plan.state_dir),
-            agent_container: format!("{identity}-agent"),
+            agent_container: self
+                .settings
+                .container_name
+                .clone()
+                .unwrap_or_else(|| format!("{identity}-agent")),
             workspace_volume: format!("{identity}-workspace"),
             home_volume: format!("{identity}-home"),
             gate_container: format!("{identity}-gate"),
@@ -371,7 +377,10 @@ impl DockerBackend {
             let image = images::ensure(docker, &p.agent_image, &binary, lock_dir, reporter);
             let (runtime, ()) = tokio::try_join!(resolve_runtime(docker, p.plan.runtime), image)?;
             if let Some(rt) = &runtime {
-                reporter.detail(&format!("agent runtime: {rt}"));
+                reporter.step(&format!(
+                    "agent runtime: {rt}{}",
+                    if rt == "runsc" { " (gVisor)" } else { "" }
+                ));
             }
             let agent = spec::agent_container(
                 p,
@@ -617,10 +626,14 @@ async fn create_container(
     let options = bollard::query_parameters::CreateContainerOptionsBuilder::new()
         .name(name)
         .build();
-    docker
-        .create_container(Some(options), body)
-        .await
-        .map_err(|e| BackendError::docker(format!("create container {name}"), e))?;
+    match docker.create_container(Some(options), body).await {
+        Err(e) if is_conflict(&e) => {
+            return Err(BackendError::NameTaken {
+                name: name.to_owned(),
+            });
+        }
+        other => other.map_err(|e| BackendError::docker(format!("create container {name}"), e))?,
+    };
     Ok(())
 }
 

@@ -60,6 +60,7 @@ pub fn launch(
             install_claude: settings.install_claude.clone(),
             lock_dir: global.lock_dir(),
             gate_timeout: settings.gate_timeout,
+            container_name: settings.container_name.clone(),
         }),
     };
     let prepared = backend.prepare(plan)?;

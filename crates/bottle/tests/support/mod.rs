@@ -330,6 +330,14 @@ impl Drop for World {
     }
 }
 
+/// The agent runtime the end-to-end tests use: `runc` unless
+/// `BBTEST_RUNTIME` says otherwise (`runsc` runs the suite under gVisor;
+/// `auto` lets the engine decide). Pinned so that a machine's engine
+/// configuration cannot change what CI tests.
+pub fn test_runtime() -> String {
+    std::env::var("BBTEST_RUNTIME").unwrap_or_else(|_| "runc".to_owned())
+}
+
 /// The launcher's variable holding the route secret.
 pub const SECRET_VAR: &str = "BBTEST_ROUTE_TOKEN";
 
@@ -354,8 +362,9 @@ pub fn default_manifest(network: &str, ca: &Path, extra_allow: &[&str]) -> serde
         },
         "bottles": {
             "test": {
-                "allow": allow,
+                                "allow": allow,
                 "gate_network": network,
+                "runtime": test_runtime(),
                 "egress_proxy": {
                     "upstream_ca": ca,
                     "routes": [{ "host": "route.test", "token_ref": SECRET_VAR }]
