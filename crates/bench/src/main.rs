@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod git;
+mod lifecycle;
 mod proxy;
 
 #[derive(Debug, Parser)]
@@ -24,6 +25,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// `list active` and `cleanup --dry-run` with many bottles running,
+    /// and start latency under runc and runsc.
+    Lifecycle {
+        #[arg(long, default_value = "20")]
+        running: usize,
+        #[arg(long, default_value = "5")]
+        runs: usize,
+        /// The `bottle` binary [default: beside this one].
+        #[arg(long)]
+        bottle: Option<PathBuf>,
+    },
     /// `--cwd` copy-in against tar, and pushes through the git gate
     /// against direct SSH.
     Git {
@@ -81,6 +93,11 @@ fn main() -> anyhow::Result<()> {
             bottle,
             repo,
         } => proxy::run(&bottle_path(bottle)?, &repo, seconds),
+        Bench::Lifecycle {
+            running,
+            runs,
+            bottle,
+        } => lifecycle::run(&bottle_path(bottle)?, running, runs),
         Bench::Git {
             files,
             mib,
