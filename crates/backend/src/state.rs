@@ -305,6 +305,17 @@ pub enum BottleState {
     Stopped,
 }
 
+/// Flags of the start that made a bottle, as `metadata.json` records them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Flags {
+    /// `--rm`.
+    pub rm: bool,
+    /// `--cwd`.
+    pub copy_cwd: bool,
+    /// `-- CMD…` replaced the agent's command.
+    pub command_from_argv: bool,
+}
+
 /// `metadata.json`: what the bottle is. The plan it was started from is
 /// kept whole, so later commands never have to guess.
 #[derive(Debug, Clone, Serialize)]
@@ -319,6 +330,10 @@ pub struct Metadata<'a> {
     pub launcher_pid: u32,
     /// `PID:START`, which a recycled pid cannot match.
     pub launcher: String,
+    /// The launcher's working directory.
+    pub cwd: Option<PathBuf>,
+    /// The flags that shaped the bottle.
+    pub flags: Flags,
     pub plan: &'a Plan,
 }
 
@@ -332,6 +347,13 @@ impl<'a> Metadata<'a> {
             backend: &plan.backend,
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             state,
+            cwd: std::env::current_dir().ok(),
+            flags: Flags {
+                rm: plan.remove_on_exit,
+                copy_cwd: plan.workspace.is_some(),
+                command_from_argv: plan.command_source
+                    == bottle_manifest::plan::CommandSource::Argv,
+            },
             launcher_pid: std::process::id(),
             launcher: crate::process::Launcher::current()
                 .map(|l| l.to_string())

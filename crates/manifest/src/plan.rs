@@ -613,7 +613,7 @@ impl Plan {
             if self.remove_on_exit {
                 "remove everything (--rm)"
             } else {
-                "remove containers and network, keep the state directory"
+                "remove containers and network; keep the volumes and state (bottle resume IDENTITY)"
             },
         );
         s

@@ -115,6 +115,20 @@ fn confirm(plan: &Plan, printer: &Printer) -> Result<(), Failure> {
         ));
     }
     printer.raw(&format!("bot-bottle will start:\n{}", plan.render_text()));
+    // The engine decides what `auto` means; ask it, so the person knows.
+    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(bottle_backend::BackendError::from)
+        .and_then(|rt| {
+            rt.block_on(bottle_backend::docker::describe_runtime(
+                plan.runtime,
+                &plan.images.base,
+            ))
+        })
+    {
+        printer.raw(&format!("  {:<13}{runtime}\n", "agent runs"));
+    }
     printer.raw("Start this bottle? [y/N] ");
     let mut answer = String::new();
     std::io::stdin()
