@@ -12,22 +12,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn world() -> Option<World> {
-    if !docker_available() {
-        return None;
-    }
-    ensure_images();
-    Some(World::new())
-}
-
-/// `curl` through the proxy: prints `NAME=<status>` and `NAME_body=<body>`.
-fn curl(name: &str, args: &str) -> String {
-    format!(
-        "out=$(curl -sS -m 10 -o /tmp/{name}.body -w '%{{http_code}}' {args} 2>/tmp/{name}.err); echo {name}_rc=$?; echo {name}=$out; \
-         echo {name}_body=$(head -c 400 /tmp/{name}.body | tr '\\n' ' '); echo {name}_err=$(tr '\\n' ' ' < /tmp/{name}.err)\n"
-    )
-}
-
 #[test]
 fn allowlist_decides_what_leaves() {
     let Some(world) = world() else { return };

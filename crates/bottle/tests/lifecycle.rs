@@ -10,14 +10,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn world() -> Option<World> {
-    if !docker_available() {
-        return None;
-    }
-    ensure_images();
-    Some(World::new())
-}
-
 /// Starts the long-running agent `sigint` in the background; returns the
 /// child and its identity once its agent container runs.
 fn running_bottle(world: &World) -> (std::process::Child, String) {

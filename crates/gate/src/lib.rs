@@ -127,25 +127,8 @@ pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Resu
             egress::upstream::Upstreams::new(Arc::clone(&policy), &tls),
             Arc::clone(&audit),
         );
-        std::thread::Builder::new()
-            .name(format!("egress-{i}"))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                let served = runtime.and_then(|rt| {
-                    rt.block_on(async move {
-                        let listener = UnixListener::from_std(listener)?;
-                        Arc::new(egress).serve(listener).await;
-                        Ok(())
-                    })
-                });
-                if let Err(err) = served {
-                    // A worker that cannot serve takes the gate down: fail closed.
-                    tracing::error!(%err, "egress worker failed");
-                    std::process::exit(70);
-                }
-            })?;
+        let egress = Arc::new(egress);
+        spawn_worker(format!("egress-{i}"), listener, move |l| egress.serve(l))?;
     }
     if !config.git.entries.is_empty() {
         let listener = bind(&config.socket_dir, config::GIT_SOCKET)?;
@@ -154,23 +137,7 @@ pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Resu
             config_path.to_owned(),
             Arc::clone(&audit),
         ));
-        std::thread::Builder::new()
-            .name("git".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                let served = runtime.and_then(|rt| {
-                    rt.block_on(async move {
-                        git.serve(UnixListener::from_std(listener)?).await;
-                        Ok(())
-                    })
-                });
-                if let Err(err) = served {
-                    tracing::error!(%err, "git worker failed");
-                    std::process::exit(70);
-                }
-            })?;
+        spawn_worker("git".into(), listener, move |l| git.serve(l))?;
     }
     tracing::info!(identity = %config.identity, workers, "gate serving");
     audit.record("gate", "start", serde_json::Map::new());
@@ -188,6 +155,38 @@ pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Resu
     })?;
     audit.record("gate", "stop", serde_json::Map::new());
     audit.close();
+    Ok(())
+}
+
+/// Serves `listener` with `serve` on a thread of its own, in a
+/// single-threaded runtime. A worker that cannot serve takes the gate
+/// down: fail closed.
+fn spawn_worker<F, Fut>(
+    name: String,
+    listener: std::os::unix::net::UnixListener,
+    serve: F,
+) -> std::io::Result<()>
+where
+    F: FnOnce(UnixListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        serve(UnixListener::from_std(listener)?).await;
+                        Ok(())
+                    })
+                });
+            if let Err(err) = served {
+                tracing::error!(%err, worker = %name, "gate worker failed");
+                std::process::exit(70);
+            }
+        })?;
     Ok(())
 }
 

@@ -555,20 +555,7 @@ impl Upstream {
             &format!("{}:/keys:ro", keys.display()),
             UPSTREAM_IMAGE,
         ]);
-        let ready = wait_until(Duration::from_secs(30), || {
-            Command::new("docker")
-                .args([
-                    "exec",
-                    &container,
-                    "bash",
-                    "-c",
-                    "exec 3<>/dev/tcp/127.0.0.1/22",
-                ])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        assert!(ready, "sshd never came up");
+        assert!(wait_for_port(&container, 22), "sshd never came up");
         let public = docker(&[
             "exec",
             &container,
@@ -674,4 +661,86 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A world of its own for a test, or `None` (skip) where Docker is not
+/// available and CI is not asking for it.
+pub fn world() -> Option<World> {
+    if !docker_available() {
+        return None;
+    }
+    ensure_images();
+    Some(World::new())
+}
+
+/// A shell snippet running `curl ARGS` through the proxy and printing
+/// `NAME=<status>`, `NAME_rc=`, `NAME_body=` (first 600 bytes) and
+/// `NAME_err=` for [`Probe`].
+pub fn curl(name: &str, args: &str) -> String {
+    format!(
+        "out=$(curl -sS -m 10 -o /tmp/{name}.body -w '%{{http_code}}' {args} 2>/tmp/{name}.err); echo {name}_rc=$?; echo {name}=$out; \
+         echo {name}_body=$(head -c 600 /tmp/{name}.body | tr '\\n' ' '); echo {name}_err=$(tr '\\n' ' ' < /tmp/{name}.err)\n"
+    )
+}
+
+/// Asserts `needle` is in no file of `container` and in no process's
+/// environment or command line. The needle goes in on stdin, never argv.
+pub fn assert_nowhere_in(container: &str, needle: &str) {
+    let procs = Command::new("docker")
+        .args([
+            "exec",
+            "-u",
+            "0",
+            container,
+            "sh",
+            "-c",
+            "cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert!(!procs.stdout.is_empty(), "read no process of {container}");
+    assert!(
+        !procs
+            .stdout
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes()),
+        "found in /proc of {container}"
+    );
+    let mut grep = Command::new("docker")
+        .args([
+            "exec", "-i", "-u", "0", container, "grep", "-rlsF", "-f", "-", "/",
+        ])
+        .args([
+            "--exclude-dir=proc",
+            "--exclude-dir=sys",
+            "--exclude-dir=dev",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut grep.stdin.take().unwrap(), needle.as_bytes()).unwrap();
+    let found = grep.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout),
+        "",
+        "files of {container} holding it"
+    );
+}
+
+/// Waits until `container` accepts connections on `port`.
+pub fn wait_for_port(container: &str, port: u16) -> bool {
+    wait_until(Duration::from_secs(30), || {
+        Command::new("docker")
+            .args([
+                "exec",
+                container,
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}"),
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
