@@ -31,7 +31,7 @@ fn a_terminal_session_round_trip() {
         .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
         .collect();
     let line = format!(
-        "env {} {} start probe -y --rm -- bash -c 'tty; read -r x; echo got=$x; exit 3'; echo EXIT=$?; sleep 60",
+        "env {} {} start probe -y --rm -- bash -c '[ -t 0 ] && [ -t 1 ] && echo isatty=yes; echo size=$(stty size); read -r x; echo got=$x; exit 3'; echo EXIT=$?; sleep 60",
         envs.join(" "),
         bottle_bin().display()
     );
@@ -47,7 +47,7 @@ fn a_terminal_session_round_trip() {
         &line,
     ]);
     let screen = || tmux(&["capture-pane", "-p", "-t", &session]);
-    let ready = wait_until(Duration::from_secs(60), || screen().contains("/dev/pts/"));
+    let ready = wait_until(Duration::from_secs(60), || screen().contains("isatty=yes"));
     tmux(&["send-keys", "-t", &session, "hello", "Enter"]);
     let done = wait_until(Duration::from_secs(20), || screen().contains("EXIT="));
     let text = screen();
@@ -55,5 +55,9 @@ fn a_terminal_session_round_trip() {
     assert!(ready, "the command never got a TTY: {text}");
     assert!(done, "the launcher did not exit: {text}");
     assert!(text.contains("got=hello"), "{text}");
+    assert!(
+        text.contains("size=20 100"),
+        "the window's size reached the TTY: {text}"
+    );
     assert!(text.contains("EXIT=3"), "{text}");
 }

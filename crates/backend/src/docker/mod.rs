@@ -572,9 +572,15 @@ async fn runsc_works(docker: &Docker, image: &str) -> bool {
             )
         })
         .unwrap_or_default();
-    let runsc = std::fs::metadata("/usr/bin/runsc")
-        .map(|m| format!("{}", std::os::unix::fs::MetadataExt::mtime(&m)))
+    // The registered binary (and its modification time): a new gVisor is
+    // probed afresh.
+    let path = info
+        .as_ref()
+        .and_then(|i| i.runtimes.as_ref()?.get("runsc")?.path.clone())
         .unwrap_or_default();
+    let runsc = std::fs::metadata(&path)
+        .map(|m| format!("{path}:{}", std::os::unix::fs::MetadataExt::mtime(&m)))
+        .unwrap_or(path);
     let memo = std::env::temp_dir().join(format!(
         "bot-bottle-{}/runsc-{}.probe",
         nix::unistd::getuid(),
