@@ -342,7 +342,7 @@ fn dry_run_json_is_the_documented_contract() {
                                "env": { "A": "1", "B": { "from_host": "HOST_B" } } } },
         "bottles": { "dev": {
             "allow": ["api.anthropic.com", "*.crates.io", "static.rust-lang.org:443"],
-            "allow_private": ["10.20.0.0/16"],
+            "allow_private": ["172.31.0.0/16"],
             "egress_proxy": { "routes": [
                 { "host": "api.anthropic.com", "token_ref": "TOKEN", "Role": "claude_code_oauth" } ] }
         } }
