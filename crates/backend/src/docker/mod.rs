@@ -547,12 +547,15 @@ async fn resolve_runtime(
         .info()
         .await
         .map_err(|e| BackendError::docker("read engine info", e))?;
-    let has_runsc = info.runtimes.is_some_and(|r| r.contains_key("runsc"));
+    let has_runsc = info
+        .runtimes
+        .as_ref()
+        .is_some_and(|r| r.contains_key("runsc"));
     match (wanted, has_runsc) {
         (Runtime::Runsc, true) => Ok(Some("runsc".into())),
         (Runtime::Runsc, false) => Err(BackendError::RuntimeMissing),
         // auto: gVisor when it works here, the engine's default otherwise.
-        (_, true) if runsc_works(docker, base).await => Ok(Some("runsc".into())),
+        (_, true) if runsc_works(docker, &info, base).await => Ok(Some("runsc".into())),
         _ => Ok(None),
     }
 }
@@ -560,23 +563,18 @@ async fn resolve_runtime(
 /// Whether the engine's runsc can run a basic command (a `stat`, which an
 /// old gVisor on a new kernel fails). Probed once per engine and runsc
 /// binary, remembered in the temporary directory.
-async fn runsc_works(docker: &Docker, image: &str) -> bool {
-    let info = docker.info().await.ok();
-    let key = info
-        .as_ref()
-        .map(|i| {
-            format!(
-                "{}-{}",
-                i.id.clone().unwrap_or_default(),
-                i.server_version.clone().unwrap_or_default()
-            )
-        })
-        .unwrap_or_default();
+async fn runsc_works(docker: &Docker, info: &bollard::models::SystemInfo, image: &str) -> bool {
+    let key = format!(
+        "{}-{}",
+        info.id.clone().unwrap_or_default(),
+        info.server_version.clone().unwrap_or_default()
+    );
     // The registered binary (and its modification time): a new gVisor is
     // probed afresh.
     let path = info
+        .runtimes
         .as_ref()
-        .and_then(|i| i.runtimes.as_ref()?.get("runsc")?.path.clone())
+        .and_then(|r| r.get("runsc")?.path.clone())
         .unwrap_or_default();
     let runsc = std::fs::metadata(&path)
         .map(|m| format!("{path}:{}", std::os::unix::fs::MetadataExt::mtime(&m)))
