@@ -166,30 +166,14 @@ fn the_key_never_enters_the_bottle() {
     let key = std::fs::read_to_string(&upstream.key).unwrap();
     // A line of the key's body: distinctive, and what a copy would hold.
     let needle = key.lines().nth(2).unwrap().to_owned();
-    let mut child = world
-        .command()
-        .current_dir(&upstream.checkout)
-        .args(["start", "probe", "-y", "--rm", "--cwd", "--", "bash", "-c"])
-        .arg("cd /workspace && git fetch -q origin && echo ID=$BOTTLE_IDENTITY && sleep 60")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let identity = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        lines
-            .find_map(|l| l.ok()?.strip_prefix("ID=").map(str::to_owned))
-            .expect("the bottle fetched and printed its identity")
-    };
-    let container = format!("{identity}-agent");
-    assert_nowhere_in(&container, &needle);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    child.wait().unwrap();
+    let bottle = Running::spawn(
+        world
+            .command()
+            .current_dir(&upstream.checkout)
+            .args(["start", "probe", "-y", "--rm", "--cwd", "--", "bash", "-c"])
+            .arg("cd /workspace && git fetch -q origin && echo ID=$BOTTLE_IDENTITY && sleep 60"),
+    );
+    assert_nowhere_in(&bottle.agent(), &needle);
 }
 
 #[test]

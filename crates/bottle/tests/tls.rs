@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 
 use support::*;
@@ -115,22 +115,16 @@ fn credentials_are_injected_only_on_their_route() {
 fn the_secret_is_nowhere_in_the_bottle() {
     let Some(world) = world() else { return };
     let secret = world.secret();
-    let mut child = world
-        .command()
-        .args(["start", "probe", "-y", "--rm", "--", "bash", "-c"])
-        .arg(
-            "curl -s -H 'Authorization: Bearer x' https://route.test/keep > /home/agent/response.json; \
-             cp /home/agent/response.json /workspace/; echo ID=$BOTTLE_IDENTITY; sleep 60",
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let identity = lines
-        .find_map(|l| l.ok()?.strip_prefix("ID=").map(str::to_owned))
-        .expect("the bottle printed its identity");
-    let container = format!("{identity}-agent");
+    let bottle = Running::spawn(
+        world
+            .command()
+            .args(["start", "probe", "-y", "--rm", "--", "bash", "-c"])
+            .arg(
+                "curl -s -H 'Authorization: Bearer x' https://route.test/keep > /home/agent/response.json; \
+                 cp /home/agent/response.json /workspace/; echo ID=$BOTTLE_IDENTITY; sleep 60",
+            ),
+    );
+    let container = bottle.agent();
     assert!(
         world
             .origin_requests()
@@ -148,12 +142,7 @@ fn the_secret_is_nowhere_in_the_bottle() {
         "the search ran over real files: {response}"
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    child.wait().unwrap();
+    drop(bottle);
 }
 
 #[test]

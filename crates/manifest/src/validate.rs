@@ -28,7 +28,8 @@ pub const MIN_PIDS: i64 = 16;
 /// within Docker's name limits.
 pub const MAX_NAME_LEN: usize = 32;
 
-/// Environment variables bot-bottle sets in the bottle itself; an agent's
+/// Environment variables bot-bottle sets in the bottle itself, besides the
+/// CA variables ([`crate::plan::CA_BUNDLE_VARS`]) and `BOTTLE_*`: an agent's
 /// `env` may not override them (they are how egress reaches the gate).
 pub const RESERVED_ENV: &[&str] = &[
     "HTTP_PROXY",
@@ -39,18 +40,17 @@ pub const RESERVED_ENV: &[&str] = &[
     "https_proxy",
     "no_proxy",
     "all_proxy",
-    "SSL_CERT_FILE",
     "NODE_EXTRA_CA_CERTS",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "PIP_CERT",
-    "CARGO_HTTP_CAINFO",
-    "AWS_CA_BUNDLE",
-    "DENO_CERT",
     "GIT_CONFIG_COUNT",
     "GIT_CONFIG_PARAMETERS",
 ];
+
+/// Whether bot-bottle sets `name` itself.
+pub fn is_reserved_env(name: &str) -> bool {
+    RESERVED_ENV.contains(&name)
+        || crate::plan::CA_BUNDLE_VARS.contains(&name)
+        || name.starts_with("BOTTLE_")
+}
 
 /// What validation needs from the host.
 #[derive(Debug, Clone)]
@@ -157,7 +157,7 @@ pub fn check(
                     field.clone(),
                     format!("{var:?} is not a valid variable name (letters, digits and '_', not starting with a digit)"),
                 );
-            } else if RESERVED_ENV.contains(&var.as_str()) || var.starts_with("BOTTLE_") {
+            } else if is_reserved_env(var) {
                 out.push(
                     field.clone(),
                     format!("{var} is set by bot-bottle itself: remove it from the agent's env"),
@@ -558,6 +558,20 @@ fn is_ssh_url(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_variable_the_bottle_sets_is_reserved() {
+        for var in [
+            "HTTPS_PROXY",
+            "SSL_CERT_FILE",
+            "DENO_CERT",
+            "GIT_CONFIG_COUNT",
+            "BOTTLE_IDENTITY",
+        ] {
+            assert!(is_reserved_env(var), "{var}");
+        }
+        assert!(!is_reserved_env("RUST_LOG"));
+    }
 
     #[test]
     fn memory_sizes() {

@@ -744,3 +744,43 @@ pub fn wait_for_port(container: &str, port: u16) -> bool {
             .is_ok_and(|s| s.success())
     })
 }
+
+/// A bottle left running by its command, so a test can look inside it.
+/// Its command must print `ID=$BOTTLE_IDENTITY` once ready; dropping it
+/// stops the launcher (SIGTERM), which tears the bottle down.
+pub struct Running {
+    pub child: std::process::Child,
+    pub identity: String,
+}
+
+impl Running {
+    /// Spawns `cmd` (a `bottle start …`) and waits for its `ID=` line.
+    pub fn spawn(cmd: &mut Command) -> Running {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let identity = lines
+            .find_map(|l| l.ok()?.strip_prefix("ID=").map(str::to_owned))
+            .expect("the bottle printed its identity");
+        Running { child, identity }
+    }
+
+    /// The agent's container.
+    pub fn agent(&self) -> String {
+        format!("{}-agent", self.identity)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
