@@ -4,8 +4,12 @@
 //! $XDG_STATE_HOME/bot-bottle/<identity>/
 //!   metadata.json   what the bottle is and whether it runs
 //!   audit.jsonl     every decision of the gate
+//!   grants.json     what a person approved (kept by resume)
 //!   gate/           the gate's configuration (mounted read-only in the gate)
 //!   run/            the gate's sockets (the only thing the agent shares)
+//!   supervise/      the agent's requests and the gate's control socket
+//!                   (the gate's and the person's; never the agent's)
+//!   image/          the Dockerfile of the bottle's own image, if any
 //! ```
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -42,6 +46,24 @@ impl BottleDir {
     }
     pub fn socket_dir(&self) -> PathBuf {
         self.root.join("run")
+    }
+    /// The supervise role's directory: requests and the control socket.
+    /// Shared by the gate and the person's commands, never the agent.
+    pub fn supervise_dir(&self) -> PathBuf {
+        self.root.join("supervise")
+    }
+    /// Where the agent's requests wait.
+    pub fn requests_dir(&self) -> PathBuf {
+        self.supervise_dir().join("requests")
+    }
+    /// The gate's control socket (approvals applied live).
+    pub fn control_socket(&self) -> PathBuf {
+        self.supervise_dir()
+            .join(bottle_gate::supervise::control::CONTROL_SOCKET)
+    }
+    /// What a person approved, kept for every later start.
+    pub fn grants(&self) -> PathBuf {
+        self.root.join("grants.json")
     }
     /// The gate's writable git directory (mirrors, learned host keys).
     pub fn git_dir(&self) -> PathBuf {
@@ -143,6 +165,11 @@ impl BottleDir {
             .recursive(true)
             .create(self.gate_dir())
             .map_err(io(&self.gate_dir()))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(self.requests_dir())
+            .map_err(io(&self.requests_dir()))?;
         let run = self.socket_dir();
         std::fs::DirBuilder::new()
             .mode(0o755)
@@ -152,6 +179,24 @@ impl BottleDir {
         // Explicit chmod: the umask may have narrowed the mode above.
         std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .map_err(io(&run))?;
+        // A resumed bottle's old gate left its sockets behind: the shim
+        // must wait for the new gate's, not connect to dead ones.
+        for stale in std::fs::read_dir(&run)
+            .map_err(io(&run))?
+            .flatten()
+            .map(|e| e.path())
+            .chain([self.control_socket()])
+        {
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(BackendError::Io {
+                        path: stale,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
         let audit = self.audit_log();
         std::fs::OpenOptions::new()
             .create(true)

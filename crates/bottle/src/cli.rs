@@ -46,6 +46,37 @@ pub enum Command {
         #[arg(short = 'y', long = "yes")]
         yes: bool,
     },
+    /// List what agents asked for and wait for a person to decide.
+    Requests {
+        /// Only this bottle's requests.
+        identity: Option<String>,
+        /// Decided requests too, not only pending ones.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Approve a request: a host or route applies live in the running
+    /// bottle; an image change rebuilds the bottle's image and restarts it.
+    Approve {
+        /// The request's id (`r-…`, see `bottle requests`).
+        id: String,
+        /// For a route: the host variable holding the secret the gate
+        /// injects. Read now, and again at every resume.
+        #[arg(long, value_name = "VAR")]
+        token_ref: Option<String>,
+        /// For a route: what precedes the secret in the header.
+        #[arg(long, default_value = "Bearer")]
+        scheme: String,
+    },
+    /// Deny a request; the agent is told why.
+    Deny {
+        /// The request's id.
+        id: String,
+        /// What the agent is told.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Check a manifest or print its JSON Schema.
     #[command(subcommand)]
     Manifest(ManifestCommand),

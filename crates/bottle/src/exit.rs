@@ -4,6 +4,8 @@
 
 /// Bad command line (clap's own code).
 pub const USAGE: i32 = 2;
+/// No such request, or it is decided already (EX_DATAERR).
+pub const REQUEST: i32 = 65;
 /// The backend cannot be used here: Docker unreachable, base image or
 /// runtime missing (EX_UNAVAILABLE).
 pub const UNAVAILABLE: i32 = 69;

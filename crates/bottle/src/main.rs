@@ -65,6 +65,17 @@ fn main() {
         Command::List { which, format } => commands::list::run(which.is_some(), format, &printer),
         Command::Cleanup { dry_run, yes } => commands::cleanup::cleanup(dry_run, yes, &printer),
         Command::Rm { identity, yes } => commands::cleanup::rm(&identity, yes, &printer),
+        Command::Requests {
+            identity,
+            all,
+            format,
+        } => commands::requests::run(identity.as_deref(), all, format, &printer),
+        Command::Approve {
+            id,
+            token_ref,
+            scheme,
+        } => commands::approve::run(&id, token_ref.as_deref(), &scheme, &printer),
+        Command::Deny { id, reason } => commands::deny::run(&id, reason.as_deref(), &printer),
         Command::Gate(args) => commands::gate::run(args),
         Command::Shim(args) => commands::shim::run(args),
         Command::Reap {

@@ -468,3 +468,156 @@ fn the_schema_describes_the_manifest() {
         assert!(text.contains(field), "schema lacks {field}");
     }
 }
+
+#[test]
+fn claude_is_given_the_prompt_file_and_the_supervise_server() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.home().join(".claude/skills/rust-style")).unwrap();
+    let manifest = with(
+        with(
+            with(
+                valid(),
+                "/agents/coder/command",
+                json!(["claude", "--verbose"]),
+            ),
+            "/agents/coder/skills",
+            json!(["rust-style"]),
+        ),
+        "/bottles/dev/supervise",
+        json!(true),
+    );
+    env.manifest(&manifest.to_string());
+    let out = env
+        .bottle()
+        .args(["start", "coder", "--dry-run", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan["command"],
+        json!([
+            "claude",
+            "--verbose",
+            "--append-system-prompt-file",
+            "/etc/bot-bottle/prompt.md",
+            "--mcp-config",
+            "/etc/bot-bottle/mcp.json"
+        ])
+    );
+    assert_eq!(
+        plan["provision"]["steps"],
+        json!(["ca", "prompt", "skills", "git", "supervise"])
+    );
+    assert_eq!(
+        plan["provision"]["supervise_url"],
+        "http://127.0.0.1:7777/mcp"
+    );
+    assert_eq!(plan["provision"]["skills"][0]["name"], "rust-style");
+    assert!(
+        plan["provision"]["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("request_egress")
+    );
+    // Coming back after an image change continues the conversation.
+    let resume = plan["resume_command"].as_array().unwrap();
+    assert_eq!(resume[0], "sh");
+    assert!(resume[2].as_str().unwrap().contains("--continue"));
+    let env_of = |name: &str| {
+        plan["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        env_of("BOTTLE_SUPERVISE_URL"),
+        Some(json!("http://127.0.0.1:7777/mcp"))
+    );
+    assert_eq!(
+        env_of("BOTTLE_PROMPT_FILE"),
+        Some(json!("/etc/bot-bottle/prompt.md"))
+    );
+
+    // Any other command runs as written, with the prompt file exported.
+    env.manifest(&with(manifest, "/agents/coder/command", json!(["bash"])).to_string());
+    let out = env
+        .bottle()
+        .args(["start", "coder", "--dry-run", "--format", "json"])
+        .output()
+        .unwrap();
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["command"], json!(["bash"]));
+    let text = env
+        .bottle()
+        .args(["start", "coder", "--dry-run"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("supervise    MCP server at http://127.0.0.1:7777/mcp"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_skill_stops_start_before_anything_is_made() {
+    let env = Env::new();
+    env.manifest(&with(valid(), "/agents/coder/skills", json!(["gone"])).to_string());
+    let stderr = env.fails(&["start", "coder", "-y"], EXIT_CONFIG);
+    assert!(stderr.contains("skill \"gone\" not found at"), "{stderr}");
+    assert!(!env.dir.path().join("state").exists());
+}
+
+#[test]
+fn decisions_need_a_request_that_exists() {
+    let env = Env::new();
+    for args in [
+        &["approve", "r-000000"][..],
+        &["deny", "r-000000"],
+        &["approve", "../../etc/passwd"],
+    ] {
+        let stderr = env.fails(args, 65);
+        assert!(stderr.contains("no request"), "{stderr}");
+    }
+    let out = env.bottle().args(["requests"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pending requests"));
+}
+
+#[test]
+fn what_an_agent_wrote_cannot_drive_the_terminal() {
+    let env = Env::new();
+    let requests = env
+        .dir
+        .path()
+        .join("state/bot-bottle/coder-abc123/supervise/requests");
+    std::fs::create_dir_all(&requests).unwrap();
+    let request = json!({
+        "id": "r-00abcd", "identity": "coder-abc123", "kind": "image",
+        "fragment": "RUN true\n\u{1b}[2J\u{1b}[1;1Happroved by root",
+        "reason": "please\u{1b}]0;pwned\u{7}\r\u{202e}evil", "state": "pending", "created": 1
+    });
+    std::fs::write(requests.join("r-00abcd.json"), request.to_string()).unwrap();
+    let out = env.bottle().args(["requests"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{202e}'),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("\\u{1b}[2J") && text.contains("r-00abcd"),
+        "{text}"
+    );
+}

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub const EGRESS_SOCKET: &str = "egress.sock";
 /// File name of the git role's socket in the socket directory.
 pub const GIT_SOCKET: &str = "git.sock";
+/// File name of the supervise role's socket in the socket directory.
+pub const SUPERVISE_SOCKET: &str = "supervise.sock";
 
 /// Everything one gate process needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +29,21 @@ pub struct GateConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub git: GitConfig,
+    /// The supervise role, when the bottle has `supervise: true`.
+    #[serde(default)]
+    pub supervise: Option<SuperviseConfig>,
+}
+
+/// The supervise role: where requests wait and the control socket lives
+/// (a directory never shared with the agent), and what to say about the
+/// image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuperviseConfig {
+    /// Holds `requests/` and the control socket.
+    pub dir: PathBuf,
+    /// The agent's image, for `show_policy`.
+    pub image: String,
 }
 
 /// The git role: one bare mirror per upstream, and the push policy.

@@ -2,7 +2,9 @@
 //! sockets in a directory shared only with that bottle (DESIGN.md §2).
 //!
 //! Roles: [`egress`] (the HTTP forward proxy with TLS interception and
-//! credential injection). Every decision is appended to the bottle's
+//! credential injection), [`git`] (fetches and pushes under the push
+//! policy) and [`supervise`] (the agent's requests for more, and the
+//! person's approvals applied live). Every decision is appended to the bottle's
 //! [`audit`] log. Anything the gate cannot set up makes it exit: a gate
 //! that is not serving is a closed door, never an open one.
 #![forbid(unsafe_code)]
@@ -12,6 +14,7 @@ pub mod ca;
 pub mod config;
 pub mod egress;
 pub mod git;
+pub mod supervise;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -104,14 +107,17 @@ const MAX_WORKERS: usize = 4;
 /// wake-ups on the hot path.
 pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
     let audit = Arc::new(audit::Audit::open(&config.audit_log)?);
-    let policy = Arc::new(egress::Policy::new(config.egress.rules()?, &config.egress));
+    let policy = egress::Policy::new(config.egress.rules()?, &config.egress);
     let minter = Arc::new(ca::LeafMinter::new(
         &fs_err::read_to_string(&config.tls.ca_cert)?,
         &fs_err::read_to_string(&config.tls.ca_key)?,
     )?);
     let tls = egress::upstream::UpstreamTls::new(config.tls.upstream_ca.as_deref())?;
-    let credentials = Arc::new(Credentials::new(routes(&config, secrets)?));
-    let listener = bind(&config.socket_dir, config::EGRESS_SOCKET)?;
+    let live = Arc::new(egress::Live::new(
+        policy,
+        Credentials::new(routes(&config, secrets)?),
+    ));
+    let listener = bind(&config.socket_dir, config::EGRESS_SOCKET, 0o666)?;
     // Half the cores: the gate shares the machine with its agent, the
     // upstreams it talks to and other bottles. (On 2 cores one worker
     // measured faster than two.)
@@ -121,23 +127,43 @@ pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Resu
     for i in 0..workers {
         let listener = listener.try_clone()?;
         let egress = egress::Egress::new(
-            Arc::clone(&policy),
-            Arc::clone(&credentials),
+            Arc::clone(&live),
             Arc::clone(&minter),
-            egress::upstream::Upstreams::new(Arc::clone(&policy), &tls),
+            egress::upstream::Upstreams::new(Arc::clone(&live), &tls),
             Arc::clone(&audit),
         );
         let egress = Arc::new(egress);
         spawn_worker(format!("egress-{i}"), listener, move |l| egress.serve(l))?;
     }
     if !config.git.entries.is_empty() {
-        let listener = bind(&config.socket_dir, config::GIT_SOCKET)?;
+        let listener = bind(&config.socket_dir, config::GIT_SOCKET, 0o666)?;
         let git = Arc::new(git::Git::new(
             config.git.clone(),
             config_path.to_owned(),
             Arc::clone(&audit),
         ));
         spawn_worker("git".into(), listener, move |l| git.serve(l))?;
+    }
+    if let Some(supervise) = &config.supervise {
+        // The control socket first: by the time the agent can file a
+        // request, a person can approve it.
+        let control = bind(&supervise.dir, supervise::control::CONTROL_SOCKET, 0o600)?;
+        let (applied_to, audited) = (Arc::clone(&live), Arc::clone(&audit));
+        spawn_worker("control".into(), control, move |l| {
+            supervise::control::serve(l, applied_to, audited)
+        })?;
+        let listener = bind(&config.socket_dir, config::SUPERVISE_SOCKET, 0o666)?;
+        let shared = Arc::new(supervise::tools::Shared {
+            identity: config.identity.clone(),
+            store: supervise::requests::Store::new(supervise.dir.join("requests")),
+            live: Arc::clone(&live),
+            audit: Arc::clone(&audit),
+            config: supervise.clone(),
+            git: config.git.entries.clone(),
+        });
+        spawn_worker("supervise".into(), listener, move |l| {
+            supervise::serve(l, shared)
+        })?;
     }
     tracing::info!(identity = %config.identity, workers, "gate serving");
     audit.record("gate", "start", serde_json::Map::new());
@@ -193,14 +219,15 @@ where
 /// Binds a socket under a temporary name and renames it into place once it
 /// listens, so a client never finds a socket that refuses connections
 /// because the gate is still starting.
-fn bind(dir: &Path, name: &str) -> Result<std::os::unix::net::UnixListener, GateError> {
+fn bind(dir: &Path, name: &str, mode: u32) -> Result<std::os::unix::net::UnixListener, GateError> {
     let path = dir.join(name);
     let staging = dir.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_file(&staging);
     let listener = std::os::unix::net::UnixListener::bind(&staging)?;
     listener.set_nonblocking(true)?;
-    // The agent runs as another user: it must be able to connect.
-    fs_err::set_permissions(&staging, std::fs::Permissions::from_mode(0o666))?;
+    // The agent runs as another user: it must be able to connect to its
+    // sockets (0666); the control socket is the launching user's (0600).
+    fs_err::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
     fs_err::rename(&staging, &path)?;
     Ok(listener)
 }

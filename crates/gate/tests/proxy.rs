@@ -10,13 +10,16 @@ use bottle_gate::ca::{LeafMinter, mint_ca};
 use bottle_gate::config::EgressConfig;
 use bottle_gate::egress::credentials::Credentials;
 use bottle_gate::egress::upstream::{UpstreamTls, Upstreams};
-use bottle_gate::egress::{Egress, Policy};
+use bottle_gate::egress::{Egress, Live, Policy};
+use bottle_gate::supervise::control::{self, Change};
 use bottle_manifest::host::HostRule;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 struct Gate {
     dir: tempfile::TempDir,
+    live: Arc<Live>,
+    audit: Arc<Audit>,
 }
 
 impl Gate {
@@ -24,21 +27,23 @@ impl Gate {
         let dir = tempfile::tempdir().unwrap();
         bottle_gate::install_crypto_provider();
         let rules = allow.iter().map(|r| HostRule::parse(r).unwrap()).collect();
-        let policy = Arc::new(Policy::new(rules, &EgressConfig::default()));
+        let live = Arc::new(Live::new(
+            Policy::new(rules, &EgressConfig::default()),
+            Credentials::new(Vec::new()),
+        ));
         let audit = Arc::new(Audit::open(&dir.path().join("audit.jsonl")).unwrap());
         let ca = mint_ca("test-gate").unwrap();
         let minter = LeafMinter::new(&ca.cert_pem, &ca.key_pem).unwrap();
-        let upstreams = Upstreams::new(Arc::clone(&policy), &UpstreamTls::new(None).unwrap());
+        let upstreams = Upstreams::new(Arc::clone(&live), &UpstreamTls::new(None).unwrap());
         let egress = Egress::new(
-            policy,
-            Arc::new(Credentials::new(Vec::new())),
+            Arc::clone(&live),
             Arc::new(minter),
             upstreams,
-            audit,
+            Arc::clone(&audit),
         );
         let listener = UnixListener::bind(dir.path().join("egress.sock")).unwrap();
         tokio::spawn(Arc::new(egress).serve(listener));
-        Gate { dir }
+        Gate { dir, live, audit }
     }
 
     /// Sends `request` as is; returns everything the gate answers until it
@@ -159,4 +164,49 @@ async fn loopback_is_never_a_destination() {
         .send(b"GET http://localhost:8080/ HTTP/1.1\r\n\r\n")
         .await;
     assert_eq!(status(&answer), "403", "{answer}");
+}
+
+#[tokio::test]
+async fn an_approval_reaches_the_next_request_through_the_control_socket() {
+    let gate = Gate::start(&["allowed.test"]).await;
+    let socket = gate.dir.path().join("control.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    tokio::spawn(control::serve(
+        listener,
+        Arc::clone(&gate.live),
+        Arc::clone(&gate.audit),
+    ));
+    let request = b"GET http://forbidden.test/ HTTP/1.1\r\nHost: forbidden.test\r\n\r\n";
+    assert!(gate.send(request).await.contains("not in the allowlist"));
+
+    // Garbage on the control socket changes nothing.
+    let mut raw = UnixStream::connect(&socket).await.unwrap();
+    raw.write_all(b"{\"op\":\"allow\",\"rule\":\"*\"}\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.contains("\"ok\":false"), "{answer}");
+    let bad = Change::Allow {
+        rule: "*".into(),
+        request: "r-000001".into(),
+        decided_by: "tester".into(),
+    };
+    assert!(!control::send(&socket, &bad).await.unwrap().ok);
+    assert!(gate.send(request).await.contains("not in the allowlist"));
+
+    let change = Change::Allow {
+        rule: "forbidden.test".into(),
+        request: "r-000002".into(),
+        decided_by: "tester".into(),
+    };
+    let reply = control::send(&socket, &change).await.unwrap();
+    assert!(reply.ok, "{}", reply.message);
+    // Allowed now: whatever happens next (no such host here), the
+    // allowlist no longer refuses it.
+    let answer = gate.send(request).await;
+    assert!(!answer.contains("not in the allowlist"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let audit = gate.audit();
+    assert!(audit.contains("\"event\":\"applied\"") && audit.contains("\"decided_by\":\"tester\""));
 }

@@ -9,6 +9,7 @@ pub mod host;
 pub mod load;
 pub mod manifest;
 pub mod plan;
+pub mod provision;
 pub mod validate;
 
 pub use error::{ManifestError, Problem};

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::error::ManifestError;
 use crate::host::HostRule;
 use crate::manifest::{EnvValue, Manifest, PushPolicy, Runtime};
+use crate::provision::{self, GrantedImage, Grants, PromptFacts, ProvisionPlan, SkillPlan};
 use crate::validate::{CheckedBottle, ROLE_CLAUDE_CODE_OAUTH};
 
 /// Version of the plan's JSON shape.
@@ -29,6 +30,17 @@ pub const AGENT_HOME: &str = "/home/agent";
 pub const PROXY_PORT: u16 = 3128;
 /// The git gate as the agent sees it (the shim's loopback port).
 pub const GIT_PORT: u16 = 9418;
+/// The supervise MCP server as the agent sees it (the shim's loopback port).
+pub const SUPERVISE_PORT: u16 = 7777;
+/// The supervise MCP server's path.
+pub const SUPERVISE_PATH: &str = "/mcp";
+/// The name the supervise server has in the agent's MCP configuration.
+pub const SUPERVISE_SERVER: &str = "bottle";
+/// The agent's system prompt file: the built-in section on how the bottle
+/// works, then the agent's `prompt`.
+pub const PROMPT_PATH: &str = "/etc/bot-bottle/prompt.md";
+/// The MCP configuration naming the supervise server (`--mcp-config`).
+pub const MCP_CONFIG_PATH: &str = "/etc/bot-bottle/mcp.json";
 /// `NO_PROXY` in the bottle: only the bottle's own loopback.
 pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 /// The bottle's CA certificate inside the agent's sandbox.
@@ -63,6 +75,9 @@ pub struct Images {
     pub agent: String,
     /// Whether `agent` is the default image that bot-bottle builds.
     pub agent_is_default: bool,
+    /// The bottle's own image (its agent image plus approved image
+    /// changes), which the agent runs when present.
+    pub bottle: Option<GrantedImage>,
 }
 
 /// Where the agent's command came from.
@@ -185,6 +200,12 @@ pub struct Plan {
     pub skills: Vec<String>,
     pub has_prompt: bool,
     pub supervise: bool,
+    /// The prompt file, skills and supervise configuration put into the
+    /// bottle.
+    pub provision: ProvisionPlan,
+    /// The command that brings the bottle back after an approved image
+    /// change (`claude --continue` when there is a conversation).
+    pub resume_command: Vec<String>,
     pub resources: ResourcePlan,
     pub state_dir: PathBuf,
     pub remove_on_exit: bool,
@@ -221,6 +242,12 @@ pub struct PlanInput<'a> {
     pub state_root: &'a Path,
     /// Reads a host variable (to check that forwarded ones are set).
     pub host_env: &'a dyn Fn(&str) -> Option<String>,
+    /// The user's home (skills are under `~/.claude/skills/`).
+    pub home: &'a Path,
+    /// What a person approved for this bottle so far (resume).
+    pub grants: &'a Grants,
+    /// Resume: `claude` continues its conversation when there is one.
+    pub continue_conversation: bool,
 }
 
 /// Default image names.
@@ -248,7 +275,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         .zip(input.checked.get(&agent.bottle))
         .ok_or_else(|| start_error(format!("bottle {:?} is not defined", agent.bottle)))?;
 
-    let (command, command_source) = match input.command {
+    let (base_command, command_source) = match input.command {
         Some(cmd) if !cmd.is_empty() => (cmd, CommandSource::Argv),
         _ => (agent.command.clone(), CommandSource::Agent),
     };
@@ -309,6 +336,16 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             roles: r.role.iter().flat_map(|r| r.as_slice()).cloned().collect(),
         })
         .collect();
+    let mut routes = routes;
+    routes.extend(input.grants.routes.iter().map(|g| RoutePlan {
+        host: g.host.clone(),
+        header: g.header.clone(),
+        scheme: g.scheme.clone(),
+        token_ref: Some(g.token_ref.clone()),
+        token_command: false,
+        token_command_line: None,
+        roles: Vec::new(),
+    }));
     for route in &routes {
         if let Some(var) = &route.token_ref
             && (input.host_env)(var).is_none()
@@ -327,6 +364,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         ("NO_PROXY", NO_PROXY.to_owned()),
         ("no_proxy", NO_PROXY.to_owned()),
         ("BOTTLE_IDENTITY", identity.clone()),
+        ("BOTTLE_PROMPT_FILE", PROMPT_PATH.to_owned()),
         ("HOME", AGENT_HOME.to_owned()),
         ("NODE_EXTRA_CA_CERTS", AGENT_CA_PATH.to_owned()),
         ("NODE_OPTIONS", node_options),
@@ -370,6 +408,9 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             ("DISABLE_ERROR_REPORTING", "1".to_owned()),
         ]);
     }
+    if bottle.supervise {
+        bottle_env.push(("BOTTLE_SUPERVISE_URL", provision::supervise_url()));
+    }
     env.extend(
         bottle_env
             .into_iter()
@@ -397,6 +438,55 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         })
         .collect();
 
+    let mut allow = checked.allow.clone();
+    for granted in &input.grants.allow {
+        let rule = HostRule::parse(&granted.rule).map_err(|e| {
+            start_error(format!(
+                "the approved rule {:?} (request {}) in the bottle's grants.json is not valid: {e}",
+                granted.rule, granted.request
+            ))
+        })?;
+        if !allow
+            .iter()
+            .any(|r| r.host == rule.host && r.port == rule.port)
+        {
+            allow.push(rule);
+        }
+    }
+    let (prompt_file, mcp_config, supervise_url) = provision::paths(bottle.supervise);
+    let provision = ProvisionPlan {
+        steps: provision::STEPS.to_vec(),
+        prompt_file,
+        prompt: provision::prompt(&PromptFacts {
+            allow: allow.iter().map(|r| r.text.clone()).collect(),
+            routes: routes.iter().map(|r| r.host.clone()).collect(),
+            git_remotes: bottle
+                .git
+                .iter()
+                .map(|g| (g.name.clone(), g.push.branches.clone()))
+                .collect(),
+            supervise: bottle.supervise,
+            agent_prompt: agent.prompt.as_deref(),
+        }),
+        skills: agent
+            .skills
+            .iter()
+            .map(|name| SkillPlan {
+                name: name.clone(),
+                source: input.home.join(".claude").join("skills").join(name),
+            })
+            .collect(),
+        mcp_config,
+        supervise_url,
+    };
+    let agent_command = provision::agent_argv(&base_command, &provision);
+    let resume_command = provision::continue_conversation(&agent_command);
+    let command = if input.continue_conversation {
+        resume_command.clone()
+    } else {
+        agent_command
+    };
+
     Ok(Plan {
         version: PLAN_VERSION,
         state_dir: input.state_root.join(&identity),
@@ -417,13 +507,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
                 .clone()
                 .unwrap_or_else(|| AGENT_IMAGE.to_owned()),
             agent_is_default: bottle.image.as_deref().is_none_or(|i| i == AGENT_IMAGE),
+            bottle: input.grants.image.clone(),
         },
         runtime: bottle.runtime,
         gate_network: bottle.gate_network.clone(),
         egress: EgressPlan {
             proxy_url,
             no_proxy: NO_PROXY.to_owned(),
-            allow: checked.allow.clone(),
+            allow,
             allow_private: checked
                 .allow_private
                 .iter()
@@ -437,6 +528,8 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         skills: agent.skills.clone(),
         has_prompt: agent.prompt.is_some(),
         supervise: bottle.supervise,
+        provision,
+        resume_command,
         resources: ResourcePlan {
             cpus: checked.nano_cpus.map(|n| n as f64 / 1e9),
             memory_bytes: checked.memory_bytes,
@@ -483,7 +576,19 @@ impl Plan {
         line("manifest", &self.manifest.display().to_string());
         line("backend", &self.backend);
         line("command", &shell_words(&self.command));
-        line("image", &self.images.agent);
+        match &self.images.bottle {
+            Some(own) => line(
+                "image",
+                &format!(
+                    "{} ({} plus {} approved change{})",
+                    own.tag,
+                    self.images.agent,
+                    own.fragments.len(),
+                    if own.fragments.len() == 1 { "" } else { "s" }
+                ),
+            ),
+            None => line("image", &self.images.agent),
+        }
         line(
             "runtime",
             match self.runtime {
@@ -575,8 +680,32 @@ impl Plan {
         if !env.is_empty() {
             line("env", &env.join(", "));
         }
-        if !self.skills.is_empty() {
-            line("skills", &self.skills.join(", "));
+        line(
+            "prompt",
+            &format!(
+                "{} (bot-bottle's section{})",
+                self.provision.prompt_file,
+                if self.has_prompt {
+                    " + the agent's prompt"
+                } else {
+                    ""
+                }
+            ),
+        );
+        for skill in &self.provision.skills {
+            line(
+                "skill",
+                &format!("{} from {}", skill.name, skill.source.display()),
+            );
+        }
+        match &self.provision.supervise_url {
+            Some(url) => line(
+                "supervise",
+                &format!(
+                    "MCP server at {url}: the agent may ask; `bottle requests` shows what it asks"
+                ),
+            ),
+            None => line("supervise", "off (the agent cannot ask for more)"),
         }
         line(
             "resources",

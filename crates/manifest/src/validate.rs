@@ -516,7 +516,9 @@ pub fn is_env_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn is_header_name(name: &str) -> bool {
+/// Whether `name` is a header that may carry a credential: a valid token,
+/// and not one that frames or routes the request.
+pub fn is_header_name(name: &str) -> bool {
     const FORBIDDEN: &[&str] = &[
         "host",
         "content-length",

@@ -40,6 +40,10 @@ pub enum ImageKind {
     Agent,
     /// A person's own agent image, with the binary layered on top.
     Derived,
+    /// A bottle's own image: its agent image plus the image changes a
+    /// person approved (a capability block), with bot-bottle's files laid
+    /// back on top so no fragment can replace them.
+    Bottle,
 }
 
 /// One image to ensure.
@@ -51,17 +55,32 @@ pub struct ImageSpec {
     /// The image it is built `FROM`.
     pub from: String,
     pub build_args: Vec<(String, String)>,
+    /// [`ImageKind::Bottle`]: the approved Dockerfile instructions.
+    pub fragment: Option<String>,
+    /// The network the build's `RUN` steps use (the bottle's
+    /// `gate_network`); `None`: the engine's default.
+    pub network: Option<String>,
+    /// Extra labels (a bottle's image carries its identity).
+    pub labels: Vec<(String, String)>,
 }
 
+/// What every image the agent runs ends with: bot-bottle's own files.
+const AGENT_TAIL: &str = "USER root\nCOPY node-proxy.cjs /usr/local/lib/bot-bottle/node-proxy.cjs\n\
+                          COPY bottle /usr/local/bin/bottle\n";
+
 impl ImageSpec {
-    fn dockerfile(&self) -> String {
+    pub(crate) fn dockerfile(&self) -> String {
         match self.kind {
             ImageKind::Gate => GATE_DOCKERFILE.to_owned(),
             ImageKind::Agent => AGENT_DOCKERFILE.to_owned(),
             ImageKind::Derived => format!(
-                "FROM {}\nUSER root\nCOPY node-proxy.cjs /usr/local/lib/bot-bottle/node-proxy.cjs\n\
-                 COPY bottle /usr/local/bin/bottle\nRUN mkdir -p /run/bottle /workspace\n",
+                "FROM {}\n{AGENT_TAIL}RUN mkdir -p /run/bottle /workspace\n",
                 self.from
+            ),
+            ImageKind::Bottle => format!(
+                "FROM {}\nUSER root\n{}\n{AGENT_TAIL}",
+                self.from,
+                self.fragment.as_deref().unwrap_or_default()
             ),
         }
     }
@@ -69,7 +88,7 @@ impl ImageSpec {
     fn files(&self) -> &'static [(&'static str, &'static str)] {
         match self.kind {
             ImageKind::Gate => &[],
-            ImageKind::Agent | ImageKind::Derived => AGENT_FILES,
+            ImageKind::Agent | ImageKind::Derived | ImageKind::Bottle => AGENT_FILES,
         }
     }
 }
@@ -147,7 +166,7 @@ pub async fn ensure(
 ) -> Result<(), BackendError> {
     let from_id = match image_id(docker, &spec.from).await? {
         Some((id, _)) => id,
-        None if spec.kind == ImageKind::Derived => {
+        None if matches!(spec.kind, ImageKind::Derived | ImageKind::Bottle) => {
             return Err(BackendError::ImageMissing {
                 image: spec.from.clone(),
             });
@@ -213,10 +232,11 @@ async fn build(
     let context = build_context(&spec.dockerfile(), spec.files(), &binary.path)?;
     let mut build_args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
     build_args.insert("BASE".into(), spec.from.clone());
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (INPUTS_LABEL.to_owned(), inputs.to_owned()),
         (MANAGED_LABEL.to_owned(), "true".to_owned()),
     ]);
+    labels.extend(spec.labels.iter().cloned());
     let options = BuildImageOptions {
         dockerfile: "Dockerfile".into(),
         t: Some(spec.tag.clone()),
@@ -224,6 +244,7 @@ async fn build(
         forcerm: true,
         buildargs: Some(build_args),
         labels: Some(labels),
+        networkmode: spec.network.clone(),
         ..Default::default()
     };
     let mut log = String::new();

@@ -3,8 +3,10 @@
 //! of Unix sockets. Everything goes through the Engine API (bollard), with
 //! the API version negotiated (Debian's engine speaks 1.41).
 
+pub mod capability;
 mod images;
 pub mod inventory;
+mod provision;
 mod session;
 mod spec;
 
@@ -21,7 +23,7 @@ use bollard::query_parameters::{
 use bottle_gate::ca::{MintedCa, mint_ca};
 use bottle_gate::config::{
     EgressConfig, GateConfig, GitConfig, GitEntryConfig, PushConfig, RouteConfig, Secrets,
-    TlsConfig,
+    SuperviseConfig, TlsConfig,
 };
 use bottle_manifest::manifest::Runtime;
 use bottle_manifest::plan::Plan;
@@ -54,6 +56,8 @@ const GATE_CONFIG_DIR: &str = "/etc/bottle";
 const GATE_AUDIT_LOG: &str = "/var/log/bottle/audit.jsonl";
 /// The gate's writable directory for git mirrors.
 const GATE_GIT_DIR: &str = "/var/lib/bottle/git";
+/// The gate's supervise directory (requests, control socket).
+const GATE_SUPERVISE_DIR: &str = "/var/lib/bottle/supervise";
 const BINARY: &str = "/usr/local/bin/bottle";
 /// Seconds an interrupted agent gets to exit before it is killed.
 const STOP_GRACE_SECS: i32 = 3;
@@ -100,8 +104,12 @@ pub struct DockerPrepared {
     /// The bottle's CA, minted at prepare time; written at launch.
     pub ca: MintedCa,
     pub gate_image: ImageSpec,
-    /// The agent's image; its tag is what the agent container runs.
+    /// The agent's image; its tag is what the agent container runs
+    /// unless the bottle has its own.
     pub agent_image: ImageSpec,
+    /// The bottle's own image (approved image changes), built on
+    /// `agent_image`.
+    pub bottle_image: Option<ImageSpec>,
 }
 
 impl DockerBackend {
@@ -159,6 +167,9 @@ impl Backend for DockerBackend {
             tag: plan.images.gate.clone(),
             from: plan.images.base.clone(),
             build_args: Vec::new(),
+            fragment: None,
+            network: None,
+            labels: Vec::new(),
         };
         let agent_image = if plan.images.agent_is_default {
             ImageSpec {
@@ -169,6 +180,9 @@ impl Backend for DockerBackend {
                     "INSTALL_CLAUDE".into(),
                     self.settings.install_claude.clone(),
                 )],
+                fragment: None,
+                network: None,
+                labels: Vec::new(),
             }
         } else {
             // A person's own image gets the binary layered on top.
@@ -177,8 +191,16 @@ impl Backend for DockerBackend {
                 tag: derived_tag(&plan.images.agent),
                 from: plan.images.agent.clone(),
                 build_args: Vec::new(),
+                fragment: None,
+                network: None,
+                labels: Vec::new(),
             }
         };
+        let bottle_image = plan
+            .images
+            .bottle
+            .as_ref()
+            .map(|own| capability::bottle_image(plan, &agent_image.tag, own));
         let allow = plan.egress.allow.iter().map(|r| r.text.clone()).collect();
         let allow_private = plan
             .egress
@@ -250,6 +272,20 @@ impl Backend for DockerBackend {
                         })
                         .collect(),
                 },
+                supervise: plan.supervise.then(|| SuperviseConfig {
+                    dir: GATE_SUPERVISE_DIR.into(),
+                    image: plan.images.bottle.as_ref().map_or_else(
+                        || plan.images.agent.clone(),
+                        |own| {
+                            format!(
+                                "{} ({} plus {} approved change(s))",
+                                own.tag,
+                                plan.images.agent,
+                                own.fragments.len()
+                            )
+                        },
+                    ),
+                }),
             },
             // A bottle keeps its CA for life: resume reads the one it made.
             ca: if BottleDir::new(&plan.state_dir)
@@ -263,6 +299,7 @@ impl Backend for DockerBackend {
             },
             gate_image,
             agent_image,
+            bottle_image,
             plan: plan.clone(),
         })
     }
@@ -309,14 +346,16 @@ impl Backend for DockerBackend {
         // failures tear everything down before returning.
         let detach_network = prepared.own_network && matches!(outcome, Ok(Outcome::Exited(_)));
         let me = crate::process::Launcher::current()?.to_string();
+        // An approved image change keeps the bottle, even under --rm.
+        let remove = prepared.plan.remove_on_exit && !capability::is_preserved(&prepared.dir);
         let scope = Scope {
             networks: !detach_network,
-            volumes: prepared.plan.remove_on_exit,
+            volumes: remove,
             launcher: Some(&me),
         };
         let teardown = teardown(&docker, &prepared.plan.identity, scope).await;
         reporter.detail(&format!("torn down in {} ms", torn.elapsed().as_millis()));
-        let kept = if prepared.plan.remove_on_exit {
+        let kept = if remove {
             prepared.dir.remove()
         } else {
             prepared.dir.write_json(
@@ -379,38 +418,85 @@ impl DockerBackend {
                 resolve_runtime(docker, p.plan.runtime, &p.plan.images.base),
                 image
             )?;
+            if let Some(own) = &p.bottle_image {
+                images::ensure(docker, own, &binary, lock_dir, reporter).await?;
+            }
             if let Some(rt) = &runtime {
                 reporter.step(&format!(
                     "agent runtime: {rt}{}",
                     if rt == "runsc" { " (gVisor)" } else { "" }
                 ));
             }
-            let agent = spec::agent_container(
-                p,
-                runtime,
-                session::is_interactive(),
-                self.settings.gate_timeout,
-            )?;
             create_volume(docker, &p.workspace_volume, &p.labels, "workspace").await?;
             create_volume(docker, &p.home_volume, &p.labels, "home").await?;
-            create_container(docker, &p.agent_container, agent).await?;
-            if let Some(workspace) = &p.plan.workspace {
-                let started = Instant::now();
-                let copied = copy_in(docker, &p.agent_container, workspace).await?;
+            let mut image = p
+                .bottle_image
+                .as_ref()
+                .map_or(&p.agent_image.tag, |own| &own.tag)
+                .clone();
+            let mut command = p.plan.command.clone();
+            let mut first = true;
+            loop {
+                let agent = spec::agent_container(
+                    p,
+                    &image,
+                    &command,
+                    runtime.clone(),
+                    session::is_interactive(),
+                    self.settings.gate_timeout,
+                )?;
+                create_container(docker, &p.agent_container, agent).await?;
+                provision::provision(docker, &p.agent_container, &p.plan.provision).await?;
+                if let Some(workspace) = p.plan.workspace.as_ref().filter(|_| first) {
+                    let started = Instant::now();
+                    let copied = copy_in(docker, &p.agent_container, workspace).await?;
+                    reporter.step(&format!(
+                        "workspace: copied {} files ({:.1} MiB) from {} in {} ms",
+                        copied.files,
+                        copied.bytes as f64 / f64::from(1 << 20),
+                        workspace.source.display(),
+                        started.elapsed().as_millis()
+                    ));
+                }
+                first = false;
+                let code = session::run(docker, &p.agent_container, &timing).await?;
+                // An approved image change stopped the agent: come back on
+                // the new image, same identity, same volumes, same gate.
+                let Some(restart) = capability::take_restart(&p.dir)? else {
+                    return Ok(code);
+                };
+                let own = capability::bottle_image(&p.plan, &p.agent_image.tag, &restart.image);
                 reporter.step(&format!(
-                    "workspace: copied {} files ({:.1} MiB) from {} in {} ms",
-                    copied.files,
-                    copied.bytes as f64 / f64::from(1 << 20),
-                    workspace.source.display(),
-                    started.elapsed().as_millis()
+                    "capability block (request {}): {} comes back on {} with /workspace and home kept",
+                    restart.request, p.plan.identity, own.tag
                 ));
+                remove_agent(docker, &p.agent_container).await?;
+                images::ensure(docker, &own, &binary, lock_dir, reporter).await?;
+                image = own.tag;
+                command = p.plan.resume_command.clone();
             }
-            session::run(docker, &p.agent_container, &timing).await
         };
         tokio::select! {
             code = agent_run => code,
             failed = gate_watch => failed,
         }
+    }
+}
+
+/// Removes the stopped agent container (its volumes stay).
+async fn remove_agent(docker: &Docker, container: &str) -> Result<(), BackendError> {
+    match docker
+        .remove_container(
+            container,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+    {
+        Err(e) if !is_not_found(&e) => Err(BackendError::docker(format!("remove {container}"), e)),
+        _ => Ok(()),
     }
 }
 
@@ -912,7 +998,8 @@ pub async fn reap(
     }
     let remove_all = record
         .as_ref()
-        .is_some_and(|r| r["plan"]["remove_on_exit"] == true);
+        .is_some_and(|r| r["plan"]["remove_on_exit"] == true)
+        && !dir.as_ref().is_some_and(capability::is_preserved);
     let docker = connect().await?;
     let deadline = Instant::now() + patience;
     let scope = Scope {

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bottle_gate::config::{EGRESS_SOCKET, GIT_SOCKET};
-use bottle_manifest::plan::{AGENT_CA_PATH, AGENT_HOME, GIT_PORT, PROXY_PORT};
+use bottle_gate::config::{EGRESS_SOCKET, GIT_SOCKET, SUPERVISE_SOCKET};
+use bottle_manifest::plan::{AGENT_CA_PATH, AGENT_HOME, GIT_PORT, PROXY_PORT, SUPERVISE_PORT};
 
 use super::{
-    AGENT_UID, BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, GATE_GIT_DIR, ROLE_LABEL,
-    SOCKET_DIR,
+    AGENT_UID, BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, GATE_GIT_DIR,
+    GATE_SUPERVISE_DIR, ROLE_LABEL, SOCKET_DIR,
 };
 use crate::BackendError;
 
@@ -19,8 +19,12 @@ use crate::BackendError;
 const GATE_MEMORY_BYTES: i64 = 256 << 20;
 const GATE_PIDS: i64 = 256;
 
+/// The agent's container running `image` with `command` (the plan's, or
+/// after a capability block its own image and resume command).
 pub fn agent_container(
     p: &DockerPrepared,
+    image: &str,
+    command: &[String],
     runtime: Option<String>,
     tty: bool,
     gate_timeout: Duration,
@@ -63,14 +67,20 @@ pub fn agent_container(
             format!("{GIT_PORT}={SOCKET_DIR}/{GIT_SOCKET}"),
         ]);
     }
+    if p.plan.supervise {
+        entrypoint.extend([
+            "--forward".to_owned(),
+            format!("{SUPERVISE_PORT}={SOCKET_DIR}/{SUPERVISE_SOCKET}"),
+        ]);
+    }
     entrypoint.push("--".to_owned());
     let mut labels = p.labels.clone();
     labels.insert(ROLE_LABEL.into(), "agent".into());
     let memory = i64::try_from(p.plan.resources.memory_bytes).unwrap_or(i64::MAX);
     Ok(ContainerCreateBody {
-        image: Some(p.agent_image.tag.clone()),
+        image: Some(image.to_owned()),
         entrypoint: Some(entrypoint),
-        cmd: Some(p.plan.command.clone()),
+        cmd: Some(command.to_vec()),
         // The shim starts as root to add the CA to the trust stores, then
         // drops to the agent's uid (losing every capability) before the
         // command starts. Only SETUID and SETGID, for that drop, remain.
@@ -114,6 +124,20 @@ pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
     let secrets_on_stdin = !p.plan.egress.routes.is_empty();
     let mut labels = p.labels.clone();
     labels.insert(ROLE_LABEL.into(), "gate".into());
+    let mut binds = vec![
+        format!("{}:{GATE_CONFIG_DIR}:ro", p.dir.gate_dir().display()),
+        format!("{}:{SOCKET_DIR}", p.dir.socket_dir().display()),
+        format!("{}:{GATE_AUDIT_LOG}", p.dir.audit_log().display()),
+        format!("{}:{GATE_GIT_DIR}", p.dir.git_dir().display()),
+    ];
+    if p.plan.supervise {
+        // Requests and the control socket: the gate's and the person's,
+        // never mounted into the agent's sandbox.
+        binds.push(format!(
+            "{}:{GATE_SUPERVISE_DIR}",
+            p.dir.supervise_dir().display()
+        ));
+    }
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
     ContainerCreateBody {
@@ -138,12 +162,7 @@ pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
             pids_limit: Some(GATE_PIDS),
             memory: Some(GATE_MEMORY_BYTES),
             memory_swap: Some(GATE_MEMORY_BYTES),
-            binds: Some(vec![
-                format!("{}:{GATE_CONFIG_DIR}:ro", p.dir.gate_dir().display()),
-                format!("{}:{SOCKET_DIR}", p.dir.socket_dir().display()),
-                format!("{}:{GATE_AUDIT_LOG}", p.dir.audit_log().display()),
-                format!("{}:{GATE_GIT_DIR}", p.dir.git_dir().display()),
-            ]),
+            binds: Some(binds),
             init: Some(false),
             ..Default::default()
         }),

@@ -56,21 +56,16 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
     // validates is an error naming the field.
     let manifest = load::load(&path)?;
     let checked = super::manifest::check(&manifest, &path, &global)?;
-    let command = if args.command.is_empty() {
-        manifest
-            .agents
-            .get(agent)
-            .map(|a| continue_claude(&a.command))
-    } else {
-        Some(args.command.clone())
-    };
+    // What a person approved for this bottle comes back with it.
+    let grants = bottle_manifest::provision::Grants::load(&record.dir.grants())
+        .map_err(|e| Failure::new(exit::CONFIG, anyhow!("the bottle's approvals: {e}")))?;
     let settings = Start::resolve(Some(BackendName::Docker))?;
     let plan = plan::plan(PlanInput {
         manifest_path: &path,
         manifest: &manifest,
         checked: &checked,
         agent,
-        command,
+        command: (!args.command.is_empty()).then(|| args.command.clone()),
         backend: "docker",
         base_image: &settings.base_image,
         remove_on_exit: false,
@@ -78,39 +73,10 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
         identity: Some(record.identity.clone()),
         state_root: &global.state_root,
         host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
+        home: &global.home,
+        grants: &grants,
+        // `claude …` continues its conversation when there is one.
+        continue_conversation: args.command.is_empty(),
     })?;
     super::start::launch(&plan, &settings, &global, None, args.yes, printer)
-}
-
-/// `claude …` resumes its conversation (`--continue`) when the agent's
-/// home holds one, and starts afresh when it does not; other commands run
-/// as they are.
-fn continue_claude(command: &[String]) -> Vec<String> {
-    if command.first().map(String::as_str) != Some("claude") {
-        return command.to_vec();
-    }
-    let mut wrapped = vec![
-        "sh".to_owned(),
-        "-c".to_owned(),
-        "if ls \"$HOME\"/.claude/projects/*/*.jsonl >/dev/null 2>&1; then exec \"$0\" --continue \"$@\"; else exec \"$0\" \"$@\"; fi"
-            .to_owned(),
-    ];
-    wrapped.extend(command.iter().cloned());
-    wrapped
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_claude_is_continued() {
-        let bash = vec!["bash".to_owned()];
-        assert_eq!(continue_claude(&bash), bash);
-        let claude = vec!["claude".to_owned(), "--verbose".to_owned()];
-        let wrapped = continue_claude(&claude);
-        assert_eq!(wrapped[0], "sh");
-        assert_eq!(&wrapped[3..], &claude[..]);
-        assert!(wrapped[2].contains("--continue"));
-    }
 }

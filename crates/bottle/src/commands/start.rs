@@ -34,6 +34,9 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         identity: None,
         state_root: &global.state_root,
         host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
+        home: &global.home,
+        grants: &Default::default(),
+        continue_conversation: false,
     })?;
     launch(
         &plan,

@@ -126,6 +126,11 @@ impl Credentials {
         }
     }
 
+    /// Every route.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     /// No routes at all.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()

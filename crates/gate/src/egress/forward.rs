@@ -67,16 +67,22 @@ impl Egress {
             .map_or("/", |p| p.as_str())
             .to_owned();
         let mut fields = request_fields(req.method().as_str(), &target, &path);
+        // One snapshot of the routes for the whole exchange.
+        let credentials = self.live.credentials();
         let route = if target.https {
-            self.credentials.route_for(&target.host).cloned()
+            credentials.route_for(&target.host).cloned()
         } else {
             // A credential never travels in clear text.
             None
         };
 
-        if let Err(leak) =
-            self.check_for_leaks(&req, &target, &path, route.as_ref().map(|r| &r.header))
-        {
+        if let Err(leak) = self.check_for_leaks(
+            &credentials,
+            &req,
+            &target,
+            &path,
+            route.as_ref().map(|r| &r.header),
+        ) {
             return self.refuse(fields, leak_refusal(&leak));
         }
 
@@ -124,12 +130,12 @@ impl Egress {
         let retry = (body.is_end_stream() && is_idempotent(&parts.method) && !upgrade)
             .then(|| parts.clone());
         let leaked = Arc::new(OnceLock::new());
-        let body: UpstreamBody = if self.credentials.is_empty() {
+        let body: UpstreamBody = if credentials.is_empty() {
             body.map_err(BoxError::from).boxed()
         } else {
             Scanned {
                 inner: body,
-                credentials: Arc::clone(&self.credentials),
+                credentials: Arc::clone(&credentials),
                 host: target.host.clone(),
                 tail: Vec::new(),
                 found: Arc::clone(&leaked),
@@ -185,10 +191,10 @@ impl Egress {
         fields.insert("status".into(), parts.status.as_u16().into());
         self.audit.record("egress", "request", fields);
         let body: Body = if route.is_some() {
-            scrub_headers(&self.credentials, &mut parts.headers);
+            scrub_headers(&credentials, &mut parts.headers);
             Scrubbed {
                 inner: body,
-                credentials: Arc::clone(&self.credentials),
+                credentials: Arc::clone(&credentials),
                 held: Vec::new(),
                 ended: false,
                 trailers: None,
@@ -204,29 +210,25 @@ impl Egress {
     /// route's own header is replaced anyway and not checked.
     fn check_for_leaks(
         &self,
+        credentials: &Credentials,
         req: &Request<Incoming>,
         target: &Target,
         path: &str,
         replaced: Option<&HeaderName>,
     ) -> Result<(), Leak> {
-        if self.credentials.is_empty() {
+        if credentials.is_empty() {
             return Ok(());
         }
-        if let Some(leak) = self
-            .credentials
-            .find_leak(path.as_bytes(), &target.host, "url")
-        {
+        if let Some(leak) = credentials.find_leak(path.as_bytes(), &target.host, "url") {
             return Err(leak);
         }
         for (name, value) in req.headers() {
             if Some(name) == replaced {
                 continue;
             }
-            if let Some(leak) = self.credentials.find_leak(
-                value.as_bytes(),
-                &target.host,
-                &format!("header {name}"),
-            ) {
+            if let Some(leak) =
+                credentials.find_leak(value.as_bytes(), &target.host, &format!("header {name}"))
+            {
                 return Err(leak);
             }
         }

@@ -156,7 +156,8 @@ impl Egress {
         }
         // The allowlist applies to every request, not only to the tunnel.
         let allowed = match self
-            .policy
+            .live
+            .policy()
             .check_host(tunnel.host.clone(), tunnel.port, 443)
         {
             Ok(allowed) => allowed,

@@ -7,9 +7,11 @@
 pub mod credentials;
 pub mod forward;
 pub mod intercept;
+pub mod live;
 pub mod policy;
 pub mod proxy;
 pub mod upstream;
 
+pub use live::Live;
 pub use policy::Policy;
 pub use proxy::Egress;

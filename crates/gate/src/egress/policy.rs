@@ -70,6 +70,18 @@ impl Policy {
         }
     }
 
+    /// This policy with one more rule.
+    pub fn with_rule(&self, rule: HostRule) -> Policy {
+        let mut next = self.clone();
+        next.rules.push(rule);
+        next
+    }
+
+    /// The rules' text, in order.
+    pub fn rules(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.text.as_str())
+    }
+
     /// Checks a host (as the agent spelled it, without port) and port.
     /// `default_port` is the port a rule without one stands for: 443 for
     /// CONNECT, 80 for plain HTTP.

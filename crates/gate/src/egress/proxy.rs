@@ -19,10 +19,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Map, Value};
 use tokio::net::UnixListener;
 
-use super::credentials::Credentials;
 use super::forward::{Body, Target, full};
 use super::intercept::Tunnel;
-use super::policy::Policy;
+use super::live::Live;
 use super::upstream::{Refusal, Upstreams};
 use crate::audit::{Audit, redact_query};
 use crate::ca::LeafMinter;
@@ -36,8 +35,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Each worker thread of the gate has its own `Egress` (and so its own
 /// upstream connection pools); the rest is shared.
 pub struct Egress {
-    pub(crate) policy: Arc<Policy>,
-    pub(crate) credentials: Arc<Credentials>,
+    /// The policy and routes now (approvals swap them while it runs).
+    pub(crate) live: Arc<Live>,
     pub(crate) minter: Arc<LeafMinter>,
     pub(crate) upstreams: Upstreams,
     pub(crate) audit: Arc<Audit>,
@@ -45,15 +44,13 @@ pub struct Egress {
 
 impl Egress {
     pub fn new(
-        policy: Arc<Policy>,
-        credentials: Arc<Credentials>,
+        live: Arc<Live>,
         minter: Arc<LeafMinter>,
         upstreams: Upstreams,
         audit: Arc<Audit>,
     ) -> Egress {
         Egress {
-            policy,
-            credentials,
+            live,
             minter,
             upstreams,
             audit,
@@ -116,7 +113,7 @@ impl Egress {
         fields.insert("method".into(), "CONNECT".into());
         fields.insert("host".into(), host.clone().into());
         fields.insert("port".into(), port.into());
-        let allowed = match self.policy.check_target(&host, port, 443) {
+        let allowed = match self.live.policy().check_target(&host, port, 443) {
             Ok(allowed) => allowed,
             Err(denial) => return self.refuse(fields, denial.into()),
         };
@@ -160,7 +157,7 @@ impl Egress {
             Ok((host, port)) => (host, port.unwrap_or(80)),
             Err(reason) => return self.refuse(bad_request_fields(&req), Refusal::agent(reason)),
         };
-        let allowed = match self.policy.check_target(&host, port, 80) {
+        let allowed = match self.live.policy().check_target(&host, port, 80) {
             Ok(allowed) => allowed,
             Err(denial) => {
                 let mut fields = bad_request_fields(&req);

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::live::Live;
 use super::policy::{Allowed, Denial, Policy};
 
 /// How long connecting to an upstream may take, per address.
@@ -200,13 +201,13 @@ pub fn client_tls(
 /// Opens checked upstream connections for the pooled client.
 #[derive(Clone)]
 pub struct Connector {
-    policy: Arc<Policy>,
+    live: Arc<Live>,
     tls: Arc<rustls::ClientConfig>,
 }
 
 impl Connector {
-    pub fn new(policy: Arc<Policy>, tls: Arc<rustls::ClientConfig>) -> Connector {
-        Connector { policy, tls }
+    pub fn new(live: Arc<Live>, tls: Arc<rustls::ClientConfig>) -> Connector {
+        Connector { live, tls }
     }
 
     async fn connect(self, uri: Uri) -> Result<TokioIo<Stream>, Refusal> {
@@ -217,7 +218,7 @@ impl Connector {
             .ok_or_else(|| Refusal::agent("the request names no host"))?
             .to_owned();
         let port = uri.port_u16().unwrap_or(scheme_port);
-        let (allowed, tcp) = open(&self.policy, &host, port, default_port).await?;
+        let (allowed, tcp) = open(&self.live.policy(), &host, port, default_port).await?;
         if !https {
             return Ok(TokioIo::new(Stream::Plain(tcp)));
         }
@@ -356,13 +357,13 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(policy: Arc<Policy>, tls: &UpstreamTls) -> Upstreams {
+    pub fn new(live: Arc<Live>, tls: &UpstreamTls) -> Upstreams {
         let build = |config: &Arc<rustls::ClientConfig>| {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE)
                 .pool_timer(hyper_util::rt::TokioTimer::new())
                 .timer(hyper_util::rt::TokioTimer::new())
-                .build(Connector::new(Arc::clone(&policy), Arc::clone(config)))
+                .build(Connector::new(Arc::clone(&live), Arc::clone(config)))
         };
         Upstreams {
             any: build(&tls.any),

@@ -1,0 +1,157 @@
+//! Provisioning the agent's container before it starts (after the CA,
+//! which the shim installs): the system prompt and the MCP configuration
+//! under `/etc/bot-bottle/` (root's, read-only to the agent), then the
+//! skills into the agent's home, owned by the agent.
+
+use std::io;
+use std::path::Path;
+
+use bollard::Docker;
+use bollard::query_parameters::UploadToContainerOptions;
+use bottle_manifest::plan::AGENT_HOME;
+use bottle_manifest::provision::ProvisionPlan;
+use bytes::Bytes;
+
+use crate::BackendError;
+
+/// The agent's uid and gid.
+const AGENT_ID: u64 = 1000;
+
+/// Writes the prompt, the MCP configuration and the skills into the
+/// created (not started) `container`.
+pub async fn provision(
+    docker: &Docker,
+    container: &str,
+    plan: &ProvisionPlan,
+) -> Result<(), BackendError> {
+    let system = system_tar(plan)?;
+    upload(docker, container, "/", system, "the prompt").await?;
+    if !plan.skills.is_empty() {
+        let skills = plan.skills.clone();
+        let tar = tokio::task::spawn_blocking(move || skills_tar(&skills))
+            .await
+            .map_err(io::Error::other)??;
+        upload(docker, container, AGENT_HOME, tar, "the skills").await?;
+    }
+    Ok(())
+}
+
+async fn upload(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+    tar: Bytes,
+    what: &str,
+) -> Result<(), BackendError> {
+    let options = UploadToContainerOptions {
+        path: path.into(),
+        ..Default::default()
+    };
+    docker
+        .upload_to_container(container, Some(options), bollard::body_full(tar))
+        .await
+        .map_err(|e| BackendError::docker(format!("copy {what} into {container}"), e))
+}
+
+/// `/etc/bot-bottle/prompt.md` and, with supervise, `mcp.json`.
+fn system_tar(plan: &ProvisionPlan) -> Result<Bytes, BackendError> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut files = vec![(plan.prompt_file.clone(), plan.prompt.clone())];
+    if let (Some(path), Some(json)) = (&plan.mcp_config, plan.mcp_config_json()) {
+        files.push((path.clone(), json));
+    }
+    for (path, contents) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_cksum();
+        tar.append_data(
+            &mut header,
+            path.trim_start_matches('/'),
+            contents.as_bytes(),
+        )?;
+    }
+    Ok(Bytes::from(tar.into_inner()?))
+}
+
+/// `.claude/skills/NAME/…` for each skill, owned by the agent. Symbolic
+/// links are copied as links, never followed: a skill cannot pull other
+/// host files into the bottle.
+fn skills_tar(skills: &[bottle_manifest::provision::SkillPlan]) -> Result<Bytes, BackendError> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    for dir in [".claude", ".claude/skills"] {
+        append_dir(&mut tar, Path::new(dir))?;
+    }
+    for skill in skills {
+        let meta = std::fs::metadata(&skill.source).map_err(|source| BackendError::Io {
+            path: skill.source.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(BackendError::Other(io::Error::other(format!(
+                "skill {:?} at {} is not a directory: create ~/.claude/skills/{}/ or remove it from the agent",
+                skill.name,
+                skill.source.display(),
+                skill.name
+            ))));
+        }
+        let into = Path::new(".claude/skills").join(&skill.name);
+        append_tree(&mut tar, &skill.source, &into)?;
+    }
+    Ok(Bytes::from(tar.into_inner()?))
+}
+
+fn append_dir(tar: &mut tar::Builder<Vec<u8>>, path: &Path) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o755);
+    header.set_size(0);
+    own(&mut header);
+    tar.append_data(&mut header, path, io::empty())
+}
+
+fn append_tree(
+    tar: &mut tar::Builder<Vec<u8>>,
+    source: &Path,
+    into: &Path,
+) -> Result<(), BackendError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BackendError::Io { path, source }
+    };
+    append_dir(tar, into)?;
+    let mut entries: Vec<_> = std::fs::read_dir(source)
+        .map_err(io_err(source))?
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let rel = into.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        if meta.is_dir() {
+            append_tree(tar, &path, &rel)?;
+            continue;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata(&meta);
+        own(&mut header);
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io_err(&path))?;
+            tar.append_link(&mut header, &rel, target)?;
+        } else if meta.is_file() {
+            let file = std::fs::File::open(&path).map_err(io_err(&path))?;
+            tar.append_data(&mut header, &rel, file)?;
+        }
+    }
+    Ok(())
+}
+
+fn own(header: &mut tar::Header) {
+    header.set_uid(AGENT_ID);
+    header.set_gid(AGENT_ID);
+    header.set_cksum();
+}

@@ -1,0 +1,204 @@
+//! The control socket: how the person's `bottle approve` widens a running
+//! gate. It lives in the bottle's `supervise/` directory, which is mounted
+//! into the gate only — never into the agent's sandbox — and is readable
+//! by the launching user alone (mode 0600), so nothing inside the bottle
+//! can reach it, let alone approve its own requests.
+//!
+//! One JSON line each way per connection: a [`Change`] in, a [`Reply`] out.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::audit::Audit;
+use crate::egress::Live;
+use crate::egress::credentials::{Route, Secret};
+use bottle_manifest::host::{HostRule, normalize_host};
+
+/// File name of the control socket in the supervise directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// Longest control line: a route's secret and its names.
+const MAX_LINE: usize = 64 * 1024;
+
+/// A change the person approved, to apply now.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    /// Allow one more rule.
+    Allow {
+        rule: String,
+        request: String,
+        decided_by: String,
+    },
+    /// Add a credential route (and allow its host on 443).
+    Route {
+        host: String,
+        header: String,
+        scheme: String,
+        secret: String,
+        request: String,
+        decided_by: String,
+    },
+}
+
+impl std::fmt::Debug for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Allow { rule, request, .. } => write!(f, "Allow({rule}, {request})"),
+            Change::Route {
+                host,
+                header,
+                request,
+                ..
+            } => {
+                write!(f, "Route({host}, {header}, secret ***, {request})")
+            }
+        }
+    }
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Sends `change` to the gate listening on `socket` and waits for its
+/// answer. An error means the gate did not apply it.
+pub async fn send(socket: &Path, change: &Change) -> std::io::Result<Reply> {
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket).await?;
+        let mut line = serde_json::to_vec(change).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        stream.write_all(&line).await?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        reader.read_line(&mut answer).await?;
+        serde_json::from_str::<Reply>(&answer)
+            .map_err(|e| std::io::Error::other(format!("the gate answered {answer:?}: {e}")))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the gate did not answer"))?
+}
+
+/// Serves the control socket: applies each change to `live`.
+pub async fn serve(listener: UnixListener, live: Arc<Live>, audit: Arc<Audit>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (reader, mut writer) = stream.into_split();
+        let mut line = String::new();
+        let limited = tokio::io::AsyncReadExt::take(reader, MAX_LINE as u64);
+        let read = BufReader::new(limited).read_line(&mut line).await;
+        let reply = match read {
+            Ok(_) => match serde_json::from_str::<Change>(&line) {
+                Ok(change) => apply(&live, &audit, change),
+                Err(e) => Reply {
+                    ok: false,
+                    message: format!("not a change: {e}"),
+                },
+            },
+            Err(e) => Reply {
+                ok: false,
+                message: e.to_string(),
+            },
+        };
+        if let Ok(mut bytes) = serde_json::to_vec(&reply) {
+            bytes.push(b'\n');
+            let _ = writer.write_all(&bytes).await;
+        }
+    }
+}
+
+/// Applies one change and audits it.
+fn apply(live: &Live, audit: &Audit, change: Change) -> Reply {
+    let mut fields = serde_json::Map::new();
+    let result = match change {
+        Change::Allow {
+            rule,
+            request,
+            decided_by,
+        } => {
+            fields.insert("request".into(), request.into());
+            fields.insert("decided_by".into(), decided_by.into());
+            fields.insert("rule".into(), rule.clone().into());
+            HostRule::parse(&rule)
+                .map_err(|e| e.to_string())
+                .map(|parsed| {
+                    if !already_allowed(live, &parsed) {
+                        live.allow(parsed);
+                    }
+                    format!("allowed {rule}")
+                })
+        }
+        Change::Route {
+            host,
+            header,
+            scheme,
+            secret,
+            request,
+            decided_by,
+        } => {
+            fields.insert("request".into(), request.into());
+            fields.insert("decided_by".into(), decided_by.into());
+            fields.insert("route".into(), host.clone().into());
+            fields.insert("header".into(), header.clone().into());
+            route(host, header, scheme, secret).map(|(route, rule)| {
+                let host = route.host.to_string();
+                if !already_allowed(live, &rule) {
+                    live.allow(rule);
+                }
+                live.add_route(route);
+                format!("route to {host} in force")
+            })
+        }
+    };
+    match result {
+        Ok(message) => {
+            audit.record("supervise", "applied", fields);
+            Reply { ok: true, message }
+        }
+        Err(message) => {
+            fields.insert("error".into(), message.clone().into());
+            audit.record("supervise", "apply_failed", fields);
+            Reply { ok: false, message }
+        }
+    }
+}
+
+fn already_allowed(live: &Live, rule: &HostRule) -> bool {
+    live.policy().rules().any(|r| {
+        HostRule::parse(r).ok().as_ref().map(|p| (&p.host, p.port)) == Some((&rule.host, rule.port))
+    })
+}
+
+fn route(
+    host: String,
+    header: String,
+    scheme: String,
+    secret: String,
+) -> Result<(Route, HostRule), String> {
+    let name = normalize_host(&host).map_err(|e| e.to_string())?;
+    let rule = HostRule::parse(&host).map_err(|e| e.to_string())?;
+    let header = http::HeaderName::from_bytes(header.as_bytes()).map_err(|e| e.to_string())?;
+    if secret.is_empty() || secret.contains(['\r', '\n', '\0']) {
+        return Err("the secret is empty or spans lines".to_owned());
+    }
+    Ok((
+        Route {
+            host: name,
+            header,
+            scheme,
+            secret: Secret::new(secret),
+        },
+        rule,
+    ))
+}
