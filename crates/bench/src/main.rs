@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod git;
 mod lifecycle;
 mod proxy;
+mod supervise;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -65,6 +66,22 @@ enum Bench {
         #[arg(long, default_value = ".")]
         repo: PathBuf,
     },
+    /// Approve → first allowed request, and the capability block's round
+    /// trip against building and running the same change by hand.
+    Supervise {
+        /// Egress approvals measured.
+        #[arg(long, default_value = "10")]
+        approvals: usize,
+        /// Image changes measured.
+        #[arg(long, default_value = "3")]
+        blocks: usize,
+        /// The `bottle` binary [default: beside this one].
+        #[arg(long)]
+        bottle: Option<PathBuf>,
+        /// The repository (for the origin's fixtures).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
     /// Start latency against `docker run`, and the gate's idle memory.
     Start {
         /// Runs of each command (after one warm-up run each).
@@ -105,6 +122,12 @@ fn main() -> anyhow::Result<()> {
             bottle,
             repo,
         } => git::run_bench(&bottle_path(bottle)?, &repo, files, mib, pushes),
+        Bench::Supervise {
+            approvals,
+            blocks,
+            bottle,
+            repo,
+        } => supervise::run(&bottle_path(bottle)?, &repo, approvals, blocks),
         Bench::Start {
             runs,
             manifest,
@@ -123,7 +146,7 @@ fn bottle_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// Times `cmd` once; fails if it fails.
-fn time(cmd: &mut Command) -> anyhow::Result<Duration> {
+pub(crate) fn time(cmd: &mut Command) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let out = cmd
         .stdin(Stdio::null())

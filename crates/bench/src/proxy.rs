@@ -18,7 +18,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::{Stats, emit, ms, stats, verdict};
 
-const ORIGIN_IMAGE: &str = "bot-bottle-test/origin:latest";
+pub(crate) const ORIGIN_IMAGE: &str = "bot-bottle-test/origin:latest";
 const MITM_IMAGE: &str = "bot-bottle-bench/mitmproxy:latest";
 const HOST: &str = "allowed.test";
 const BIG_MIB: usize = 100;
@@ -159,7 +159,7 @@ fn tls(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-fn docker(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn docker(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("docker").args(args).output()?;
     if !out.status.success() {
         bail!(
@@ -172,11 +172,11 @@ fn docker(args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Everything the run made, removed on drop.
-struct Setup {
-    network: String,
-    containers: Vec<String>,
-    bottle: Option<Child>,
-    _dir: tempfile::TempDir,
+pub(crate) struct Setup {
+    pub(crate) network: String,
+    pub(crate) containers: Vec<String>,
+    pub(crate) bottle: Option<Child>,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl Drop for Setup {
@@ -194,7 +194,7 @@ impl Drop for Setup {
     }
 }
 
-fn make_certs(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn make_certs(dir: &Path) -> anyhow::Result<()> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     std::fs::create_dir_all(dir)?;
     let ca_key = KeyPair::generate()?;
@@ -218,7 +218,7 @@ fn make_certs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub(crate) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     let end = Instant::now() + Duration::from_secs(60);
     while Instant::now() < end {
         if ready() {

@@ -162,6 +162,55 @@ fn a_person_widens_the_running_bottle_and_resume_keeps_it() {
     let again = bottle(&world, &["approve", &id]);
     assert_eq!(again.status.code(), Some(65), "{}", stderr(&again));
 
+    // A credential route, approved with the secret's host variable: the
+    // gate injects it from now on; the agent never holds it.
+    let (text, _) = call(
+        &agent,
+        "request_route",
+        serde_json::json!({"host": "forbidden.test", "header": "X-Api-Key", "reason": "its API"}),
+    );
+    let route_id = request_id(&text);
+    let missing = bottle(&world, &["approve", &route_id]);
+    assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("--token-ref"),
+        "{}",
+        stderr(&missing)
+    );
+    let secret = format!("bbtest-approved-{}-Xk2", running.identity);
+    let approved = world
+        .command()
+        .env("BBTEST_APPROVED_TOKEN", &secret)
+        .args(["approve", &route_id, "--token-ref", "BBTEST_APPROVED_TOKEN"])
+        .output()
+        .unwrap();
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    assert!(!stderr(&approved).contains(&secret));
+    assert_eq!(
+        status(
+            &agent,
+            "-H 'x-api-key: placeholder' https://forbidden.test/routed"
+        ),
+        "200"
+    );
+    assert!(
+        world
+            .origin_requests()
+            .iter()
+            .any(|r| r["path"] == "/routed"
+                && r["headers"]["x-api-key"] == format!("Bearer {secret}")),
+        "the approved route was not injected"
+    );
+    let grants = std::fs::read_to_string(
+        world
+            .state_root()
+            .join(&running.identity)
+            .join("grants.json"),
+    )
+    .unwrap();
+    assert!(grants.contains("BBTEST_APPROVED_TOKEN") && !grants.contains(&secret));
+    assert_nowhere_in(&agent, &secret);
+
     // Denied: still refused, and the agent reads why.
     let (text, _) = call(
         &agent,
@@ -205,12 +254,14 @@ fn a_person_widens_the_running_bottle_and_resume_keeps_it() {
     // Resume keeps the approval (and not the denial).
     let identity = running.identity.clone();
     drop(running);
-    let script = "echo ok=$(curl -sS -m 10 -o /dev/null -w '%{http_code}' https://forbidden.test/ 2>&1); \
+    let script = "echo ok=$(curl -sS -m 10 -o /dev/null -w '%{http_code}' https://forbidden.test/resumed 2>&1); \
          echo denied=$(curl -s -m 10 -o /dev/null -w '%{http_connect}' https://forbidden.test:8443/)";
-    let out = bottle(
-        &world,
-        &["resume", &identity, "-y", "--", "bash", "-c", script],
-    );
+    let out = world
+        .command()
+        .env("BBTEST_APPROVED_TOKEN", &secret)
+        .args(["resume", &identity, "-y", "--", "bash", "-c", script])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     let probe = Probe::new(out);
@@ -221,6 +272,22 @@ fn a_person_widens_the_running_bottle_and_resume_keeps_it() {
         &audit(&world, &identity)[audit(&world, &identity).len().saturating_sub(6)..]
     );
     assert_eq!(probe.get("denied"), "403");
+    assert!(
+        world
+            .origin_requests()
+            .iter()
+            .any(|r| r["path"] == "/resumed"
+                && r["headers"]["x-api-key"] == format!("Bearer {secret}")),
+        "the approved route did not come back with the bottle"
+    );
+    // Without the route's variable, resume says which one to export.
+    let out = bottle(&world, &["resume", &identity, "-y", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("BBTEST_APPROVED_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
     let rm = bottle(&world, &["rm", &identity, "-y"]);
     assert!(rm.status.success(), "{}", stderr(&rm));
 }
@@ -467,5 +534,13 @@ fn an_image_change_rebuilds_the_bottle_under_the_same_identity() {
     assert_eq!(stdout(&out).trim(), "bbtest-tool works");
     let rm = bottle(&world, &["rm", &identity, "-y"]);
     assert!(rm.status.success(), "{}", stderr(&rm));
-    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    // Its own image goes with it.
+    let gone = Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .unwrap();
+    if gone.status.success() {
+        let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+        panic!("bottle rm left {tag}");
+    }
 }

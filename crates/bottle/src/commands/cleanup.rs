@@ -70,6 +70,9 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
                 parts.extend(d.networks.iter().map(|n| format!("network {n}")));
                 parts.extend(d.volumes.iter().map(|v| format!("volume {v}")));
             }
+            if let Some(tag) = own_image(b) {
+                parts.push(format!("image {tag}"));
+            }
             if let Some(r) = &b.record {
                 parts.push(format!("state {}", r.dir.root.display()));
             }
@@ -108,6 +111,9 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
                     launcher: None,
                 };
                 docker::teardown(engine, &b.identity, scope).await?;
+                if let Some(tag) = own_image(b) {
+                    let _ = docker::remove_image(engine, &tag).await;
+                }
             }
             if let Some(r) = &b.record {
                 r.dir.remove()?;
@@ -121,4 +127,13 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
         printer.step(&format!("removed {} bottle(s)", targets.len()));
         Ok(0)
     })
+}
+
+/// The bottle's own image (from approved image changes), if it has one.
+fn own_image(bottle: &Bottle) -> Option<String> {
+    let record = bottle.record.as_ref()?;
+    bottle_manifest::provision::Grants::load(&record.dir.grants())
+        .ok()?
+        .image
+        .map(|i| i.tag)
 }
