@@ -232,6 +232,7 @@ pub fn run(bottle: &Path, repo: &Path, approvals: usize, blocks: usize) -> anyho
 
     // Capability blocks.
     let mut ours = Vec::new();
+    let mut built = Vec::new();
     let mut baseline = Vec::new();
     for i in 0..blocks {
         let salt = format!("{}-{i}", std::process::id());
@@ -247,6 +248,7 @@ pub fn run(bottle: &Path, repo: &Path, approvals: usize, blocks: usize) -> anyho
         if !out.status.success() {
             bail!("approve: {}", String::from_utf8_lossy(&out.stderr));
         }
+        built.push(clock.elapsed());
         wait_for("the bottle on its new image", || {
             Command::new("docker")
                 .args(["exec", &agent, "bbtest-tool"])
@@ -319,12 +321,19 @@ pub fn run(bottle: &Path, repo: &Path, approvals: usize, blocks: usize) -> anyho
         verdict(to_allowed.median <= Duration::from_millis(100))
     );
     if blocks > 0 {
-        let (ours, baseline) = (stats(ours), stats(baseline));
+        let (ours, built, baseline) = (stats(ours), stats(built), stats(baseline));
         table += &format!(
             "| by hand: `docker build` + `docker run` of the same change (baseline) | {} | {} | {} | 1.00 | |\n",
             ms(baseline.median),
             ms(baseline.p90),
             ms(baseline.min)
+        );
+        table += &format!(
+            "| capability block: `bottle approve` returns (built, agent stopped) | {} | {} | {} | {:.2} | |\n",
+            ms(built.median),
+            ms(built.p90),
+            ms(built.min),
+            built.median.as_secs_f64() / baseline.median.as_secs_f64()
         );
         table += &format!(
             "| capability block: approve → agent back on the new image | {} | {} | {} | {:.2} | (reported) |\n",

@@ -64,9 +64,9 @@ pub struct ImageSpec {
     pub labels: Vec<(String, String)>,
 }
 
-/// What every image the agent runs ends with: bot-bottle's own files.
-const AGENT_TAIL: &str = "USER root\nCOPY node-proxy.cjs /usr/local/lib/bot-bottle/node-proxy.cjs\n\
-                          COPY bottle /usr/local/bin/bottle\n";
+/// Where the context holds bot-bottle's own files for a bottle's image:
+/// laid over `/` in one layer (each layer costs seconds on some engines).
+const OVERLAY: &str = "overlay";
 
 impl ImageSpec {
     pub(crate) fn dockerfile(&self) -> String {
@@ -74,11 +74,14 @@ impl ImageSpec {
             ImageKind::Gate => GATE_DOCKERFILE.to_owned(),
             ImageKind::Agent => AGENT_DOCKERFILE.to_owned(),
             ImageKind::Derived => format!(
-                "FROM {}\n{AGENT_TAIL}RUN mkdir -p /run/bottle /workspace\n",
+                "FROM {}\nUSER root\nCOPY node-proxy.cjs /usr/local/lib/bot-bottle/node-proxy.cjs\n\
+                 COPY bottle /usr/local/bin/bottle\nRUN mkdir -p /run/bottle /workspace\n",
                 self.from
             ),
+            // The fragment runs as root; bot-bottle's files come back on
+            // top after it, so no fragment can replace the shim.
             ImageKind::Bottle => format!(
-                "FROM {}\nUSER root\n{}\n{AGENT_TAIL}",
+                "FROM {}\nUSER root\n{}\nCOPY {OVERLAY}/ /\n",
                 self.from,
                 self.fragment.as_deref().unwrap_or_default()
             ),
@@ -229,7 +232,11 @@ async fn build(
     binary: &SelfBinary,
     reporter: &dyn Reporter,
 ) -> Result<(), BackendError> {
-    let context = build_context(&spec.dockerfile(), spec.files(), &binary.path)?;
+    let prefix = match spec.kind {
+        ImageKind::Bottle => Some(OVERLAY),
+        _ => None,
+    };
+    let context = build_context(&spec.dockerfile(), spec.files(), &binary.path, prefix)?;
     let mut build_args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
     build_args.insert("BASE".into(), spec.from.clone());
     let mut labels = HashMap::from([
@@ -311,19 +318,50 @@ fn tail(log: &str) -> String {
     strip_ansi(&lines[lines.len().saturating_sub(30)..].join("\n"))
 }
 
-/// A tar holding the Dockerfile, the extra files and the binary as `bottle`.
+/// A tar holding the Dockerfile, the extra files and the binary as
+/// `bottle` — or, with `overlay`, the files where they belong under that
+/// directory (`usr/local/bin/bottle`, `usr/local/lib/bot-bottle/…`), to be
+/// copied over `/` in one step.
 fn build_context(
     dockerfile: &str,
     files: &[(&str, &str)],
     binary: &Path,
+    overlay: Option<&str>,
 ) -> Result<Bytes, BackendError> {
     let mut tar = tar::Builder::new(Vec::new());
-    for (name, contents) in std::iter::once(&("Dockerfile", dockerfile)).chain(files) {
+    let (lib, bin) = match overlay {
+        Some(root) => {
+            for dir in [
+                "usr",
+                "usr/local",
+                "usr/local/bin",
+                "usr/local/lib",
+                "usr/local/lib/bot-bottle",
+            ] {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                header.set_mode(0o755);
+                header.set_cksum();
+                tar.append_data(&mut header, format!("{root}/{dir}"), std::io::empty())?;
+            }
+            (
+                format!("{root}/usr/local/lib/bot-bottle/"),
+                format!("{root}/usr/local/bin/bottle"),
+            )
+        }
+        None => (String::new(), "bottle".to_owned()),
+    };
+    let mut append = |name: String, contents: &str| {
         let mut header = tar::Header::new_gnu();
         header.set_size(contents.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        tar.append_data(&mut header, name, contents.as_bytes())?;
+        tar.append_data(&mut header, name, contents.as_bytes())
+    };
+    append("Dockerfile".to_owned(), dockerfile)?;
+    for (name, contents) in files {
+        append(format!("{lib}{name}"), contents)?;
     }
     let mut file = std::fs::File::open(binary).map_err(|source| BackendError::Io {
         path: binary.to_owned(),
@@ -334,7 +372,7 @@ fn build_context(
     header.set_size(size);
     header.set_mode(0o755);
     header.set_cksum();
-    tar.append_data(&mut header, "bottle", &mut file)?;
+    tar.append_data(&mut header, bin, &mut file)?;
     let mut bytes = tar.into_inner()?;
     bytes.flush()?;
     Ok(Bytes::from(bytes))
@@ -343,6 +381,43 @@ fn build_context(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bottles_image_lays_bot_bottles_files_back_after_the_fragment() {
+        let spec = ImageSpec {
+            kind: ImageKind::Bottle,
+            tag: "bot-bottle/bottle-x:latest".into(),
+            from: "bot-bottle/agent:latest".into(),
+            build_args: Vec::new(),
+            fragment: Some("RUN rm -f /usr/local/bin/bottle".into()),
+            network: None,
+            labels: Vec::new(),
+        };
+        let dockerfile = spec.dockerfile();
+        assert!(dockerfile.starts_with("FROM bot-bottle/agent:latest\nUSER root\nRUN rm"));
+        assert!(dockerfile.ends_with("RUN rm -f /usr/local/bin/bottle\nCOPY overlay/ /\n"));
+        let context = build_context(
+            &dockerfile,
+            AGENT_FILES,
+            &std::env::current_exe().unwrap_or_default(),
+            Some(OVERLAY),
+        );
+        let Ok(context) = context else {
+            panic!("no context");
+        };
+        let names: Vec<String> = tar::Archive::new(&context[..])
+            .entries()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.path().ok().map(|p| p.display().to_string()))
+            .collect();
+        assert!(
+            names.contains(&"overlay/usr/local/bin/bottle".to_owned()),
+            "{names:?}"
+        );
+        assert!(names.contains(&"overlay/usr/local/lib/bot-bottle/node-proxy.cjs".to_owned()));
+    }
 
     #[test]
     fn escapes_are_stripped() {
