@@ -313,6 +313,9 @@ impl Backend for DockerBackend {
         let mut signals = Interrupts::new()?;
         let docker = connect().await?;
         prepared.dir.create()?;
+        // A restart note no launcher took (its launcher ended first) is
+        // stale: this run starts on the image its plan names.
+        let _ = capability::take_restart(&prepared.dir);
         prepared
             .dir
             .write_ca(&prepared.ca, prepared.plan.egress.upstream_ca.as_deref())?;
