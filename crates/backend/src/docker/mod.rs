@@ -7,8 +7,10 @@ pub mod capability;
 mod images;
 pub mod inventory;
 mod provision;
+mod runtime;
 mod session;
 mod spec;
+mod teardown;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,8 +18,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
-    InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
-    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    InspectNetworkOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
     WaitContainerOptions,
 };
 use bottle_gate::ca::{MintedCa, mint_ca};
@@ -25,10 +26,8 @@ use bottle_gate::config::{
     EgressConfig, GateConfig, GitConfig, GitEntryConfig, PushConfig, RouteConfig, Secrets,
     SuperviseConfig, TlsConfig,
 };
-use bottle_manifest::manifest::Runtime;
 use bottle_manifest::plan::Plan;
 use futures_util::StreamExt;
-use futures_util::future::join_all;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::state::{BottleDir, BottleState, Metadata};
@@ -37,6 +36,10 @@ use bottle_manifest::plan::WorkspacePlan;
 use bytes::Bytes;
 pub use images::{INPUTS_LABEL, MANAGED_LABEL};
 use images::{ImageKind, ImageSpec, SelfBinary};
+pub use runtime::describe_runtime;
+use runtime::resolve_runtime;
+use teardown::spawn_guardian;
+pub use teardown::{Scope, reap, teardown};
 
 /// Label every resource of a bottle carries; `list` and `cleanup` find
 /// resources by it, never by name alone.
@@ -569,7 +572,7 @@ async fn start_gate(docker: &Docker, gate: &str, secrets: Vec<String>) -> Result
 }
 
 /// Waits for `container` to stop; describes how it ended.
-async fn exit_status(docker: &Docker, container: &str) -> String {
+pub(super) async fn exit_status(docker: &Docker, container: &str) -> String {
     let mut wait = docker.wait_container(container, None::<WaitContainerOptions>);
     match wait.next().await {
         Some(Ok(r)) => format!("exit {}", r.status_code),
@@ -610,7 +613,7 @@ async fn log_tail(docker: &Docker, container: &str) -> String {
 }
 
 /// The tag of the image derived from a person's own `image`.
-fn derived_tag(image: &str) -> String {
+pub(super) fn derived_tag(image: &str) -> String {
     let name: String = image
         .chars()
         .map(|c| {
@@ -622,120 +625,6 @@ fn derived_tag(image: &str) -> String {
         })
         .collect();
     format!("bot-bottle/derived-{}:latest", name.trim_matches('-'))
-}
-
-async fn resolve_runtime(
-    docker: &Docker,
-    wanted: Runtime,
-    base: &str,
-) -> Result<Option<String>, BackendError> {
-    if wanted == Runtime::Runc {
-        return Ok(Some("runc".into()));
-    }
-    let info = docker
-        .info()
-        .await
-        .map_err(|e| BackendError::docker("read engine info", e))?;
-    let has_runsc = info
-        .runtimes
-        .as_ref()
-        .is_some_and(|r| r.contains_key("runsc"));
-    match (wanted, has_runsc) {
-        (Runtime::Runsc, true) => Ok(Some("runsc".into())),
-        (Runtime::Runsc, false) => Err(BackendError::RuntimeMissing),
-        // auto: gVisor when it works here, the engine's default otherwise.
-        (_, true) if runsc_works(docker, &info, base).await => Ok(Some("runsc".into())),
-        _ => Ok(None),
-    }
-}
-
-/// Whether the engine's runsc can run a basic command (a `stat`, which an
-/// old gVisor on a new kernel fails). Probed once per engine and runsc
-/// binary, remembered in the temporary directory.
-async fn runsc_works(docker: &Docker, info: &bollard::models::SystemInfo, image: &str) -> bool {
-    let key = format!(
-        "{}-{}",
-        info.id.clone().unwrap_or_default(),
-        info.server_version.clone().unwrap_or_default()
-    );
-    // The registered binary (and its modification time): a new gVisor is
-    // probed afresh.
-    let path = info
-        .runtimes
-        .as_ref()
-        .and_then(|r| r.get("runsc")?.path.clone())
-        .unwrap_or_default();
-    let runsc = std::fs::metadata(&path)
-        .map(|m| format!("{path}:{}", std::os::unix::fs::MetadataExt::mtime(&m)))
-        .unwrap_or(path);
-    let memo = std::env::temp_dir().join(format!(
-        "bot-bottle-{}/runsc-{}.probe",
-        nix::unistd::getuid(),
-        sha_hex(&format!("{key}:{runsc}"))
-    ));
-    if let Ok(verdict) = std::fs::read_to_string(&memo) {
-        return verdict == "ok";
-    }
-    let name = format!("bot-bottle-runsc-probe-{}", std::process::id());
-    let body = bollard::models::ContainerCreateBody {
-        image: Some(image.into()),
-        entrypoint: Some(vec!["stat".into(), "/".into()]),
-        host_config: Some(bollard::models::HostConfig {
-            runtime: Some("runsc".into()),
-            network_mode: Some("none".into()),
-            auto_remove: Some(false),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let ok = async {
-        create_container(docker, &name, body).await.ok()?;
-        docker.start_container(&name, None).await.ok()?;
-        let status = exit_status(docker, &name).await;
-        Some(status == "exit 0")
-    }
-    .await
-    .unwrap_or(false);
-    let _ = docker
-        .remove_container(
-            &name,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
-    if let Some(dir) = memo.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::write(&memo, if ok { "ok" } else { "broken" });
-    ok
-}
-
-fn sha_hex(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// What the agent will run under, said for the preflight: `runsc (gVisor)`
-/// or `runc`, and why when `auto` chose.
-pub async fn describe_runtime(wanted: Runtime, base: &str) -> Result<String, BackendError> {
-    let docker = connect().await?;
-    let chosen = resolve_runtime(&docker, wanted, base).await?;
-    Ok(match (wanted, chosen.as_deref()) {
-        (Runtime::Auto, Some("runsc")) => {
-            "runsc (gVisor): the engine has it and runtime is auto".to_owned()
-        }
-        (Runtime::Auto, _) => {
-            "the engine's default (runc): it has no working runsc runtime (see docs/gvisor.md)"
-                .to_owned()
-        }
-        (_, Some("runsc")) => "runsc (gVisor)".to_owned(),
-        _ => "runc".to_owned(),
-    })
 }
 
 async fn create_network(
@@ -808,7 +697,7 @@ async fn create_volume(
     Ok(())
 }
 
-async fn create_container(
+pub(super) async fn create_container(
     docker: &Docker,
     name: &str,
     body: bollard::models::ContainerCreateBody,
@@ -827,208 +716,6 @@ async fn create_container(
     Ok(())
 }
 
-/// What a teardown removes besides containers.
-#[derive(Debug, Clone, Copy)]
-pub struct Scope<'a> {
-    pub networks: bool,
-    /// The bottle's volumes (its workspace): only when nothing is to be
-    /// resumed (`--rm`).
-    pub volumes: bool,
-    /// Only containers and networks of this launcher (`PID:START`): a
-    /// guardian must never touch the run that resumed its bottle.
-    pub launcher: Option<&'a str>,
-}
-
-/// Removes every container (and, as `scope` says, network and volume)
-/// labelled with `identity`, whether or not this process recorded creating
-/// it: an interrupt can land between the engine creating a container and
-/// the reply.
-pub async fn teardown(
-    docker: &Docker,
-    identity: &str,
-    scope: Scope<'_>,
-) -> Result<(), BackendError> {
-    let filter = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{IDENTITY_LABEL}={identity}")],
-    )]);
-    let mut run_filter = filter.clone();
-    if let Some(launcher) = scope.launcher
-        && let Some(labels) = run_filter.get_mut("label")
-    {
-        labels.push(format!("{LAUNCHER_LABEL}={launcher}"));
-    }
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(run_filter.clone()),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| BackendError::docker("list containers", e))?;
-    let removals = containers
-        .iter()
-        .filter_map(|c| c.id.as_deref())
-        .map(|id| async move {
-            docker
-                .remove_container(
-                    id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        v: true,
-                        ..Default::default()
-                    }),
-                )
-                .await
-        });
-    let mut errors: Vec<String> = join_all(removals)
-        .await
-        .into_iter()
-        .filter_map(|r| {
-            r.err()
-                .filter(|e| !is_not_found(e) && !is_conflict(e))
-                .map(|e| e.to_string())
-        })
-        .collect();
-    if scope.volumes {
-        let volumes = docker
-            .list_volumes(Some(ListVolumesOptions {
-                filters: Some(filter.clone()),
-            }))
-            .await
-            .map_err(|e| BackendError::docker("list volumes", e))?;
-        for volume in volumes.volumes.unwrap_or_default() {
-            if let Err(e) = docker
-                .remove_volume(&volume.name, None::<RemoveVolumeOptions>)
-                .await
-                && !is_not_found(&e)
-            {
-                errors.push(e.to_string());
-            }
-        }
-    }
-    if !scope.networks {
-        return finish_teardown(identity, errors);
-    }
-    let networks = docker
-        .list_networks(Some(ListNetworksOptions {
-            filters: Some(run_filter),
-        }))
-        .await
-        .map_err(|e| BackendError::docker("list networks", e))?;
-    for network in networks {
-        if let Some(id) = network.id
-            && let Err(e) = docker.remove_network(&id).await
-            && !is_not_found(&e)
-        {
-            errors.push(e.to_string());
-        }
-    }
-    finish_teardown(identity, errors)
-}
-
-fn finish_teardown(identity: &str, errors: Vec<String>) -> Result<(), BackendError> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(BackendError::docker(
-            format!("tear down {identity} (run `bottle cleanup` to retry)"),
-            errors.join("; "),
-        ))
-    }
-}
-
-/// Starts the bottle's guardian, `bottle reap`, detached in a session of
-/// its own: it outlives the launcher however the launcher ends (even
-/// `kill -9`), waits for it to be gone, and then removes whatever of the
-/// bottle is left. After a normal exit that is only the bottle's network,
-/// whose removal is slow; after a crash it is everything the launcher
-/// would have removed.
-fn spawn_guardian(identity: &str, state_dir: &std::path::Path) -> Result<(), BackendError> {
-    use std::os::unix::process::CommandExt;
-    let launcher = crate::process::Launcher::current()?;
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args([
-        "reap",
-        identity,
-        "--launcher",
-        &launcher.to_string(),
-        "--state",
-    ])
-    .arg(state_dir)
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    // A process group of its own keeps the terminal's signals (Ctrl-C, a
-    // hang-up of the launcher's group) away from it.
-    cmd.process_group(0);
-    cmd.spawn()?;
-    Ok(())
-}
-
-/// What `bottle reap` does: waits until `launcher` is gone, then removes
-/// what is left of `identity`, retrying while the engine still counts a
-/// removed container as attached, for up to `patience`.
-pub async fn reap(
-    identity: &str,
-    launcher: Option<crate::process::Launcher>,
-    state_dir: Option<&std::path::Path>,
-    patience: Duration,
-) -> Result<(), BackendError> {
-    if let Some(launcher) = launcher {
-        while launcher.is_alive() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    // A launcher that finished its work marked the bottle stopped (or, with
-    // --rm, removed its directory); one that crashed left it running.
-    let dir = state_dir.map(BottleDir::new);
-    let metadata = dir.as_ref().and_then(|d| std::fs::read(d.metadata()).ok());
-    let record: Option<serde_json::Value> = metadata.and_then(|m| serde_json::from_slice(&m).ok());
-    // Crashed: the record still says running, under this guardian's
-    // launcher. A record naming another launcher is a resumed run: not ours.
-    let mine = launcher.map(|l| l.to_string());
-    let crashed = record
-        .as_ref()
-        .is_some_and(|r| r["state"] == "running" && r["launcher"].as_str() == mine.as_deref());
-    if record
-        .as_ref()
-        .is_some_and(|r| r["launcher"].as_str() != mine.as_deref())
-        && mine.is_some()
-    {
-        // Resumed since: leave the new run's network alone too.
-        return Ok(());
-    }
-    let remove_all = record
-        .as_ref()
-        .is_some_and(|r| r["plan"]["remove_on_exit"] == true)
-        && !dir.as_ref().is_some_and(capability::is_preserved);
-    let docker = connect().await?;
-    let deadline = Instant::now() + patience;
-    let scope = Scope {
-        networks: true,
-        volumes: crashed && remove_all,
-        launcher: mine.as_deref(),
-    };
-    loop {
-        match teardown(&docker, identity, scope).await {
-            Ok(()) => break,
-            Err(err) if Instant::now() >= deadline => return Err(err),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    if crashed && let (Some(dir), Some(mut record)) = (dir, record) {
-        if remove_all {
-            dir.remove()?;
-        } else {
-            record["state"] = "stopped".into();
-            record["stopped_by"] = "guardian: the launcher ended without tearing down".into();
-            dir.write_json(&dir.metadata(), &record)?;
-        }
-    }
-    Ok(())
-}
-
 /// Removes an image bot-bottle built.
 pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), BackendError> {
     docker
@@ -1043,7 +730,7 @@ pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), BackendError>
 }
 
 /// A removal already under way (by the guardian, or a concurrent cleanup).
-fn is_conflict(err: &bollard::errors::Error) -> bool {
+pub(super) fn is_conflict(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
         bollard::errors::Error::DockerResponseServerError {
@@ -1053,7 +740,7 @@ fn is_conflict(err: &bollard::errors::Error) -> bool {
     )
 }
 
-fn is_not_found(err: &bollard::errors::Error) -> bool {
+pub(super) fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
         bollard::errors::Error::DockerResponseServerError {
