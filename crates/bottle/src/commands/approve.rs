@@ -125,7 +125,14 @@ pub fn lock(record: &Record) -> Result<File, Failure> {
 }
 
 /// Appends a decision to the bottle's audit log, with who decided.
-pub fn audit(record: &Record, event: &str, request: &Request, by: &str, note: Option<&str>) {
+pub fn audit(
+    record: &Record,
+    event: &str,
+    request: &Request,
+    by: &str,
+    note: Option<&str>,
+    printer: &Printer,
+) {
     let mut fields = serde_json::Map::new();
     fields.insert("request".into(), request.id.clone().into());
     fields.insert("kind".into(), request.ask.kind().into());
@@ -139,7 +146,10 @@ pub fn audit(record: &Record, event: &str, request: &Request, by: &str, note: Op
     if let Err(err) =
         bottle_gate::audit::append_now(&record.dir.audit_log(), "supervise", event, fields)
     {
-        eprintln!("bottle: could not write the audit log: {err}");
+        printer.error(&format!(
+            "could not write the audit log {}: {err}",
+            record.dir.audit_log().display()
+        ));
     }
 }
 
@@ -188,7 +198,14 @@ impl Decision<'_> {
         request.decided = Some(now());
         request.outcome = Some(format!("approved by {}", self.by));
         self.store.save(request).map_err(anyhow::Error::from)?;
-        audit(self.record, "approved", request, self.by, note);
+        audit(
+            self.record,
+            "approved",
+            request,
+            self.by,
+            note,
+            self.printer,
+        );
         Ok(())
     }
 
@@ -344,6 +361,7 @@ impl Decision<'_> {
                 request,
                 self.by,
                 Some("image build failed"),
+                self.printer,
             );
             return Err(Failure::new(
                 exit::SOFTWARE,
@@ -355,7 +373,14 @@ impl Decision<'_> {
         }
         grants.image = Some(granted.clone());
         self.save_grants(&grants)?;
-        audit(self.record, "applied", request, self.by, Some(&granted.tag));
+        audit(
+            self.record,
+            "applied",
+            request,
+            self.by,
+            Some(&granted.tag),
+            self.printer,
+        );
         if !self.record.is_live() {
             self.finish(
                 request,

@@ -26,7 +26,7 @@ pub fn run(id: &str, reason: Option<&str>, printer: &Printer) -> Result<i32, Fai
         reason.unwrap_or("no reason given")
     ));
     store.save(&request).map_err(anyhow::Error::from)?;
-    super::approve::audit(&record, "denied", &request, &by, reason);
+    super::approve::audit(&record, "denied", &request, &by, reason, printer);
     printer.step(&format!(
         "denied {} ({}) for {}",
         request.id,

@@ -72,7 +72,7 @@ pub struct Reply {
 /// answer. An error means the gate did not apply it.
 pub async fn send(socket: &Path, change: &Change) -> std::io::Result<Reply> {
     let exchange = async {
-        let mut stream = UnixStream::connect(socket).await?;
+        let mut stream = connect(socket).await?;
         let mut line = serde_json::to_vec(change).map_err(std::io::Error::other)?;
         line.push(b'\n');
         stream.write_all(&line).await?;
@@ -85,6 +85,29 @@ pub async fn send(socket: &Path, change: &Change) -> std::io::Result<Reply> {
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the gate did not answer"))?
+}
+
+/// Longest path `connect(2)` takes for a Unix socket, with its NUL.
+const SUN_PATH_MAX: usize = 108;
+
+/// Connects to `socket`, also when its path is longer than a socket
+/// address holds (a deep state directory): through the directory's file
+/// descriptor, `/proc/self/fd/N/NAME`.
+async fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    if socket.as_os_str().len() < SUN_PATH_MAX {
+        return UnixStream::connect(socket).await;
+    }
+    use std::os::fd::AsRawFd;
+    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
+        return UnixStream::connect(socket).await;
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    let stream = UnixStream::connect(&short).await;
+    drop(dir);
+    stream
 }
 
 /// Serves the control socket: applies each change to `live`.
@@ -201,4 +224,39 @@ fn route(
         },
         rule,
     ))
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
+mod tests {
+    use super::*;
+    use crate::egress::Policy;
+    use crate::egress::credentials::Credentials;
+    use std::os::fd::AsRawFd;
+
+    #[tokio::test]
+    async fn a_deep_state_directory_still_reaches_the_gate() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let socket = deep.join(CONTROL_SOCKET);
+        assert!(socket.as_os_str().len() >= SUN_PATH_MAX);
+        let dir = std::fs::File::open(&deep).unwrap();
+        let short = format!("/proc/self/fd/{}/{CONTROL_SOCKET}", dir.as_raw_fd());
+        let listener = UnixListener::bind(&short).unwrap();
+        let live = Arc::new(Live::new(
+            Policy::new(Vec::new(), &crate::config::EgressConfig::default()),
+            Credentials::new(Vec::new()),
+        ));
+        let audit = Arc::new(Audit::open(&root.path().join("audit.jsonl")).unwrap());
+        tokio::spawn(serve(listener, Arc::clone(&live), audit));
+        let change = Change::Allow {
+            rule: "a.test".into(),
+            request: "r-000001".into(),
+            decided_by: "tester".into(),
+        };
+        let reply = send(&socket, &change).await.unwrap();
+        assert!(reply.ok, "{}", reply.message);
+        assert_eq!(live.policy().rules().collect::<Vec<_>>(), ["a.test"]);
+    }
 }
