@@ -24,15 +24,21 @@ use tower_service::Service;
 use bottle_manifest::plan::{SUPERVISE_PATH, SUPERVISE_PORT};
 use tools::{Shared, Supervisor};
 
+/// Largest request body: a fragment (16 KiB) and a reason, JSON-escaped,
+/// fit many times over; nothing an agent sends needs more.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
 /// Serves the MCP endpoint on `listener` (bridged to
 /// `127.0.0.1:SUPERVISE_PORT` in the bottle). Requests must name that
 /// address in `Host` (a page the agent's browser loads cannot rebind a name
 /// to it) and the path [`SUPERVISE_PATH`].
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
-    let config = StreamableHttpServerConfig::default().with_allowed_hosts([
-        format!("127.0.0.1:{SUPERVISE_PORT}"),
-        format!("localhost:{SUPERVISE_PORT}"),
-    ]);
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts([
+            format!("127.0.0.1:{SUPERVISE_PORT}"),
+            format!("localhost:{SUPERVISE_PORT}"),
+        ])
+        .with_max_request_body_bytes(MAX_BODY_BYTES);
     let mcp: StreamableHttpService<Supervisor, LocalSessionManager> = StreamableHttpService::new(
         move || Ok(Supervisor::new(Arc::clone(&shared))),
         Arc::new(LocalSessionManager::default()),
