@@ -59,7 +59,8 @@ pub enum Command {
     /// Approve a request: a host or route applies live in the running
     /// bottle; an image change rebuilds the bottle's image and restarts it.
     Approve {
-        /// The request's id (`r-…`, see `bottle requests`).
+        /// The request's id (`r-…`, see `bottle requests`; `IDENTITY/r-…`
+        /// names the bottle too).
         id: String,
         /// For a route: the host variable holding the secret the gate
         /// injects. Read now, and again at every resume.

@@ -621,3 +621,44 @@ fn what_an_agent_wrote_cannot_drive_the_terminal() {
         "{text}"
     );
 }
+
+#[test]
+fn an_id_two_bottles_share_is_never_guessed() {
+    let env = Env::new();
+    for bottle in ["coder-aaaaaa", "coder-bbbbbb"] {
+        let dir = env.dir.path().join("state/bot-bottle").join(bottle);
+        std::fs::create_dir_all(dir.join("supervise/requests")).unwrap();
+        std::fs::write(dir.join("audit.jsonl"), "").unwrap();
+        let request = json!({
+            "id": "r-0000aa", "identity": bottle, "kind": "egress", "host": "a.test",
+            "port": null, "reason": "r", "state": "pending", "created": 1
+        });
+        std::fs::write(
+            dir.join("supervise/requests/r-0000aa.json"),
+            request.to_string(),
+        )
+        .unwrap();
+    }
+    let stderr = env.fails(&["approve", "r-0000aa"], 65);
+    assert!(stderr.contains("exists in 2 bottles"), "{stderr}");
+    // Named, it is decided in that bottle only (not running: kept for its
+    // next start).
+    let out = env
+        .bottle()
+        .args(["approve", "coder-bbbbbb/r-0000aa"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = env.dir.path().join("state/bot-bottle");
+    let grants = std::fs::read_to_string(state.join("coder-bbbbbb/grants.json")).unwrap();
+    assert!(grants.contains("a.test"));
+    assert!(!state.join("coder-aaaaaa/grants.json").exists());
+    let audit = std::fs::read_to_string(state.join("coder-bbbbbb/audit.jsonl")).unwrap();
+    assert!(audit.contains("\"event\":\"approved\""), "{audit}");
+    let again = env.fails(&["approve", "coder-bbbbbb/r-0000aa"], 65);
+    assert!(again.contains("approved already"), "{again}");
+}

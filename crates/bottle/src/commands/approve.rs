@@ -29,7 +29,8 @@ pub fn run(
     printer: &Printer,
 ) -> Result<i32, Failure> {
     let global = Global::resolve()?;
-    let (record, store, _) = find(&global, id)?;
+    let (record, store, found) = find(&global, id)?;
+    let id = found.id.as_str();
     let _lock = lock(&record)?;
     // Read again under the lock: another person may have decided.
     let mut request = store

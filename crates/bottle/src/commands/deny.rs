@@ -12,7 +12,7 @@ pub fn run(id: &str, reason: Option<&str>, printer: &Printer) -> Result<i32, Fai
     let global = Global::resolve()?;
     let (record, store, mut request) = find(&global, id)?;
     let _lock = super::approve::lock(&record)?;
-    let request_now = store.get(id).map_err(anyhow::Error::from)?;
+    let request_now = store.get(&request.id).map_err(anyhow::Error::from)?;
     if let Some(fresh) = request_now {
         request = fresh;
     }
