@@ -147,8 +147,25 @@ fn a_person_widens_the_running_bottle_and_resume_keeps_it() {
     assert_eq!(mine["state"], "pending");
     assert_eq!(mine["identity"], running.identity.as_str());
 
+    // A request in flight while the policy changes finishes untouched.
+    docker(&[
+        "exec",
+        "-d",
+        "-u",
+        "1000:1000",
+        &agent,
+        "bash",
+        "-c",
+        "curl -s -m 20 -o /tmp/slow.body -w '%{http_code}' https://allowed.test/slow > /tmp/slow.code",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
     let approved = bottle(&world, &["approve", &id]);
     assert!(approved.status.success(), "{}", stderr(&approved));
+    assert!(
+        wait_until(Duration::from_secs(15), || in_bottle(&agent, "cat /tmp/slow.code") == "200"),
+        "the request in flight did not finish"
+    );
+    assert_eq!(in_bottle(&agent, "wc -c < /tmp/slow.body"), "50");
     // The same running bottle reaches it now, with no restart.
     assert_eq!(status(&agent, "https://forbidden.test/"), "200");
     let (text, _) = call(&agent, "request_status", serde_json::json!({"id": id}));
