@@ -162,7 +162,10 @@ fn a_person_widens_the_running_bottle_and_resume_keeps_it() {
     let approved = bottle(&world, &["approve", &id]);
     assert!(approved.status.success(), "{}", stderr(&approved));
     assert!(
-        wait_until(Duration::from_secs(15), || in_bottle(&agent, "cat /tmp/slow.code") == "200"),
+        wait_until(Duration::from_secs(15), || in_bottle(
+            &agent,
+            "cat /tmp/slow.code"
+        ) == "200"),
         "the request in flight did not finish"
     );
     assert_eq!(in_bottle(&agent, "wc -c < /tmp/slow.body"), "50");
