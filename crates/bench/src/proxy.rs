@@ -243,11 +243,18 @@ fn memory(container: &str) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmHWM:"), field("VmRSS:")))
 }
 
-pub fn run(bottle: &Path, repo: &Path, seconds: u64) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let certs = dir.path().join("certs");
+/// A network of the run's own with the test origin on it, answering as
+/// [`HOST`] and each of `aliases`, with certificates made in `dir/certs`.
+/// Everything is removed when the returned [`Setup`] drops.
+pub(crate) fn origin_world(
+    dir: &Path,
+    repo: &Path,
+    name: &str,
+    aliases: &[String],
+) -> anyhow::Result<(Setup, String)> {
+    let certs = dir.join("certs");
     make_certs(&certs)?;
-    let network = format!("bbbench-{}", std::process::id());
+    let network = format!("bbbench-{name}-{}", std::process::id());
     docker(&["network", "create", &network])?;
     let mut setup = Setup {
         network: network.clone(),
@@ -255,8 +262,7 @@ pub fn run(bottle: &Path, repo: &Path, seconds: u64) -> anyhow::Result<()> {
         bottle: None,
         _dir: tempfile::tempdir()?,
     };
-
-    eprintln!("building the origin and mitmproxy images…");
+    eprintln!("building the origin image…");
     let fixtures = repo.join("crates/bottle/tests/fixtures/origin");
     docker(&[
         "build",
@@ -265,6 +271,35 @@ pub fn run(bottle: &Path, repo: &Path, seconds: u64) -> anyhow::Result<()> {
         ORIGIN_IMAGE,
         &fixtures.to_string_lossy(),
     ])?;
+    let origin = format!("bbbench-{name}-origin-{}", std::process::id());
+    let mut args = vec![
+        "run".to_owned(),
+        "-d".into(),
+        "--name".into(),
+        origin.clone(),
+        "--network".into(),
+        network,
+        "--network-alias".into(),
+        HOST.into(),
+        "-v".into(),
+        format!("{}:/certs:ro", certs.display()),
+    ];
+    for alias in aliases {
+        args.extend(["--network-alias".into(), alias.clone()]);
+    }
+    args.push(ORIGIN_IMAGE.into());
+    docker(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    setup.containers.push(origin.clone());
+    Ok((setup, origin))
+}
+
+pub fn run(bottle: &Path, repo: &Path, seconds: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let (mut setup, origin) = origin_world(dir.path(), repo, "proxy", &[])?;
+    let network = setup.network.clone();
+
+    eprintln!("building the mitmproxy image…");
     let mitm_dir = dir.path().join("mitm-image");
     std::fs::create_dir_all(&mitm_dir)?;
     std::fs::write(
@@ -274,21 +309,6 @@ pub fn run(bottle: &Path, repo: &Path, seconds: u64) -> anyhow::Result<()> {
     )?;
     docker(&["build", "-q", "-t", MITM_IMAGE, &mitm_dir.to_string_lossy()])?;
 
-    let origin = format!("bbbench-origin-{}", std::process::id());
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &origin,
-        "--network",
-        &network,
-        "--network-alias",
-        HOST,
-        "-v",
-        &format!("{}:/certs:ro", certs.display()),
-        ORIGIN_IMAGE,
-    ])?;
-    setup.containers.push(origin.clone());
     let origin_ip = docker(&[
         "inspect",
         "-f",

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-use crate::proxy::{ORIGIN_IMAGE, Setup, docker, make_certs, wait_for};
-use crate::{emit, ms, stats, verdict};
+use crate::proxy::{docker, origin_world, wait_for};
+use crate::{Stats, emit, ms, stats, verdict};
 
 const CLIENT: &str = include_str!("../../bottle/tests/fixtures/mcp_client.py");
 /// Names the origin answers to: one fresh host per approval measured.
@@ -84,47 +84,25 @@ fn package_fragment(salt: &str) -> String {
     )
 }
 
+/// One table row: `what`'s median, p90 and minimum, and its median's
+/// ratio to `base`'s.
+fn row(what: &str, of: &Stats, base: &Stats, target: &str) -> String {
+    format!(
+        "| {what} | {} | {} | {} | {:.2} | {target} |\n",
+        ms(of.median),
+        ms(of.p90),
+        ms(of.min),
+        of.median.as_secs_f64() / base.median.as_secs_f64()
+    )
+}
+
 pub fn run(bottle: &Path, repo: &Path, approvals: usize, blocks: usize) -> anyhow::Result<()> {
     let approvals = approvals.min(HOSTS);
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    make_certs(&certs)?;
-    let network = format!("bbbench-sup-{}", std::process::id());
-    docker(&["network", "create", &network])?;
-    let mut setup = Setup {
-        network: network.clone(),
-        containers: Vec::new(),
-        bottle: None,
-        _dir: tempfile::tempdir()?,
-    };
-    eprintln!("building the origin image…");
-    let fixtures = repo.join("crates/bottle/tests/fixtures/origin");
-    docker(&[
-        "build",
-        "-q",
-        "-t",
-        ORIGIN_IMAGE,
-        &fixtures.to_string_lossy(),
-    ])?;
-    let origin = format!("bbbench-sup-origin-{}", std::process::id());
-    let mut args = vec![
-        "run".to_owned(),
-        "-d".into(),
-        "--name".into(),
-        origin.clone(),
-        "--network".into(),
-        network.clone(),
-        "--network-alias".into(),
-        "allowed.test".into(),
-        "-v".into(),
-        format!("{}:/certs:ro", certs.display()),
-    ];
-    for i in 0..HOSTS {
-        args.extend(["--network-alias".into(), format!("h{i}.bench.test")]);
-    }
-    args.push(ORIGIN_IMAGE.into());
-    docker(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    setup.containers.push(origin);
+    let hosts: Vec<String> = (0..HOSTS).map(|i| format!("h{i}.bench.test")).collect();
+    let (mut setup, _) = origin_world(dir.path(), repo, "sup", &hosts)?;
+    let network = setup.network.clone();
 
     let manifest = dir.path().join("bottle.json");
     std::fs::write(
@@ -299,48 +277,39 @@ pub fn run(bottle: &Path, repo: &Path, approvals: usize, blocks: usize) -> anyho
     let mut table = String::from(
         "| measure | median | p90 | min | ratio | target |\n|---|---|---|---|---|---|\n",
     );
-    table += &format!(
-        "| `bottle --version` (process floor) | {} | {} | {} | 1.00 | |\n",
-        ms(floor.median),
-        ms(floor.p90),
-        ms(floor.min)
+    table += &row("`bottle --version` (process floor)", &floor, &floor, "");
+    table += &row(
+        "`bottle approve` (whole command)",
+        &approve_only,
+        &floor,
+        "",
     );
-    table += &format!(
-        "| `bottle approve` (whole command) | {} | {} | {} | {:.2} | |\n",
-        ms(approve_only.median),
-        ms(approve_only.p90),
-        ms(approve_only.min),
-        approve_only.median.as_secs_f64() / floor.median.as_secs_f64()
-    );
-    table += &format!(
-        "| approve → first allowed request in the bottle | {} | {} | {} | {:.2} | ≤ 100 ms {} |\n",
-        ms(to_allowed.median),
-        ms(to_allowed.p90),
-        ms(to_allowed.min),
-        to_allowed.median.as_secs_f64() / floor.median.as_secs_f64(),
-        verdict(to_allowed.median <= Duration::from_millis(100))
+    let met = verdict(to_allowed.median <= Duration::from_millis(100));
+    table += &row(
+        "approve → first allowed request in the bottle",
+        &to_allowed,
+        &floor,
+        &format!("≤ 100 ms {met}"),
     );
     if blocks > 0 {
         let (ours, built, baseline) = (stats(ours), stats(built), stats(baseline));
-        table += &format!(
-            "| by hand: `docker build` + `docker run` of the same change (baseline) | {} | {} | {} | 1.00 | |\n",
-            ms(baseline.median),
-            ms(baseline.p90),
-            ms(baseline.min)
+        table += &row(
+            "by hand: `docker build` + `docker run` of the same change (baseline)",
+            &baseline,
+            &baseline,
+            "",
         );
-        table += &format!(
-            "| capability block: `bottle approve` returns (built, agent stopped) | {} | {} | {} | {:.2} | |\n",
-            ms(built.median),
-            ms(built.p90),
-            ms(built.min),
-            built.median.as_secs_f64() / baseline.median.as_secs_f64()
+        table += &row(
+            "capability block: `bottle approve` returns (built, agent stopped)",
+            &built,
+            &baseline,
+            "",
         );
-        table += &format!(
-            "| capability block: approve → agent back on the new image | {} | {} | {} | {:.2} | (reported) |\n",
-            ms(ours.median),
-            ms(ours.p90),
-            ms(ours.min),
-            ours.median.as_secs_f64() / baseline.median.as_secs_f64()
+        table += &row(
+            "capability block: approve → agent back on the new image",
+            &ours,
+            &baseline,
+            "(reported)",
         );
     }
     table += &format!(
