@@ -534,6 +534,13 @@ fn an_image_change_rebuilds_the_bottle_under_the_same_identity() {
     );
     let (text, _) = call(&agent, "request_status", serde_json::json!({"id": id}));
     assert!(text.contains("applied") && text.contains(&tag), "{text}");
+    let (text, _) = call(&agent, "show_policy", serde_json::json!({}));
+    assert!(
+        text.contains(&format!(
+            "{tag} (bot-bottle/agent:latest plus 1 approved change)"
+        )),
+        "{text}"
+    );
     let dockerfile = std::fs::read_to_string(
         world
             .state_root()

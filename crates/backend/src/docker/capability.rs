@@ -38,6 +38,20 @@ pub fn agent_run_tag(agent_image: &str, is_default: bool) -> String {
     }
 }
 
+/// How `show_policy` names a bottle's own image.
+pub fn describe(granted: &GrantedImage, agent_image: &str) -> String {
+    format!(
+        "{} ({agent_image} plus {} approved change{})",
+        granted.tag,
+        granted.fragments.len(),
+        if granted.fragments.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    )
+}
+
 /// What a bottle's own image is built from.
 #[derive(Debug, Clone)]
 pub struct BottleImage {

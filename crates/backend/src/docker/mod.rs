@@ -279,14 +279,7 @@ impl Backend for DockerBackend {
                     dir: GATE_SUPERVISE_DIR.into(),
                     image: plan.images.bottle.as_ref().map_or_else(
                         || plan.images.agent.clone(),
-                        |own| {
-                            format!(
-                                "{} ({} plus {} approved change(s))",
-                                own.tag,
-                                plan.images.agent,
-                                own.fragments.len()
-                            )
-                        },
+                        |own| capability::describe(own, &plan.images.agent),
                     ),
                 }),
             },

@@ -405,6 +405,13 @@ impl Decision<'_> {
                 self.by, granted.tag
             ),
         )?;
+        // The gate says so in show_policy (best effort: it only describes).
+        let told = Change::Image {
+            image: capability::describe(&granted, agent_image),
+            request: request.id.clone(),
+            decided_by: self.by.to_owned(),
+        };
+        let _ = runtime.block_on(control::send(&self.record.dir.control_socket(), &told));
         capability::request_restart(
             &self.record.dir,
             &Restart {

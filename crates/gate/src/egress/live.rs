@@ -5,16 +5,18 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bottle_manifest::host::HostRule;
 
 use super::credentials::{Credentials, Route};
 use super::policy::Policy;
 
-/// The swappable policy and routes of one gate.
+/// The swappable policy and routes of one gate, and the image its bottle
+/// was last rebuilt on (for `show_policy`).
 pub struct Live {
     policy: ArcSwap<Policy>,
     credentials: ArcSwap<Credentials>,
+    image: ArcSwapOption<String>,
 }
 
 impl Live {
@@ -22,7 +24,19 @@ impl Live {
         Live {
             policy: ArcSwap::from_pointee(policy),
             credentials: ArcSwap::from_pointee(credentials),
+            image: ArcSwapOption::empty(),
         }
+    }
+
+    /// The image an approved change rebuilt the bottle on, if one did
+    /// while this gate runs.
+    pub fn image(&self) -> Option<Arc<String>> {
+        self.image.load_full()
+    }
+
+    /// Records the bottle's new image.
+    pub fn set_image(&self, image: String) {
+        self.image.store(Some(Arc::new(image)));
     }
 
     /// The policy now.

@@ -43,6 +43,12 @@ pub enum Change {
         request: String,
         decided_by: String,
     },
+    /// The bottle is being restarted on a rebuilt image.
+    Image {
+        image: String,
+        request: String,
+        decided_by: String,
+    },
 }
 
 impl std::fmt::Debug for Change {
@@ -57,6 +63,7 @@ impl std::fmt::Debug for Change {
             } => {
                 write!(f, "Route({host}, {header}, secret ***, {request})")
             }
+            Change::Image { image, request, .. } => write!(f, "Image({image}, {request})"),
         }
     }
 }
@@ -182,6 +189,17 @@ fn apply(live: &Live, audit: &Audit, change: Change) -> Reply {
                 live.add_route(route);
                 format!("route to {host} in force")
             })
+        }
+        Change::Image {
+            image,
+            request,
+            decided_by,
+        } => {
+            fields.insert("request".into(), request.into());
+            fields.insert("decided_by".into(), decided_by.into());
+            fields.insert("image".into(), image.clone().into());
+            live.set_image(image.clone());
+            Ok(format!("the bottle restarts on {image}"))
         }
     };
     match result {

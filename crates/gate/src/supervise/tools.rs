@@ -103,7 +103,11 @@ impl Supervisor {
                     "tags": g.push.tags,
                 },
             })).collect::<Vec<_>>(),
-            "image": self.shared.config.image,
+            "image": self
+                .shared
+                .live
+                .image()
+                .map_or_else(|| self.shared.config.image.clone(), |i| i.to_string()),
             "proxy": "http://127.0.0.1:3128 (HTTP_PROXY / HTTPS_PROXY are set)",
             "denials": "a refused request gets HTTP 403 with a body starting 'blocked by bottle policy:' and the reason",
         });
