@@ -236,21 +236,20 @@ async fn build(
         ImageKind::Bottle => Some(OVERLAY),
         _ => None,
     };
-    let context = build_context(&spec.dockerfile(), spec.files(), &binary.path, prefix)?;
+    let context = build_context(
+        &with_labels(&spec.dockerfile(), inputs, &spec.labels),
+        spec.files(),
+        &binary.path,
+        prefix,
+    )?;
     let mut build_args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
     build_args.insert("BASE".into(), spec.from.clone());
-    let mut labels = HashMap::from([
-        (INPUTS_LABEL.to_owned(), inputs.to_owned()),
-        (MANAGED_LABEL.to_owned(), "true".to_owned()),
-    ]);
-    labels.extend(spec.labels.iter().cloned());
     let options = BuildImageOptions {
         dockerfile: "Dockerfile".into(),
         t: Some(spec.tag.clone()),
         rm: true,
         forcerm: true,
         buildargs: Some(build_args),
-        labels: Some(labels),
         networkmode: spec.network.clone(),
         ..Default::default()
     };
@@ -289,6 +288,19 @@ async fn build(
         }
     }
     Ok(())
+}
+
+/// `dockerfile` ending with one `LABEL` step for every label. (The engine
+/// turns the build's `labels` option into a step per label, and each step
+/// is a layer commit that costs seconds on some engines.)
+fn with_labels(dockerfile: &str, inputs: &str, extra: &[(String, String)]) -> String {
+    let quote = |text: &str| serde_json::Value::from(text).to_string();
+    let labels: Vec<String> = [(INPUTS_LABEL, inputs), (MANAGED_LABEL, "true")]
+        .into_iter()
+        .chain(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map(|(k, v)| format!("{}={}", quote(k), quote(v)))
+        .collect();
+    format!("{}\nLABEL {}\n", dockerfile.trim_end(), labels.join(" "))
 }
 
 /// `text` without terminal escape sequences (the engine colours stderr).
@@ -417,6 +429,19 @@ mod tests {
             "{names:?}"
         );
         assert!(names.contains(&"overlay/usr/local/lib/bot-bottle/node-proxy.cjs".to_owned()));
+    }
+
+    #[test]
+    fn labels_are_one_step() {
+        let text = with_labels(
+            "FROM x\n",
+            "abc",
+            &[("bot-bottle.identity".into(), "a-1".into())],
+        );
+        assert_eq!(
+            text,
+            "FROM x\nLABEL \"bot-bottle.inputs\"=\"abc\" \"bot-bottle.managed\"=\"true\" \"bot-bottle.identity\"=\"a-1\"\n"
+        );
     }
 
     #[test]
