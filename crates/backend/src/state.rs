@@ -209,21 +209,10 @@ impl BottleDir {
 
     /// Writes `value` as JSON to `path` atomically (temp file + rename).
     pub fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), BackendError> {
-        let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("json.tmp");
-        let io = |source| BackendError::Io {
+        bottle_gate::files::write_json_atomic(path, value).map_err(|source| BackendError::Io {
             path: path.to_owned(),
             source,
-        };
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &text))
-            .map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        })
     }
 
     /// Removes the whole directory (`--rm`).

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod ca;
 pub mod config;
 pub mod egress;
+pub mod files;
 pub mod git;
 pub mod supervise;
 

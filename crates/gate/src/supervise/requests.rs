@@ -10,8 +10,7 @@
 //! otherwise: [`Ask::checked`] validates and normalises it, limits bound
 //! every field, and [`printable`] makes it safe to print on a terminal.
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bottle_manifest::host::{Host, HostPattern, HostRule, normalize_host};
@@ -374,30 +373,15 @@ impl Store {
         Ok(requests)
     }
 
-    /// Writes `request` atomically (a temporary file renamed over it).
+    /// Writes `request` atomically.
     pub fn save(&self, request: &Request) -> Result<(), StoreError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { path, source }
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let path = self.path(&request.id);
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", request.id, std::process::id()));
-        let bytes = serde_json::to_vec_pretty(request).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            message: e.to_string(),
+        std::fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
         })?;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
-            .map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        let path = self.path(&request.id);
+        crate::files::write_json_atomic(&path, request)
+            .map_err(|source| StoreError::Io { path, source })
     }
 }
 
