@@ -273,6 +273,12 @@ impl HostRule {
         })
     }
 
+    /// Whether `other` allows exactly what this rule allows (however each
+    /// was spelled).
+    pub fn same_as(&self, other: &HostRule) -> bool {
+        self.host == other.host && self.port == other.port
+    }
+
     /// Whether this rule allows `host` on `port`, where `default_port` is
     /// the port a rule without one stands for (443 for CONNECT, 80 for HTTP).
     pub fn allows(&self, host: &Host, port: u16, default_port: u16) -> bool {

@@ -446,10 +446,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
                 granted.rule, granted.request
             ))
         })?;
-        if !allow
-            .iter()
-            .any(|r| r.host == rule.host && r.port == rule.port)
-        {
+        if !allow.iter().any(|r| r.same_as(&rule)) {
             allow.push(rule);
         }
     }

@@ -49,11 +49,13 @@ impl Live {
         self.credentials.load_full()
     }
 
-    /// Adds an allow rule. Changes come from one place (the control
-    /// socket, one at a time), so read-modify-write needs no lock.
+    /// Adds an allow rule, unless the policy has it already. Changes come
+    /// from one place (the control socket, one at a time), so
+    /// read-modify-write needs no lock.
     pub fn allow(&self, rule: HostRule) {
-        let next = self.policy().with_rule(rule);
-        self.policy.store(Arc::new(next));
+        if let Some(next) = self.policy().with_rule(rule) {
+            self.policy.store(Arc::new(next));
+        }
     }
 
     /// Adds a credential route (replacing one to the same host).

@@ -70,11 +70,15 @@ impl Policy {
         }
     }
 
-    /// This policy with one more rule.
-    pub fn with_rule(&self, rule: HostRule) -> Policy {
+    /// This policy with one more rule, or `None` when it has that rule
+    /// already (however it was spelled).
+    pub fn with_rule(&self, rule: HostRule) -> Option<Policy> {
+        if self.rules.iter().any(|r| r.same_as(&rule)) {
+            return None;
+        }
         let mut next = self.clone();
         next.rules.push(rule);
-        next
+        Some(next)
     }
 
     /// The rules' text, in order.

@@ -163,9 +163,7 @@ fn apply(live: &Live, audit: &Audit, change: Change) -> Reply {
             HostRule::parse(&rule)
                 .map_err(|e| e.to_string())
                 .map(|parsed| {
-                    if !already_allowed(live, &parsed) {
-                        live.allow(parsed);
-                    }
+                    live.allow(parsed);
                     format!("allowed {rule}")
                 })
         }
@@ -183,9 +181,7 @@ fn apply(live: &Live, audit: &Audit, change: Change) -> Reply {
             fields.insert("header".into(), header.clone().into());
             route(host, header, scheme, secret).map(|(route, rule)| {
                 let host = route.host.to_string();
-                if !already_allowed(live, &rule) {
-                    live.allow(rule);
-                }
+                live.allow(rule);
                 live.add_route(route);
                 format!("route to {host} in force")
             })
@@ -213,12 +209,6 @@ fn apply(live: &Live, audit: &Audit, change: Change) -> Reply {
             Reply { ok: false, message }
         }
     }
-}
-
-fn already_allowed(live: &Live, rule: &HostRule) -> bool {
-    live.policy().rules().any(|r| {
-        HostRule::parse(r).ok().as_ref().map(|p| (&p.host, p.port)) == Some((&rule.host, rule.port))
-    })
 }
 
 fn route(
@@ -253,7 +243,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[tokio::test]
-    async fn a_deep_state_directory_still_reaches_the_gate() {
+    async fn a_deep_state_directory_still_reaches_the_gate_and_rules_are_not_doubled() {
         let root = tempfile::tempdir().unwrap();
         let deep = root.path().join("d".repeat(60)).join("e".repeat(60));
         std::fs::create_dir_all(&deep).unwrap();
@@ -275,6 +265,13 @@ mod tests {
         };
         let reply = send(&socket, &change).await.unwrap();
         assert!(reply.ok, "{}", reply.message);
+        // The same rule approved again, spelled otherwise, adds nothing.
+        let again = Change::Allow {
+            rule: "A.TEST.".into(),
+            request: "r-000002".into(),
+            decided_by: "tester".into(),
+        };
+        assert!(send(&socket, &again).await.unwrap().ok);
         assert_eq!(live.policy().rules().collect::<Vec<_>>(), ["a.test"]);
     }
 }
