@@ -10,16 +10,6 @@ use anyhow::{Context, bail};
 
 use crate::{emit, ms, stats, verdict};
 
-fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output()?;
-    let took = started.elapsed();
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(took)
-}
-
 pub fn run(bottle: &Path, running: usize, runs: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let manifest = dir.path().join("bottle.json");
@@ -46,15 +36,7 @@ pub fn run(bottle: &Path, running: usize, runs: usize) -> anyhow::Result<()> {
         })
         .to_string(),
     )?;
-    let bottle_cmd = |args: &[&str]| {
-        let mut c = Command::new(bottle);
-        c.args(args)
-            .env("HOME", dir.path())
-            .env("XDG_STATE_HOME", dir.path().join("state"))
-            .env("BOTTLE_MANIFEST", &manifest)
-            .env("BOTTLE_INSTALL_CLAUDE", "0");
-        c
-    };
+    let bottle_cmd = |args: &[&str]| crate::bottle_command(bottle, dir.path(), &manifest, args);
 
     // Start latency per runtime, interleaved with the floor.
     let mut floor = Vec::new();
@@ -63,11 +45,11 @@ pub fn run(bottle: &Path, running: usize, runs: usize) -> anyhow::Result<()> {
         by_runtime.push(("runsc", Vec::new()));
     }
     for (agent, _) in &by_runtime {
-        timed(&mut bottle_cmd(&["start", agent, "-y", "--rm"]))?;
+        crate::time(&mut bottle_cmd(&["start", agent, "-y", "--rm"]))?;
     }
     for i in 0..runs {
         eprintln!("start run {}/{runs}", i + 1);
-        floor.push(timed(Command::new("docker").args([
+        floor.push(crate::time(Command::new("docker").args([
             "run",
             "--rm",
             "--network",
@@ -76,7 +58,9 @@ pub fn run(bottle: &Path, running: usize, runs: usize) -> anyhow::Result<()> {
             "true",
         ]))?);
         for (agent, samples) in by_runtime.iter_mut() {
-            samples.push(timed(&mut bottle_cmd(&["start", agent, "-y", "--rm"]))?);
+            samples.push(crate::time(&mut bottle_cmd(&[
+                "start", agent, "-y", "--rm",
+            ]))?);
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -115,8 +99,8 @@ pub fn run(bottle: &Path, running: usize, runs: usize) -> anyhow::Result<()> {
     let mut list = Vec::new();
     let mut cleanup = Vec::new();
     for _ in 0..runs {
-        list.push(timed(&mut bottle_cmd(&["list", "active"]))?);
-        cleanup.push(timed(&mut bottle_cmd(&["cleanup", "--dry-run"]))?);
+        list.push(crate::time(&mut bottle_cmd(&["list", "active"]))?);
+        cleanup.push(crate::time(&mut bottle_cmd(&["cleanup", "--dry-run"]))?);
     }
     for child in &mut children {
         let _ = Command::new("kill").arg(child.id().to_string()).status();

@@ -145,6 +145,24 @@ fn bottle_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// `bottle ARGS` for a run of its own: home and state under `home`,
+/// `manifest`, no Claude Code in images it builds, no input.
+pub(crate) fn bottle_command(
+    bottle: &std::path::Path,
+    home: &std::path::Path,
+    manifest: &std::path::Path,
+    args: &[&str],
+) -> Command {
+    let mut c = Command::new(bottle);
+    c.args(args)
+        .env("HOME", home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("BOTTLE_MANIFEST", manifest)
+        .env("BOTTLE_INSTALL_CLAUDE", "0")
+        .stdin(Stdio::null());
+    c
+}
+
 /// Times `cmd` once; fails if it fails.
 pub(crate) fn time(cmd: &mut Command) -> anyhow::Result<Duration> {
     let started = Instant::now();

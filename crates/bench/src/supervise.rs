@@ -116,16 +116,7 @@ pub fn run(bottle: &Path, repo: &Path, approvals: usize, blocks: usize) -> anyho
         })
         .to_string(),
     )?;
-    let bottle_cmd = |args: &[&str]| {
-        let mut c = Command::new(bottle);
-        c.args(args)
-            .env("HOME", dir.path())
-            .env("XDG_STATE_HOME", dir.path().join("state"))
-            .env("BOTTLE_MANIFEST", &manifest)
-            .env("BOTTLE_INSTALL_CLAUDE", "0")
-            .stdin(Stdio::null());
-        c
-    };
+    let bottle_cmd = |args: &[&str]| crate::bottle_command(bottle, dir.path(), &manifest, args);
     eprintln!("starting a supervised bottle…");
     setup.bottle = Some(
         bottle_cmd(&["start", "bench", "-y", "--rm"])

@@ -66,13 +66,10 @@ pub struct BottleImage {
 impl BottleImage {
     fn spec(&self) -> ImageSpec {
         ImageSpec {
-            kind: ImageKind::Bottle,
-            tag: self.granted.tag.clone(),
-            from: self.agent_tag.clone(),
-            build_args: Vec::new(),
             fragment: Some(self.granted.fragment()),
             network: self.network.clone(),
             labels: vec![(IDENTITY_LABEL.to_owned(), self.identity.clone())],
+            ..ImageSpec::new(ImageKind::Bottle, &self.granted.tag, &self.agent_tag)
         }
     }
 

@@ -69,6 +69,20 @@ pub struct ImageSpec {
 const OVERLAY: &str = "overlay";
 
 impl ImageSpec {
+    /// An image of `kind` tagged `tag`, built from `from`, with no build
+    /// arguments, fragment, network or extra labels.
+    pub fn new(kind: ImageKind, tag: impl Into<String>, from: impl Into<String>) -> ImageSpec {
+        ImageSpec {
+            kind,
+            tag: tag.into(),
+            from: from.into(),
+            build_args: Vec::new(),
+            fragment: None,
+            network: None,
+            labels: Vec::new(),
+        }
+    }
+
     pub(crate) fn dockerfile(&self) -> String {
         match self.kind {
             ImageKind::Gate => GATE_DOCKERFILE.to_owned(),
@@ -397,13 +411,12 @@ mod tests {
     #[test]
     fn a_bottles_image_lays_bot_bottles_files_back_after_the_fragment() {
         let spec = ImageSpec {
-            kind: ImageKind::Bottle,
-            tag: "bot-bottle/bottle-x:latest".into(),
-            from: "bot-bottle/agent:latest".into(),
-            build_args: Vec::new(),
             fragment: Some("RUN rm -f /usr/local/bin/bottle".into()),
-            network: None,
-            labels: Vec::new(),
+            ..ImageSpec::new(
+                ImageKind::Bottle,
+                "bot-bottle/bottle-x:latest",
+                "bot-bottle/agent:latest",
+            )
         };
         let dockerfile = spec.dockerfile();
         assert!(dockerfile.starts_with("FROM bot-bottle/agent:latest\nUSER root\nRUN rm"));

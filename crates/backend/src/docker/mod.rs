@@ -165,39 +165,22 @@ impl Backend for DockerBackend {
             Some(name) => (name.clone(), false),
             None => (format!("{identity}-egress"), true),
         };
-        let gate_image = ImageSpec {
-            kind: ImageKind::Gate,
-            tag: plan.images.gate.clone(),
-            from: plan.images.base.clone(),
-            build_args: Vec::new(),
-            fragment: None,
-            network: None,
-            labels: Vec::new(),
-        };
+        let gate_image = ImageSpec::new(ImageKind::Gate, &plan.images.gate, &plan.images.base);
         let agent_image = if plan.images.agent_is_default {
             ImageSpec {
-                kind: ImageKind::Agent,
-                tag: plan.images.agent.clone(),
-                from: plan.images.base.clone(),
                 build_args: vec![(
                     "INSTALL_CLAUDE".into(),
                     self.settings.install_claude.clone(),
                 )],
-                fragment: None,
-                network: None,
-                labels: Vec::new(),
+                ..ImageSpec::new(ImageKind::Agent, &plan.images.agent, &plan.images.base)
             }
         } else {
             // A person's own image gets the binary layered on top.
-            ImageSpec {
-                kind: ImageKind::Derived,
-                tag: derived_tag(&plan.images.agent),
-                from: plan.images.agent.clone(),
-                build_args: Vec::new(),
-                fragment: None,
-                network: None,
-                labels: Vec::new(),
-            }
+            ImageSpec::new(
+                ImageKind::Derived,
+                derived_tag(&plan.images.agent),
+                &plan.images.agent,
+            )
         };
         let bottle_image = plan
             .images
