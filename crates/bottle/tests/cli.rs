@@ -48,6 +48,22 @@ impl Env {
         cmd
     }
 
+    /// `bottle start coder --dry-run --format json`, which must succeed:
+    /// the plan.
+    fn plan(&self) -> Value {
+        let out = self
+            .bottle()
+            .args(["start", "coder", "--dry-run", "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Runs `bottle ARGS`, asserts it exits with `code`, returns stderr.
     fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.bottle().args(args).output().unwrap();
@@ -487,17 +503,7 @@ fn claude_is_given_the_prompt_file_and_the_supervise_server() {
         json!(true),
     );
     env.manifest(&manifest.to_string());
-    let out = env
-        .bottle()
-        .args(["start", "coder", "--dry-run", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = env.plan();
     assert_eq!(
         plan["command"],
         json!([
@@ -547,13 +553,7 @@ fn claude_is_given_the_prompt_file_and_the_supervise_server() {
 
     // Any other command runs as written, with the prompt file exported.
     env.manifest(&with(manifest, "/agents/coder/command", json!(["bash"])).to_string());
-    let out = env
-        .bottle()
-        .args(["start", "coder", "--dry-run", "--format", "json"])
-        .output()
-        .unwrap();
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(plan["command"], json!(["bash"]));
+    assert_eq!(env.plan()["command"], json!(["bash"]));
     let text = env
         .bottle()
         .args(["start", "coder", "--dry-run"])
