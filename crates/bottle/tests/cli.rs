@@ -216,6 +216,63 @@ fn wildcards_over_public_suffixes_are_rejected() {
 }
 
 #[test]
+fn private_ranges_wider_than_a_slash_8_are_refused() {
+    refused(
+        with(
+            valid(),
+            "/bottles/dev/allow_private",
+            json!(["10.0.0.0/8", "0.0.0.0/1"]),
+        ),
+        "bottles.dev.allow_private[1]",
+        "wider than a /8",
+    );
+    refused(
+        with(valid(), "/bottles/dev/allow_private", json!(["fd00::/7"])),
+        "bottles.dev.allow_private[0]",
+        "wider than a /32",
+    );
+    let env = Env::new();
+    let (code, stderr) = env.check(&with(
+        valid(),
+        "/bottles/dev/allow_private",
+        json!(["10.0.0.0/8", "fd12:3456::/32"]),
+    ));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn the_hosts_network_is_not_a_gate_network() {
+    refused(
+        with(valid(), "/bottles/dev/gate_network", json!("host")),
+        "bottles.dev.gate_network",
+        "share the host's namespace",
+    );
+    refused(
+        with(valid(), "/bottles/dev/gate_network", json!("none")),
+        "bottles.dev.gate_network",
+        "no way out",
+    );
+}
+
+#[test]
+fn a_route_secret_is_never_forwarded_into_the_bottle() {
+    let manifest = with(
+        with(
+            valid(),
+            "/bottles/dev/egress_proxy",
+            json!({ "routes": [{ "host": "api.example.com", "token_ref": "API_TOKEN" }] }),
+        ),
+        "/agents/coder/env",
+        json!({ "TOKEN": { "from_host": "API_TOKEN" } }),
+    );
+    refused(
+        manifest,
+        "agents.coder.env.TOKEN.from_host",
+        "API_TOKEN holds the secret of the route to api.example.com",
+    );
+}
+
+#[test]
 fn newlines_in_env_literals_are_rejected() {
     refused(
         with(

@@ -7,31 +7,66 @@
 //! or a thread wake-up per request under load. Dropping the log writes
 //! what is queued.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
 
 /// How often queued lines are written.
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Longest string copied into a record (bytes); longer ones are cut and
+/// say how much was cut. Hosts, paths and reasons come from the agent.
+pub const MAX_FIELD_BYTES: usize = 512;
+/// Most items of a list copied into a record (a push's refs).
+pub const MAX_LIST_ITEMS: usize = 64;
+/// Identical refusals recorded one by one within a window; the rest of the
+/// window is counted and recorded as one line when it ends.
+const REFUSALS_PER_WINDOW: u32 = 5;
+/// The window of identical refusals.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+/// Most distinct refusals counted at once; past it every count is written
+/// out and counting starts over (the agent cannot grow the gate's memory).
+const MAX_COUNTED: usize = 4096;
 
 #[derive(Default)]
 struct Queue {
     lines: Vec<u8>,
     closed: bool,
+    /// Identical refusals of the current windows, by record.
+    refusals: HashMap<String, Repeats>,
+}
+
+/// The identical refusals of one window.
+struct Repeats {
+    since: Instant,
+    /// Recorded one by one so far in this window.
+    seen: u32,
+    /// Not recorded one by one: the count its summary line gives.
+    held: u64,
+    role: String,
+    event: String,
+    fields: Map<String, Value>,
 }
 
 /// Appends decision records to the bottle's audit log.
 pub struct Audit {
     queue: Arc<(Mutex<Queue>, Condvar)>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Fields every record of this log carries (`phase: build`).
+    context: Map<String, Value>,
 }
 
 impl Audit {
     /// Opens (creating) the log for appending and starts its writer.
     pub fn open(path: &Path) -> std::io::Result<Audit> {
+        Audit::open_with(path, Map::new())
+    }
+
+    /// [`Audit::open`], with fields that every record carries.
+    pub fn open_with(path: &Path, context: Map<String, Value>) -> std::io::Result<Audit> {
         let file = fs_err::OpenOptions::new()
             .create(true)
             .append(true)
@@ -44,15 +79,48 @@ impl Audit {
         Ok(Audit {
             queue,
             writer: Mutex::new(Some(writer)),
+            context,
         })
     }
 
-    /// Queues one record: `ts`, `role`, `event` and the given fields. A
-    /// failed write is logged, not fatal: refusing traffic because the disk
-    /// is full would be a denial of service the agent could cause.
-    pub fn record(&self, role: &str, event: &str, fields: Map<String, Value>) {
-        let line = line(role, event, fields);
+    /// Queues one record: `ts`, `role`, `event` and the given fields, each
+    /// capped in length. Refusals repeated exactly are recorded a few
+    /// times per window and then counted: the count is written when the
+    /// window ends, so nothing is dropped silently and an agent hammering
+    /// one refused host cannot flood the log.
+    ///
+    /// A failed write is logged, not fatal: refusing traffic because the
+    /// disk is full would be a denial of service the agent could cause.
+    pub fn record(&self, role: &str, event: &str, mut fields: Map<String, Value>) {
+        for (key, value) in &self.context {
+            fields.insert(key.clone(), value.clone());
+        }
+        let fields = cap_fields(fields);
         let mut queue = lock(&self.queue.0);
+        if fields.get("decision").and_then(Value::as_str) == Some("deny") {
+            let key = format!("{role}\0{event}\0{}", Value::Object(fields.clone()));
+            if queue.refusals.len() >= MAX_COUNTED && !queue.refusals.contains_key(&key) {
+                let all = std::mem::take(&mut queue.refusals);
+                for repeats in all.into_values() {
+                    summarise(&mut queue.lines, repeats);
+                }
+            }
+            let now = Instant::now();
+            let repeats = queue.refusals.entry(key).or_insert_with(|| Repeats {
+                since: now,
+                seen: 0,
+                held: 0,
+                role: role.to_owned(),
+                event: event.to_owned(),
+                fields: fields.clone(),
+            });
+            if repeats.seen >= REFUSALS_PER_WINDOW {
+                repeats.held += 1;
+                return;
+            }
+            repeats.seen += 1;
+        }
+        let line = line(role, event, fields);
         queue.lines.extend_from_slice(line.as_bytes());
     }
 }
@@ -78,6 +146,51 @@ impl Drop for Audit {
     }
 }
 
+/// The line saying how many identical refusals were counted, not written.
+fn summarise(lines: &mut Vec<u8>, repeats: Repeats) {
+    if repeats.held == 0 {
+        return;
+    }
+    let mut fields = repeats.fields;
+    fields.insert("repeated".into(), repeats.held.into());
+    fields.insert(
+        "repeated_over_ms".into(),
+        (repeats.since.elapsed().as_millis() as u64).into(),
+    );
+    lines.extend_from_slice(line(&repeats.role, &repeats.event, fields).as_bytes());
+}
+
+/// `fields` with every string cut to [`MAX_FIELD_BYTES`] and every list
+/// to [`MAX_LIST_ITEMS`], at any depth.
+fn cap_fields(fields: Map<String, Value>) -> Map<String, Value> {
+    fields.into_iter().map(|(k, v)| (k, cap(v))).collect()
+}
+
+fn cap(value: Value) -> Value {
+    match value {
+        Value::String(text) if text.len() > MAX_FIELD_BYTES => {
+            let mut end = MAX_FIELD_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            Value::String(format!("{}…(+{} bytes)", &text[..end], text.len() - end))
+        }
+        Value::Array(items) => {
+            let total = items.len();
+            let mut kept: Vec<Value> = items.into_iter().take(MAX_LIST_ITEMS).map(cap).collect();
+            if total > MAX_LIST_ITEMS {
+                kept.push(Value::String(format!(
+                    "…(+{} more)",
+                    total - MAX_LIST_ITEMS
+                )));
+            }
+            Value::Array(kept)
+        }
+        Value::Object(map) => Value::Object(cap_fields(map)),
+        other => other,
+    }
+}
+
 /// One record as a line: `ts`, `role`, `event`, then `fields`.
 fn line(role: &str, event: &str, fields: Map<String, Value>) -> String {
     let mut record = Map::new();
@@ -96,7 +209,8 @@ fn line(role: &str, event: &str, fields: Map<String, Value>) -> String {
 }
 
 /// Appends one record right away, from a process other than the gate's
-/// (the git hook). One `write` on an `O_APPEND` file keeps it whole.
+/// (the git hook, the launcher). One `write` on an `O_APPEND` file keeps
+/// it whole. Fields are capped as [`Audit::record`] caps them.
 pub fn append_now(
     path: &Path,
     role: &str,
@@ -104,7 +218,7 @@ pub fn append_now(
     fields: Map<String, Value>,
 ) -> std::io::Result<()> {
     let mut file = fs_err::OpenOptions::new().append(true).open(path)?;
-    file.write_all(line(role, event, fields).as_bytes())
+    file.write_all(line(role, event, cap_fields(fields)).as_bytes())
 }
 
 fn lock(mutex: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
@@ -122,7 +236,20 @@ fn write_lines(mut file: fs_err::File, queue: &(Mutex<Queue>, Condvar)) {
                 Ok(pair) => pair,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            (std::mem::take(&mut guard.lines), guard.closed)
+            // Windows that ended (all of them at close) write their count.
+            let closed = guard.closed;
+            let ended: Vec<String> = guard
+                .refusals
+                .iter()
+                .filter(|(_, r)| closed || r.since.elapsed() >= REFUSAL_WINDOW)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in ended {
+                if let Some(repeats) = guard.refusals.remove(&key) {
+                    summarise(&mut guard.lines, repeats);
+                }
+            }
+            (std::mem::take(&mut guard.lines), closed)
         };
         if !lines.is_empty()
             && let Err(err) = file.write_all(&lines)
@@ -161,6 +288,54 @@ mod tests {
     fn query_values_are_removed() {
         assert_eq!(redact_query("/a"), "/a");
         assert_eq!(redact_query("/a?token=s3cr3t&x"), "/a?token=&x");
+    }
+
+    #[test]
+    fn fields_from_the_agent_are_capped() {
+        let mut fields = Map::new();
+        fields.insert("path".into(), "é".repeat(MAX_FIELD_BYTES).into());
+        fields.insert(
+            "refs".into(),
+            Value::Array((0..200).map(|i| Value::from(i.to_string())).collect()),
+        );
+        let capped = cap_fields(fields);
+        let path = capped["path"].as_str().unwrap_or_default();
+        assert!(path.len() < MAX_FIELD_BYTES + 32, "{}", path.len());
+        assert!(path.ends_with("…(+512 bytes)"), "{path}");
+        let refs = capped["refs"].as_array().cloned().unwrap_or_default();
+        assert_eq!(refs.len(), MAX_LIST_ITEMS + 1);
+        assert_eq!(refs[MAX_LIST_ITEMS], "…(+136 more)");
+    }
+
+    #[test]
+    fn repeated_refusals_are_counted_not_dropped() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let refusal = |host: &str| {
+            let mut fields = Map::new();
+            fields.insert("host".into(), host.into());
+            fields.insert("decision".into(), "deny".into());
+            fields
+        };
+        for _ in 0..1000 {
+            audit.record("egress", "connect", refusal("evil.test"));
+        }
+        audit.record("egress", "connect", refusal("other.test"));
+        drop(audit);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let evil: Vec<&Value> = lines.iter().filter(|l| l["host"] == "evil.test").collect();
+        assert_eq!(evil.len(), REFUSALS_PER_WINDOW as usize + 1, "{text}");
+        let summary = evil.last().map(|l| l["repeated"].clone());
+        assert_eq!(summary, Some(Value::from(1000 - REFUSALS_PER_WINDOW)));
+        assert_eq!(
+            lines.iter().filter(|l| l["host"] == "other.test").count(),
+            1
+        );
     }
 
     #[test]

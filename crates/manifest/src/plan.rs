@@ -348,6 +348,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
     }));
     for route in &routes {
         if let Some(var) = &route.token_ref
+            && let Some(forwarded) = env.iter().find(|e| e.host_var.as_ref() == Some(var))
+        {
+            return Err(start_error(format!(
+                "env {} forwards {var}, which holds the secret of the route to {}: the real credential would enter the bottle; remove it from the agent's env",
+                forwarded.name, route.host
+            )));
+        }
+        if let Some(var) = &route.token_ref
             && (input.host_env)(var).is_none()
         {
             return Err(start_error(format!(

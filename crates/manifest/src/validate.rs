@@ -172,6 +172,17 @@ pub fn check(
                     format!("{field}.from_host"),
                     format!("{:?} is not a valid variable name", from.from_host),
                 ),
+                EnvValue::FromHost(from) => {
+                    if let Some(route) = secret_route(manifest, &agent.bottle, &from.from_host) {
+                        out.push(
+                            format!("{field}.from_host"),
+                            format!(
+                                "{} holds the secret of the route to {route} (its token_ref): forwarding it would put the real credential in the bottle; remove it from the agent's env (the gate injects it)",
+                                from.from_host
+                            ),
+                        );
+                    }
+                }
                 _ => {}
             }
         }
@@ -184,6 +195,19 @@ pub fn check(
         checked.insert(name.clone(), check_bottle(&mut out, &at, bottle, ctx));
     }
     out.finish().map(|()| checked)
+}
+
+/// The host of the route of `bottle` whose secret is the host variable
+/// `var`, if one is.
+fn secret_route<'a>(manifest: &'a Manifest, bottle: &str, var: &str) -> Option<&'a str> {
+    manifest
+        .bottles
+        .get(bottle)?
+        .egress_proxy
+        .routes
+        .iter()
+        .find(|r| r.token_ref.as_deref() == Some(var))
+        .map(|r| r.host.as_str())
 }
 
 fn check_bottle(out: &mut Problems, at: &str, bottle: &Bottle, ctx: &Context) -> CheckedBottle {
@@ -208,10 +232,11 @@ fn check_bottle(out: &mut Problems, at: &str, bottle: &Bottle, ctx: &Context) ->
     for (i, text) in bottle.allow_private.iter().enumerate() {
         let field = format!("{at}.allow_private[{i}]");
         match text.parse::<IpNet>() {
-            Ok(net) if net.prefix_len() == 0 => out.push(
+            Ok(net) if net.prefix_len() < min_private_prefix(&net) => out.push(
                 field,
                 format!(
-                    "{text:?} would allow every address: name the private ranges your servers use"
+                    "{text:?} is wider than a /{}: name the private ranges your servers use (at most a /8 for IPv4, a /32 for IPv6)",
+                    min_private_prefix(&net)
                 ),
             ),
             Ok(net) => allow_private.push(net.trunc()),
@@ -222,13 +247,17 @@ fn check_bottle(out: &mut Problems, at: &str, bottle: &Bottle, ctx: &Context) ->
         }
     }
 
-    if let Some(network) = &bottle.gate_network
-        && !is_docker_name(network)
-    {
-        out.push(
-            format!("{at}.gate_network"),
-            format!("{network:?} is not a Docker network name (letters, digits, '_', '.', '-')"),
-        );
+    if let Some(network) = &bottle.gate_network {
+        if !is_docker_name(network) {
+            out.push(
+                format!("{at}.gate_network"),
+                format!(
+                    "{network:?} is not a Docker network name (letters, digits, '_', '.', '-')"
+                ),
+            );
+        } else if let Some(why) = refused_network(network) {
+            out.push(format!("{at}.gate_network"), why);
+        }
     }
 
     check_routes(out, at, &bottle.egress_proxy.routes, &allow);
@@ -501,6 +530,38 @@ fn is_plain_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The widest `allow_private` range accepted: a /8 of IPv4, a /32 of
+/// IPv6. Anything wider is not "my servers" but a large part of the
+/// address space.
+fn min_private_prefix(net: &IpNet) -> u8 {
+    match net {
+        IpNet::V4(_) => MIN_PRIVATE_PREFIX_V4,
+        IpNet::V6(_) => MIN_PRIVATE_PREFIX_V6,
+    }
+}
+
+/// Shortest prefix of an IPv4 `allow_private` range.
+pub const MIN_PRIVATE_PREFIX_V4: u8 = 8;
+/// Shortest prefix of an IPv6 `allow_private` range.
+pub const MIN_PRIVATE_PREFIX_V6: u8 = 32;
+
+/// Why a Docker network name cannot be the gate's network: `host` would
+/// put the gate in the host's own network namespace, where the host's
+/// services and every interface's addresses are local (the address checks
+/// assume the gate's network is a bridge whose only host address is its
+/// gateway); `none` would leave the gate no way out at all.
+fn refused_network(name: &str) -> Option<String> {
+    match name {
+        "host" => Some(
+            "the host's network is not a gate network: the gate would share the host's namespace and reach every service on it; create a bridge network (docker network create NAME) and name it".to_owned(),
+        ),
+        "none" => Some(
+            "\"none\" would leave the gate no way out: remove gate_network, or name a bridge network".to_owned(),
+        ),
+        _ => None,
+    }
 }
 
 fn is_docker_name(name: &str) -> bool {

@@ -10,6 +10,7 @@ pub mod intercept;
 pub mod live;
 pub mod policy;
 pub mod proxy;
+pub mod ranges;
 pub mod upstream;
 
 pub use live::Live;

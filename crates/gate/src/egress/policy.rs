@@ -7,13 +7,14 @@
 //! to loopback, a private range or a metadata service (DNS rebinding) is
 //! refused even though its name is allowed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use bottle_manifest::host::{
     Host, HostError, HostPattern, HostRule, embedded_ipv4, normalize_host,
 };
 use ipnet::IpNet;
 
+use super::ranges::{self, Kind};
 use crate::config::EgressConfig;
 
 /// Why a request was refused; `Display` is the line the agent reads.
@@ -134,6 +135,13 @@ impl Policy {
     }
 
     /// Checks an address the gate is about to connect to for `allowed`.
+    ///
+    /// Public addresses pass. Loopback, unspecified, multicast and
+    /// broadcast never do. Metadata services pass only for a rule naming
+    /// that exact address: no `allow_private` range or trusted subnet
+    /// covers them. The host's side of the gate's network never passes.
+    /// Every other special range passes for an exact rule, an
+    /// `allow_private` range or a subnet of the gate's network.
     pub fn check_address(&self, allowed: &Allowed, address: IpAddr) -> Result<(), Denial> {
         let deny = |kind| {
             Err(Denial::Address {
@@ -142,14 +150,13 @@ impl Policy {
                 kind,
             })
         };
-        let Some(kind) = special_range(address) else {
+        let canonical = canonical_ip(address);
+        let Some(kind) = ranges::classify(canonical) else {
             return Ok(());
         };
-        // The gate's own namespace is never a destination, whatever the rules.
-        if matches!(kind, "loopback" | "unspecified" | "multicast" | "broadcast") {
-            return deny(kind);
+        if kind.never() {
+            return deny(kind.as_str());
         }
-        let canonical = canonical_ip(address);
         if self
             .refused_addresses
             .iter()
@@ -160,11 +167,14 @@ impl Policy {
         if allowed.explicit_ip {
             return Ok(());
         }
+        if kind == Kind::Metadata {
+            return deny(kind.as_str());
+        }
         let listed = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&canonical));
         if listed(&self.allow_private) || listed(&self.trusted_subnets) {
             return Ok(());
         }
-        deny(kind)
+        deny(kind.as_str())
     }
 }
 
@@ -178,50 +188,13 @@ fn canonical_ip(address: IpAddr) -> IpAddr {
 
 /// The kind of non-public range `address` is in, if any.
 pub fn special_range(address: IpAddr) -> Option<&'static str> {
-    match canonical_ip(address) {
-        IpAddr::V4(ip) => special_v4(ip),
-        IpAddr::V6(ip) => special_v6(ip),
-    }
-}
-
-fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let o = ip.octets();
-    Some(match o {
-        [169, 254, 169, 254] | [100, 100, 100, 200] => "metadata service",
-        _ if ip.is_loopback() => "loopback",
-        _ if ip.is_unspecified() || o[0] == 0 => "unspecified",
-        _ if ip.is_private() => "private",
-        _ if ip.is_link_local() => "link-local",
-        _ if ip.is_broadcast() => "broadcast",
-        _ if ip.is_multicast() => "multicast",
-        [100, b, ..] if (64..128).contains(&b) => "carrier-grade NAT",
-        [192, 0, 0, _] => "IETF protocol assignments",
-        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => "documentation",
-        [198, 18 | 19, ..] => "benchmarking",
-        [a, ..] if a >= 240 => "reserved",
-        _ => return None,
-    })
-}
-
-fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    let s = ip.segments();
-    Some(match s {
-        [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254] => "metadata service",
-        _ if ip.is_loopback() => "loopback",
-        _ if ip.is_unspecified() => "unspecified",
-        _ if ip.is_multicast() => "multicast",
-        [a, ..] if a & 0xfe00 == 0xfc00 => "private",
-        [a, ..] if a & 0xffc0 == 0xfe80 => "link-local",
-        [a, ..] if a & 0xffc0 == 0xfec0 => "site-local",
-        [0x2001, 0x0db8, ..] => "documentation",
-        [0x0100, 0, 0, 0, ..] => "discard-only",
-        _ => return None,
-    })
+    ranges::classify(canonical_ip(address)).map(Kind::as_str)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn policy(allow: &[&str], config: EgressConfig) -> Policy {
         let rules = allow
@@ -316,5 +289,55 @@ mod tests {
         assert!(p.check_address(&allowed, ip("10.20.3.4")).is_ok());
         assert!(p.check_address(&allowed, ip("10.21.3.4")).is_err());
         assert!(p.check_address(&allowed, ip("127.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn metadata_needs_a_rule_naming_the_address() {
+        let config = EgressConfig {
+            allow_private: vec![
+                "169.254.0.0/16"
+                    .parse()
+                    .unwrap_or_else(|_| IpNet::default()),
+                "fd00::/8".parse().unwrap_or_else(|_| IpNet::default()),
+                "100.64.0.0/10".parse().unwrap_or_else(|_| IpNet::default()),
+            ],
+            trusted_subnets: vec![
+                "169.254.169.0/24"
+                    .parse()
+                    .unwrap_or_else(|_| IpNet::default()),
+            ],
+            ..EgressConfig::default()
+        };
+        let p = policy(&["meta.test", "169.254.169.254"], config);
+        let by_name = p
+            .check_target("meta.test", 443, 443)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for metadata in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            let err = p.check_address(&by_name, ip(metadata));
+            assert!(
+                matches!(
+                    &err,
+                    Err(Denial::Address {
+                        kind: "metadata service",
+                        ..
+                    })
+                ),
+                "{metadata}: {err:?}"
+            );
+        }
+        // Other link-local and shared addresses follow allow_private.
+        assert!(p.check_address(&by_name, ip("169.254.1.1")).is_ok());
+        assert!(p.check_address(&by_name, ip("100.64.0.9")).is_ok());
+        let exact = p
+            .check_target("169.254.169.254", 80, 80)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.check_address(&exact, ip("169.254.169.254")).is_ok());
     }
 }
