@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod docker;
+pub mod gate_config;
 pub mod process;
 pub mod secrets;
 pub mod state;

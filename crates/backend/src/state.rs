@@ -5,7 +5,10 @@
 //!   metadata.json   what the bottle is and whether it runs
 //!   audit.jsonl     every decision of the gate
 //!   grants.json     what a person approved (kept by resume)
-//!   gate/           the gate's configuration (mounted read-only in the gate)
+//!   gate/           the egress gate's configuration and CA (read-only in
+//!                   that gate alone)
+//!   gate-git/       the git gate's configuration and SSH keys (read-only
+//!                   in that gate alone)
 //!   run/            the gate's sockets (the only thing the agent shares)
 //!   supervise/      the agent's requests and the gate's control socket
 //!                   (the gate's and the person's; never the agent's)
@@ -42,7 +45,15 @@ impl BottleDir {
         self.root.join("gate")
     }
     pub fn gate_config(&self) -> PathBuf {
-        self.gate_dir().join("gate.json")
+        self.gate_dir().join(crate::gate_config::EGRESS_CONFIG_FILE)
+    }
+    /// The git gate's directory: its configuration and the SSH keys.
+    pub fn git_gate_dir(&self) -> PathBuf {
+        self.root.join("gate-git")
+    }
+    pub fn git_gate_config(&self) -> PathBuf {
+        self.git_gate_dir()
+            .join(crate::gate_config::GIT_CONFIG_FILE)
     }
     pub fn socket_dir(&self) -> PathBuf {
         self.root.join("run")
@@ -70,8 +81,9 @@ impl BottleDir {
         self.root.join("git")
     }
 
-    /// Copies each git entry's key into the gate's directory (mode 0600)
-    /// with its pinned host key, and makes the gate's mirror directory.
+    /// Copies each git entry's key into the git gate's directory (mode
+    /// 0600) with its pinned host key, and makes the gate's mirror
+    /// directory. The egress gate's directory holds no key.
     pub fn write_git(&self, entries: &[GitPlan]) -> Result<(), BackendError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -83,10 +95,15 @@ impl BottleDir {
             .recursive(true)
             .create(&mirrors)
             .map_err(io(&mirrors))?;
+        // Keys an older bot-bottle kept beside the CA.
+        let old = self.gate_dir().join("git");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
         if entries.is_empty() {
             return Ok(());
         }
-        let keys = self.gate_dir().join("git");
+        let keys = self.git_gate_dir().join("git");
         std::fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)

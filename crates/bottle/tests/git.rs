@@ -367,3 +367,182 @@ fn a_directory_that_is_not_a_repository_is_copied_whole() {
     );
     assert!(stderr(&probe.output).contains("workspace: copied 2 files"));
 }
+
+/// The git gate runs `git` on what the agent sends. A hook in its mirror
+/// (standing in for code run by a bug in git) finds neither the CA key nor
+/// the route secret, cannot read the gate process's memory, and the
+/// egress gate in turn holds no SSH key.
+#[test]
+fn each_gate_role_reads_only_its_own_secrets() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    let secret = world.secret();
+    let key = std::fs::read_to_string(&upstream.key).unwrap();
+    let key_line = key.lines().nth(2).unwrap().to_owned();
+    let mut bottle = Running::spawn(
+        world
+            .command()
+            .current_dir(&upstream.checkout)
+            .args(["start", "probe", "-y", "--rm", "--cwd", "--", "bash", "-c"])
+            .arg(
+                "cd /workspace && git config user.email a@b && git config user.name a \
+                 && git fetch -q origin && echo ID=$BOTTLE_IDENTITY && read -r go \
+                 && echo x >> README && git commit -qam probe && git push -q origin HEAD:agent/probe; \
+                 echo pushed=$?; sleep 30",
+            )
+            .stdin(Stdio::piped()),
+    );
+    let state = world.state_root().join(&bottle.identity);
+    let hook = state.join("git/origin.git/hooks/update");
+    let needle = base64_of(&secret);
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n\
+             out=/var/lib/bottle/git/probe.txt\n\
+             {{ echo uid=$(id -u)\n\
+               echo config=$(ls /etc/bottle | tr '\\n' ' ')\n\
+               cat /etc/bottle/ca.key >/dev/null 2>&1; echo ca_key_rc=$?\n\
+               cat /etc/bottle/gate.json >/dev/null 2>&1; echo egress_config_rc=$?\n\
+               cat /proc/1/environ >/dev/null 2>&1; echo gate_environ_rc=$?\n\
+               head -c 1 /proc/1/mem >/dev/null 2>&1; echo gate_mem_rc=$?\n\
+               secret=$(echo {needle} | base64 -d)\n\
+               echo \"secret_in=$(grep -rlsF \"$secret\" / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev | head -3 | tr '\\n' ' ')\"\n\
+               for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; done | grep -c -F \"$secret\" | sed 's/^/secret_in_procs=/'\n\
+             }} > $out 2>&1\n\
+             exit 0\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    bottle
+        .child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let probe_file = state.join("git/probe.txt");
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || probe_file.exists()
+            && std::fs::read_to_string(&probe_file)
+                .unwrap_or_default()
+                .contains("secret_in_procs=")),
+        "the hook ran"
+    );
+    let text = std::fs::read_to_string(&probe_file).unwrap();
+    let probe: std::collections::HashMap<&str, &str> =
+        text.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(probe["config"].trim(), "git git.json", "{text}");
+    assert_ne!(probe["ca_key_rc"], "0", "{text}");
+    assert_ne!(probe["egress_config_rc"], "0", "{text}");
+    assert_ne!(
+        probe["gate_environ_rc"], "0",
+        "the gate is not dumpable: {text}"
+    );
+    assert_ne!(probe["gate_mem_rc"], "0", "{text}");
+    assert_eq!(probe["secret_in"], "", "{text}");
+    assert_eq!(probe["secret_in_procs"], "0", "{text}");
+
+    // The egress gate has the CA but no key.
+    let gate = format!("{}-gate", bottle.identity);
+    let listing = docker(&["exec", &gate, "ls", "/etc/bottle"]);
+    assert!(
+        listing.contains("ca.key") && !listing.contains("git"),
+        "{listing}"
+    );
+    assert_nowhere_in(&gate, &key_line);
+    let git_gate = format!("{}-git", bottle.identity);
+    assert_nowhere_in(&git_gate, &secret);
+    drop(bottle);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// With deletes allowed and force pushes not, deleting a branch and
+/// creating it again elsewhere is a force push, refused; a tag deleted and
+/// created at another commit has moved, refused. Re-creating where the
+/// history goes on is fine.
+#[test]
+fn delete_then_recreate_is_judged_as_the_force_it_is() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    let mut manifest = world.manifest(&[]);
+    let mut entry = upstream.entry(Some(&upstream.host_key));
+    entry["push"] = serde_json::json!({ "branches": ["agent/*"], "delete": true, "tags": true });
+    manifest["bottles"]["test"]["git"] = serde_json::json!([entry]);
+    world.write_manifest(&manifest);
+    let probe = in_bottle(
+        &world,
+        &upstream,
+        r#"
+git fetch -q origin
+echo one >> README && git commit -qam one && first=$(git rev-parse HEAD)
+git push -q origin HEAD:agent/y; echo push_rc=$?
+git tag t1 && git push -q origin t1; echo tag_rc=$?
+git push -q origin :agent/y; echo delete_rc=$?
+git push -q origin :refs/tags/t1; echo tag_delete_rc=$?
+git checkout -q --orphan other && git commit -qm unrelated && other=$(git rev-parse HEAD)
+git push origin HEAD:agent/y >/tmp/re 2>&1; echo recreate_rc=$?; echo recreate_err=$(tr '\n' ' ' < /tmp/re)
+git tag -f t1 >/dev/null && git push origin t1 >/tmp/t 2>&1; echo retag_rc=$?; echo retag_err=$(tr '\n' ' ' < /tmp/t)
+git checkout -q $first 2>/dev/null && echo two >> README && git commit -qam two
+git push origin HEAD:refs/heads/agent/y >/tmp/ok 2>&1; echo onward_rc=$?; echo onward_err=$(tr '\n' ' ' < /tmp/ok)
+"#,
+    );
+    assert_eq!(probe.get("push_rc"), "0", "{}", stdout(&probe.output));
+    assert_eq!(probe.get("tag_rc"), "0");
+    assert_eq!(probe.get("delete_rc"), "0");
+    assert_eq!(probe.get("tag_delete_rc"), "0");
+    assert_ne!(probe.get("recreate_rc"), "0");
+    assert!(
+        probe.get("recreate_err").contains("rule push.force"),
+        "{}",
+        probe.get("recreate_err")
+    );
+    assert_ne!(probe.get("retag_rc"), "0");
+    assert!(
+        probe.get("retag_err").contains("rule push.tags"),
+        "{}",
+        probe.get("retag_err")
+    );
+    assert_eq!(probe.get("onward_rc"), "0", "{}", probe.get("onward_err"));
+    let refs = upstream.refs();
+    assert!(!refs.contains_key("refs/tags/t1"), "{refs:?}");
+}
+
+/// Objects are checked as they arrive: a tree with a `.git` entry (the
+/// shape of several git CVEs) is refused before any hook or ref sees it.
+#[test]
+fn malformed_objects_are_refused_on_receive() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    let before = upstream.refs();
+    let probe = in_bottle(
+        &world,
+        &upstream,
+        r#"
+git fetch -q origin
+blob=$(echo evil | git hash-object -w --stdin)
+tree=$(python3 -c '
+import binascii, sys
+blob = binascii.unhexlify(sys.argv[1])
+sys.stdout.buffer.write(b"100644 .git\0" + blob)' "$blob" | git hash-object -w -t tree --literally --stdin)
+commit=$(git commit-tree -m evil $tree)
+git push origin $commit:refs/heads/agent/evil >/tmp/p 2>&1; echo push_rc=$?; echo push_err=$(tr '\n' ' ' < /tmp/p)
+"#,
+    );
+    assert_ne!(probe.get("push_rc"), "0", "{}", probe.get("push_err"));
+    assert!(
+        probe.get("push_err").to_lowercase().contains("dotgit")
+            || probe.get("push_err").contains("fsck"),
+        "{}",
+        probe.get("push_err")
+    );
+    assert_eq!(upstream.refs(), before);
+}

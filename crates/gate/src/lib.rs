@@ -100,23 +100,75 @@ fn routes(config: &GateConfig, secrets: Vec<Secret>) -> Result<Vec<Route>, GateE
 /// Most worker threads, whatever the machine.
 const MAX_WORKERS: usize = 4;
 
-/// Runs the gate until SIGTERM or SIGINT.
+/// Runs the gate until SIGTERM or SIGINT: the roles its configuration
+/// names, and nothing else.
+///
+/// The process is made non-dumpable first: no other process of the same
+/// user can attach to it or read its memory (`/proc/PID/mem`), and it
+/// leaves no core file, so the secrets it holds stay in memory it owns.
+pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
+    nix::sys::prctl::set_dumpable(false).map_err(std::io::Error::from)?;
+    let audit = Arc::new(audit::Audit::open(&config.audit_log)?);
+    match config.role {
+        config::GateRole::Egress => serve_egress(&config, secrets, &audit)?,
+        config::GateRole::Git => serve_git(config_path, &config, &audit)?,
+    }
+    tracing::info!(identity = %config.identity, role = ?config.role, "gate serving");
+    audit.record("gate", "start", role_fields(config.role));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    audit.record("gate", "stop", role_fields(config.role));
+    audit.close();
+    Ok(())
+}
+
+fn role_fields(role: config::GateRole) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = serde_json::Map::new();
+    fields.insert(
+        "serves".into(),
+        match role {
+            config::GateRole::Egress => "egress",
+            config::GateRole::Git => "git",
+        }
+        .into(),
+    );
+    fields
+}
+
+/// The egress proxy (and the supervise server, when configured).
 ///
 /// One single-threaded runtime per worker thread, each accepting from the
 /// same socket and keeping a connection — the agent's side, its tunnel and
 /// the upstream connections it uses — on one thread: no cross-thread
 /// wake-ups on the hot path.
-pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
-    let audit = Arc::new(audit::Audit::open(&config.audit_log)?);
+fn serve_egress(
+    config: &GateConfig,
+    secrets: Vec<Secret>,
+    audit: &Arc<audit::Audit>,
+) -> Result<(), GateError> {
+    let tls = config.tls.as_ref().ok_or_else(|| GateError::Config {
+        path: PathBuf::from("gate.json"),
+        message: "the egress role needs \"tls\" (the bottle's CA)".to_owned(),
+    })?;
     let policy = egress::Policy::new(config.egress.rules()?, &config.egress);
     let minter = Arc::new(ca::LeafMinter::new(
-        &fs_err::read_to_string(&config.tls.ca_cert)?,
-        &fs_err::read_to_string(&config.tls.ca_key)?,
+        &fs_err::read_to_string(&tls.ca_cert)?,
+        &fs_err::read_to_string(&tls.ca_key)?,
     )?);
-    let tls = egress::upstream::UpstreamTls::new(config.tls.upstream_ca.as_deref())?;
+    let upstream_tls = egress::upstream::UpstreamTls::new(tls.upstream_ca.as_deref())?;
     let live = Arc::new(egress::Live::new(
         policy,
-        Credentials::new(routes(&config, secrets)?),
+        Credentials::new(routes(config, secrets)?),
     ));
     let listener = bind(&config.socket_dir, config::EGRESS_SOCKET, 0o666)?;
     // Half the cores: the gate shares the machine with its agent, the
@@ -130,26 +182,17 @@ pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Resu
         let egress = egress::Egress::new(
             Arc::clone(&live),
             Arc::clone(&minter),
-            egress::upstream::Upstreams::new(Arc::clone(&live), &tls),
-            Arc::clone(&audit),
+            egress::upstream::Upstreams::new(Arc::clone(&live), &upstream_tls),
+            Arc::clone(audit),
         );
         let egress = Arc::new(egress);
         spawn_worker(format!("egress-{i}"), listener, move |l| egress.serve(l))?;
-    }
-    if !config.git.entries.is_empty() {
-        let listener = bind(&config.socket_dir, config::GIT_SOCKET, 0o666)?;
-        let git = Arc::new(git::Git::new(
-            config.git.clone(),
-            config_path.to_owned(),
-            Arc::clone(&audit),
-        ));
-        spawn_worker("git".into(), listener, move |l| git.serve(l))?;
     }
     if let Some(supervise) = &config.supervise {
         // The control socket first: by the time the agent can file a
         // request, a person can approve it.
         let control = bind(&supervise.dir, supervise::control::CONTROL_SOCKET, 0o600)?;
-        let (applied_to, audited) = (Arc::clone(&live), Arc::clone(&audit));
+        let (applied_to, audited) = (Arc::clone(&live), Arc::clone(audit));
         spawn_worker("control".into(), control, move |l| {
             supervise::control::serve(l, applied_to, audited)
         })?;
@@ -158,30 +201,29 @@ pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Resu
             identity: config.identity.clone(),
             store: supervise::requests::Store::new(supervise.dir.join("requests")),
             live: Arc::clone(&live),
-            audit: Arc::clone(&audit),
+            audit: Arc::clone(audit),
             config: supervise.clone(),
-            git: config.git.entries.clone(),
         });
         spawn_worker("supervise".into(), listener, move |l| {
             supervise::serve(l, shared)
         })?;
     }
-    tracing::info!(identity = %config.identity, workers, "gate serving");
-    audit.record("gate", "start", serde_json::Map::new());
+    Ok(())
+}
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        Ok::<_, std::io::Error>(())
-    })?;
-    audit.record("gate", "stop", serde_json::Map::new());
-    audit.close();
+/// The git gate: fetches and pushes of the bottle's upstreams.
+fn serve_git(
+    config_path: &Path,
+    config: &GateConfig,
+    audit: &Arc<audit::Audit>,
+) -> Result<(), GateError> {
+    let listener = bind(&config.socket_dir, config::GIT_SOCKET, 0o666)?;
+    let git = Arc::new(git::Git::new(
+        config.git.clone(),
+        config_path.to_owned(),
+        Arc::clone(audit),
+    ));
+    spawn_worker("git".into(), listener, move |l| git.serve(l))?;
     Ok(())
 }
 

@@ -22,10 +22,7 @@ use bollard::query_parameters::{
     WaitContainerOptions,
 };
 use bottle_gate::ca::{MintedCa, mint_ca};
-use bottle_gate::config::{
-    EgressConfig, GateConfig, GitConfig, GitEntryConfig, PushConfig, RouteConfig, Secrets,
-    SuperviseConfig, TlsConfig,
-};
+use bottle_gate::config::{GateConfig, Secrets};
 use bottle_manifest::plan::Plan;
 use futures_util::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
@@ -64,6 +61,18 @@ const GATE_SUPERVISE_DIR: &str = "/var/lib/bottle/supervise";
 const BINARY: &str = "/usr/local/bin/bottle";
 /// Seconds an interrupted agent gets to exit before it is killed.
 const STOP_GRACE_SECS: i32 = 3;
+/// Where each gate process sees its files.
+fn gate_paths() -> crate::gate_config::GatePaths {
+    crate::gate_config::GatePaths {
+        socket_dir: SOCKET_DIR.into(),
+        audit_log: GATE_AUDIT_LOG.into(),
+        egress_dir: GATE_CONFIG_DIR.into(),
+        git_config_dir: GATE_CONFIG_DIR.into(),
+        git_dir: GATE_GIT_DIR.into(),
+        supervise_dir: GATE_SUPERVISE_DIR.into(),
+    }
+}
+
 /// The agent's uid and gid in the images bot-bottle builds.
 const AGENT_UID: &str = "1000:1000";
 
@@ -103,7 +112,12 @@ pub struct DockerPrepared {
     /// Whether `gate_network` is made for this bottle (and removed with it).
     pub own_network: bool,
     pub labels: HashMap<String, String>,
+    /// The egress gate's configuration.
     pub gate_config: GateConfig,
+    /// The git gate's configuration, when the bottle has upstreams: a
+    /// container of its own, with the SSH keys and nothing else.
+    pub git_config: Option<GateConfig>,
+    pub git_container: String,
     /// The bottle's CA, minted at prepare time; written at launch.
     pub ca: MintedCa,
     pub gate_image: ImageSpec,
@@ -187,13 +201,6 @@ impl Backend for DockerBackend {
             .bottle
             .as_ref()
             .map(|own| capability::bottle_image(plan, &agent_image.tag, own));
-        let allow = plan.egress.allow.iter().map(|r| r.text.clone()).collect();
-        let allow_private = plan
-            .egress
-            .allow_private
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect();
         Ok(DockerPrepared {
             dir: BottleDir::new(&plan.state_dir),
             agent_container: self
@@ -207,65 +214,16 @@ impl Backend for DockerBackend {
             gate_network,
             own_network,
             labels,
-            gate_config: GateConfig {
-                identity: identity.clone(),
-                socket_dir: SOCKET_DIR.into(),
-                audit_log: GATE_AUDIT_LOG.into(),
-                egress: EgressConfig {
-                    allow,
-                    allow_private,
-                    trusted_subnets: Vec::new(),
-                    refused_addresses: Vec::new(),
-                    routes: plan
-                        .egress
-                        .routes
-                        .iter()
-                        .map(|r| RouteConfig {
-                            host: r.host.clone(),
-                            header: r.header.clone(),
-                            scheme: r.scheme.clone(),
-                        })
-                        .collect(),
-                },
-                tls: TlsConfig {
-                    ca_cert: format!("{GATE_CONFIG_DIR}/ca.pem").into(),
-                    ca_key: format!("{GATE_CONFIG_DIR}/ca.key").into(),
-                    upstream_ca: plan
-                        .egress
-                        .upstream_ca
-                        .as_ref()
-                        .map(|_| format!("{GATE_CONFIG_DIR}/upstream-ca.pem").into()),
-                },
-                git: GitConfig {
-                    dir: GATE_GIT_DIR.into(),
-                    entries: plan
-                        .git
-                        .iter()
-                        .map(|g| GitEntryConfig {
-                            name: g.name.clone(),
-                            upstream: g.upstream.clone(),
-                            identity_file: format!("{GATE_CONFIG_DIR}/git/{}.key", g.name).into(),
-                            known_hosts: g.host_key_pinned.then(|| {
-                                format!("{GATE_CONFIG_DIR}/git/{}.known_hosts", g.name).into()
-                            }),
-                            push: PushConfig {
-                                branches: g.push.branches.clone(),
-                                force: g.push.force,
-                                delete: g.push.delete,
-                                tags: g.push.tags,
-                                max_pack_bytes: g.push.max_pack_bytes,
-                            },
-                        })
-                        .collect(),
-                },
-                supervise: plan.supervise.then(|| SuperviseConfig {
-                    dir: GATE_SUPERVISE_DIR.into(),
-                    image: plan.images.bottle.as_ref().map_or_else(
-                        || plan.images.agent.clone(),
-                        |own| capability::describe(own, &plan.images.agent),
-                    ),
-                }),
-            },
+            gate_config: crate::gate_config::egress(
+                plan,
+                &gate_paths(),
+                plan.images.bottle.as_ref().map_or_else(
+                    || plan.images.agent.clone(),
+                    |own| capability::describe(own, &plan.images.agent),
+                ),
+            ),
+            git_config: crate::gate_config::git(plan, &gate_paths()),
+            git_container: format!("{identity}-git"),
             // A bottle keeps its CA for life: resume reads the one it made.
             ca: if BottleDir::new(&plan.state_dir)
                 .gate_dir()
@@ -383,14 +341,41 @@ impl DockerBackend {
             gate_config.egress.trusted_subnets = subnets;
             gate_config.egress.refused_addresses = gateways;
             p.dir.write_json(&p.dir.gate_config(), &gate_config)?;
+            if let Some(git) = &p.git_config {
+                p.dir.write_json(&p.dir.git_gate_config(), git)?;
+            }
             let secrets = crate::secrets::resolve(&p.plan)?;
-            create_container(docker, &p.gate_container, spec::gate_container(p)).await?;
-            start_gate(docker, &p.gate_container, secrets).await?;
+            let git_gate = async {
+                if p.git_config.is_some() {
+                    create_container(docker, &p.git_container, spec::git_container(p)).await?;
+                    start_gate(docker, &p.git_container, Vec::new()).await?;
+                }
+                Ok::<_, BackendError>(())
+            };
+            let egress_gate = async {
+                create_container(docker, &p.gate_container, spec::gate_container(p)).await?;
+                start_gate(docker, &p.gate_container, secrets).await
+            };
+            tokio::try_join!(egress_gate, git_gate)?;
             timing("gate started");
-            let status = exit_status(docker, &p.gate_container).await;
+            let gone = async {
+                if p.git_config.is_some() {
+                    (
+                        exit_status(docker, &p.git_container).await,
+                        &p.git_container,
+                        "pushes and fetches",
+                    )
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let (status, container, what) = tokio::select! {
+                status = exit_status(docker, &p.gate_container) => (status, &p.gate_container, "requests"),
+                ended = gone => ended,
+            };
             reporter.step(&format!(
-                "the gate stopped ({status}): the bottle has no way out now; its requests fail until the command ends{}",
-                log_tail(docker, &p.gate_container).await
+                "the gate {container} stopped ({status}): the bottle has no way out there now; its {what} fail until the command ends{}",
+                log_tail(docker, container).await
             ));
             std::future::pending::<Result<i32, BackendError>>().await
         };

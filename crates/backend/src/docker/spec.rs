@@ -18,6 +18,8 @@ use crate::BackendError;
 /// Limits of the gate container: a proxy needs little.
 const GATE_MEMORY_BYTES: i64 = 256 << 20;
 const GATE_PIDS: i64 = 256;
+/// Limits of the git gate's container: git packs and checks objects.
+const GIT_GATE_MEMORY_BYTES: i64 = 512 << 20;
 
 /// The agent's container running `image` with `command` (the plan's, or
 /// after a capability block its own image and resume command).
@@ -128,7 +130,6 @@ pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
         format!("{}:{GATE_CONFIG_DIR}:ro", p.dir.gate_dir().display()),
         format!("{}:{SOCKET_DIR}", p.dir.socket_dir().display()),
         format!("{}:{GATE_AUDIT_LOG}", p.dir.audit_log().display()),
-        format!("{}:{GATE_GIT_DIR}", p.dir.git_dir().display()),
     ];
     if p.plan.supervise {
         // Requests and the control socket: the gate's and the person's,
@@ -144,7 +145,10 @@ pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
         image: Some(p.plan.images.gate.clone()),
         cmd: Some(vec![
             "--config".into(),
-            format!("{GATE_CONFIG_DIR}/gate.json"),
+            format!(
+                "{GATE_CONFIG_DIR}/{}",
+                crate::gate_config::EGRESS_CONFIG_FILE
+            ),
         ]),
         // The launching user: what the gate writes on the host is theirs.
         user: Some(format!("{uid}:{gid}")),
@@ -163,6 +167,43 @@ pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
             memory: Some(GATE_MEMORY_BYTES),
             memory_swap: Some(GATE_MEMORY_BYTES),
             binds: Some(binds),
+            init: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The git gate's container: the git role alone, with the SSH keys, the
+/// mirrors and the sockets' directory — never the CA or the route secrets.
+pub fn git_container(p: &DockerPrepared) -> ContainerCreateBody {
+    let mut labels = p.labels.clone();
+    labels.insert(ROLE_LABEL.into(), "git".into());
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    ContainerCreateBody {
+        image: Some(p.plan.images.gate.clone()),
+        cmd: Some(vec![
+            "--config".into(),
+            format!("{GATE_CONFIG_DIR}/{}", crate::gate_config::GIT_CONFIG_FILE),
+        ]),
+        user: Some(format!("{uid}:{gid}")),
+        labels: Some(labels),
+        env: Some(vec!["RUST_LOG=info".into()]),
+        host_config: Some(HostConfig {
+            network_mode: Some(p.gate_network.clone()),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            pids_limit: Some(GATE_PIDS),
+            memory: Some(GIT_GATE_MEMORY_BYTES),
+            memory_swap: Some(GIT_GATE_MEMORY_BYTES),
+            binds: Some(vec![
+                format!("{}:{GATE_CONFIG_DIR}:ro", p.dir.git_gate_dir().display()),
+                format!("{}:{SOCKET_DIR}", p.dir.socket_dir().display()),
+                format!("{}:{GATE_AUDIT_LOG}", p.dir.audit_log().display()),
+                format!("{}:{GATE_GIT_DIR}", p.dir.git_dir().display()),
+            ]),
             init: Some(false),
             ..Default::default()
         }),

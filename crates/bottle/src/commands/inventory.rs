@@ -52,7 +52,7 @@ impl Bottle {
         let Some(d) = &self.docker else {
             return Vec::new();
         };
-        ["agent", "gate"]
+        ["agent", "gate", "git"]
             .into_iter()
             .filter(|role| d.running(role))
             .collect()

@@ -3,23 +3,23 @@
 //! upstream client, and its response scrubbed. Plain `http://` requests
 //! and requests inside intercepted tunnels share this path.
 
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
 use bottle_manifest::host::Host;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as HttpBody, Frame, Incoming};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 
 use super::Egress;
+use super::body::{self, Inflate, MAX_COMPRESSED_BODY, MAX_INFLATED_BODY, Scanned, Scrubbed};
 use super::credentials::{Credentials, Leak};
 use super::upstream::{BoxError, Origin, Refusal, UpstreamBody, refusal_of};
+use super::websocket;
 use crate::audit::redact_query;
 
 /// The body type the gate answers the agent with.
@@ -56,6 +56,13 @@ impl Target {
 
 impl Egress {
     /// Sends `req` to `target` and returns the answer for the agent.
+    ///
+    /// While the bottle holds credentials, everything the gate passes on
+    /// is read for them: the request (method, URL, headers, body, trailers
+    /// and WebSocket frames) is refused when it carries a secret bound
+    /// elsewhere, and every response is scrubbed. What the gate cannot read
+    /// — a content coding it does not know, an upgrade to a protocol other
+    /// than WebSocket — is refused rather than passed unread.
     pub(crate) async fn forward(
         &self,
         mut req: Request<Incoming>,
@@ -75,18 +82,37 @@ impl Egress {
             // A credential never travels in clear text.
             None
         };
-
-        if let Err(leak) = self.check_for_leaks(
-            &credentials,
-            &req,
-            &target,
-            &path,
-            route.as_ref().map(|r| &r.header),
-        ) {
-            return self.refuse(fields, leak_refusal(&leak));
+        let scanning = !credentials.is_empty();
+        let upgrade = wants_upgrade(req.headers());
+        let mut codings = Vec::new();
+        if scanning {
+            if let Some(leak) = leaked_in_request(
+                &credentials,
+                &req,
+                &target,
+                &path,
+                route.as_ref().map(|r| &r.header),
+            ) {
+                return self.refuse(fields, leak_refusal(&leak));
+            }
+            if upgrade && !is_websocket(req.headers()) {
+                return self.refuse(
+                    fields,
+                    Refusal::policy(
+                        "only WebSocket upgrades are forwarded while the bottle holds credentials (the gate reads every frame)",
+                    ),
+                );
+            }
+            codings = match body::codings(req.headers()) {
+                Ok(codings) => codings,
+                Err(what) => {
+                    return self.refuse(fields, Refusal::policy(format!(
+                        "a body with {what} is not forwarded while the bottle holds credentials: the gate cannot read it to check it for them (send it as identity, gzip, deflate or br)"
+                    )));
+                }
+            };
         }
 
-        let upgrade = wants_upgrade(req.headers());
         // The upstream protocol follows the agent's: HTTP/2 agents may get
         // HTTP/2 upstream (by ALPN); HTTP/1.1 agents get a pool of HTTP/1.1
         // connections, one per request in flight, as they would directly.
@@ -111,12 +137,16 @@ impl Egress {
                     );
                 }
             }
-            // Responses are scrubbed of the secret: they must be readable.
+            fields.insert("injected".into(), route.header.as_str().into());
+        }
+        if scanning {
+            // Responses are scrubbed of the secrets: they must be readable.
             parts.headers.insert(
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
-            fields.insert("injected".into(), route.header.as_str().into());
+            // No compressed WebSocket frames: every frame must be readable.
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
         parts.uri = match format!("{}{path}", target.origin()).parse::<Uri>() {
             Ok(uri) => uri,
@@ -130,16 +160,23 @@ impl Egress {
         let retry = (body.is_end_stream() && is_idempotent(&parts.method) && !upgrade)
             .then(|| parts.clone());
         let leaked = Arc::new(OnceLock::new());
-        let body: UpstreamBody = if credentials.is_empty() {
+        let body: UpstreamBody = if !scanning {
             body.map_err(BoxError::from).boxed()
-        } else {
-            Scanned {
-                inner: body,
-                credentials: Arc::clone(&credentials),
-                host: target.host.clone(),
-                tail: Vec::new(),
-                found: Arc::clone(&leaked),
+        } else if !codings.is_empty() {
+            match self
+                .read_compressed(body, &codings, &credentials, &target)
+                .await
+            {
+                Ok(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
+                Err(refusal) => return self.refuse(fields, refusal),
             }
+        } else {
+            Scanned::new(
+                body,
+                Arc::clone(&credentials),
+                target.host.clone(),
+                Arc::clone(&leaked),
+            )
             .boxed()
         };
         let client = if agent_h2 && !upgrade {
@@ -167,17 +204,52 @@ impl Egress {
             }
         };
 
+        let unreadable = !matches!(body::codings(response.headers()), Ok(c) if c.is_empty());
+        if scanning && unreadable && !response.body().is_end_stream() {
+            return self.refuse(
+                fields,
+                Refusal::upstream(
+                    "the upstream sent a compressed response though the gate asked for identity; while the bottle holds credentials every response is read, so it is not passed on",
+                ),
+            );
+        }
+
         if let (Some(agent_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (agent_upgrade, response.status())
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let relay = scanning.then(|| {
+                (
+                    Arc::clone(&credentials),
+                    target.host.clone(),
+                    Arc::clone(&self.audit),
+                    fields.clone(),
+                )
+            });
             tokio::spawn(async move {
-                if let (Ok(agent), Ok(upstream)) = tokio::join!(agent_upgrade, upstream_upgrade) {
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(agent),
-                        &mut TokioIo::new(upstream),
-                    )
-                    .await;
+                let (Ok(agent), Ok(upstream)) = tokio::join!(agent_upgrade, upstream_upgrade)
+                else {
+                    return;
+                };
+                let (mut agent, mut upstream) = (TokioIo::new(agent), TokioIo::new(upstream));
+                match relay {
+                    None => {
+                        let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+                    }
+                    Some((credentials, host, audit, mut fields)) => {
+                        if let Err(ended) =
+                            websocket::relay(agent, upstream, credentials, host).await
+                        {
+                            let reason = match ended {
+                                websocket::Ended::Leak(leak) => format!("credential leak: {leak}"),
+                                websocket::Ended::Unreadable(what) => what,
+                            };
+                            fields.insert("decision".into(), "deny".into());
+                            fields.insert("origin".into(), "policy".into());
+                            fields.insert("reason".into(), reason.into());
+                            audit.record("egress", "websocket", fields);
+                        }
+                    }
                 }
             });
         }
@@ -190,49 +262,65 @@ impl Egress {
         fields.insert("decision".into(), "allow".into());
         fields.insert("status".into(), parts.status.as_u16().into());
         self.audit.record("egress", "request", fields);
-        let body: Body = if route.is_some() {
-            scrub_headers(&credentials, &mut parts.headers);
-            Scrubbed {
-                inner: body,
-                credentials: Arc::clone(&credentials),
-                held: Vec::new(),
-                ended: false,
-                trailers: None,
-            }
-            .boxed()
+        let body: Body = if scanning {
+            body::scrub_headers(&credentials, &mut parts.headers);
+            Scrubbed::new(body, Arc::clone(&credentials)).boxed()
         } else {
             body.map_err(BoxError::from).boxed()
         };
         Response::from_parts(parts, body)
     }
 
-    /// The URL and every header, checked for secrets bound elsewhere. The
-    /// route's own header is replaced anyway and not checked.
-    fn check_for_leaks(
+    /// A compressed request body, read whole (up to a bound), inflated (up
+    /// to a bound) and checked, as it was sent and inflated.
+    async fn read_compressed(
         &self,
+        body: Incoming,
+        codings: &[body::Coding],
         credentials: &Credentials,
-        req: &Request<Incoming>,
         target: &Target,
-        path: &str,
-        replaced: Option<&HeaderName>,
-    ) -> Result<(), Leak> {
-        if credentials.is_empty() {
-            return Ok(());
+    ) -> Result<Bytes, Refusal> {
+        let too_large = |what: String| Refusal {
+            origin: Origin::Policy,
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: what,
+        };
+        let collected = Limited::new(body, MAX_COMPRESSED_BODY)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    too_large(format!(
+                        "a compressed request body over {} MiB is not forwarded while the bottle holds credentials (the gate reads it whole to check it for them)",
+                        MAX_COMPRESSED_BODY >> 20
+                    ))
+                } else {
+                    Refusal::agent(format!("the request body could not be read: {e}"))
+                }
+            })?;
+        if let Some(trailers) = collected.trailers()
+            && let Some(leak) =
+                body::leak_in_headers(credentials, trailers, &target.host, None, "trailer")
+        {
+            return Err(leak_refusal(&leak));
         }
-        if let Some(leak) = credentials.find_leak(path.as_bytes(), &target.host, "url") {
-            return Err(leak);
-        }
-        for (name, value) in req.headers() {
-            if Some(name) == replaced {
-                continue;
+        let bytes = collected.to_bytes();
+        let plain = body::inflate(&bytes, codings, MAX_INFLATED_BODY).map_err(|e| match e {
+            Inflate::TooLarge => too_large(format!(
+                "the request body inflates to more than {} MiB; it is not forwarded while the bottle holds credentials",
+                MAX_INFLATED_BODY >> 20
+            )),
+            Inflate::Corrupt(why) => {
+                Refusal::agent(format!("the request body is not what its Content-Encoding says: {why}"))
             }
-            if let Some(leak) =
-                credentials.find_leak(value.as_bytes(), &target.host, &format!("header {name}"))
-            {
-                return Err(leak);
-            }
+        })?;
+        let leak = credentials
+            .find_leak(&plain, &target.host, "compressed body")
+            .or_else(|| credentials.find_leak(&bytes, &target.host, "body"));
+        match leak {
+            Some(leak) => Err(leak_refusal(&leak)),
+            None => Ok(bytes),
         }
-        Ok(())
     }
 
     /// Records a refusal and answers the agent with it.
@@ -255,6 +343,34 @@ impl Egress {
     }
 }
 
+/// A secret bound elsewhere in the method, the URL or a header (name or
+/// value) of `req`. The route's own header is replaced anyway and not
+/// checked.
+fn leaked_in_request(
+    credentials: &Credentials,
+    req: &Request<Incoming>,
+    target: &Target,
+    path: &str,
+    replaced: Option<&HeaderName>,
+) -> Option<Leak> {
+    credentials
+        .find_leak(req.method().as_str().as_bytes(), &target.host, "method")
+        .or_else(|| credentials.find_leak(path.as_bytes(), &target.host, "url"))
+        .or_else(|| {
+            body::leak_in_headers(credentials, req.headers(), &target.host, replaced, "header")
+        })
+}
+
+/// Whether an upgrade asks for WebSocket.
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+}
+
 /// The audit fields of a request.
 pub(crate) fn request_fields(method: &str, target: &Target, path: &str) -> Map<String, Value> {
     let mut fields = Map::new();
@@ -273,7 +389,7 @@ pub(crate) fn request_fields(method: &str, target: &Target, path: &str) -> Map<S
     fields
 }
 
-fn leak_refusal(leak: &Leak) -> Refusal {
+pub(crate) fn leak_refusal(leak: &Leak) -> Refusal {
     Refusal::policy(format!("credential leak: {leak}"))
 }
 
@@ -383,133 +499,5 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
-    }
-}
-
-fn scrub_headers(credentials: &Credentials, headers: &mut HeaderMap) {
-    for value in headers.values_mut() {
-        let mut bytes = value.as_bytes().to_vec();
-        if credentials.scrub(&mut bytes)
-            && let Ok(clean) = HeaderValue::from_bytes(&bytes)
-        {
-            *value = clean;
-        }
-    }
-}
-
-/// A request body that fails, before the chunk that completes it goes
-/// out, when it carries a secret bound for another host.
-struct Scanned {
-    inner: Incoming,
-    credentials: Arc<Credentials>,
-    host: Host,
-    /// The end of what was seen, to find a secret split across chunks.
-    tail: Vec<u8>,
-    found: Arc<OnceLock<Leak>>,
-}
-
-impl HttpBody for Scanned {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let mut window = std::mem::take(&mut this.tail);
-                    window.extend_from_slice(data);
-                    if let Some(leak) = this.credentials.find_leak(&window, &this.host, "body") {
-                        let _ = this.found.set(leak);
-                        return Poll::Ready(Some(
-                            Err("credential leak in the request body".into()),
-                        ));
-                    }
-                    let keep = this
-                        .credentials
-                        .longest()
-                        .saturating_sub(1)
-                        .min(window.len());
-                    this.tail = window.split_off(window.len() - keep);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body with every secret overwritten (same length), holding
-/// back just enough to see a secret split across chunks.
-struct Scrubbed {
-    inner: Incoming,
-    credentials: Arc<Credentials>,
-    held: Vec<u8>,
-    ended: bool,
-    /// Trailers that arrived while data was held back.
-    trailers: Option<Frame<Bytes>>,
-}
-
-impl HttpBody for Scrubbed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if this.ended {
-                if !this.held.is_empty() {
-                    let rest = std::mem::take(&mut this.held);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
-                }
-                return Poll::Ready(this.trailers.take().map(Ok));
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        this.held.extend_from_slice(&data);
-                        this.credentials.scrub(&mut this.held);
-                        let keep = this
-                            .credentials
-                            .longest()
-                            .saturating_sub(1)
-                            .min(this.held.len());
-                        let ready = this.held.len() - keep;
-                        if ready > 0 {
-                            let rest = this.held.split_off(ready);
-                            let out = std::mem::replace(&mut this.held, rest);
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                        }
-                    }
-                    Err(trailers) => {
-                        this.trailers = Some(trailers);
-                        this.ended = true;
-                    }
-                },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => this.ended = true,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }

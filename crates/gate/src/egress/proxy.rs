@@ -119,6 +119,9 @@ impl Egress {
         };
         fields.insert("host".into(), allowed.host.to_string().into());
         fields.insert("rule".into(), allowed.rule.clone().into());
+        if let Some(leak) = self.leak_in_host(&host, &allowed.host) {
+            return self.refuse(fields, super::forward::leak_refusal(&leak));
+        }
         fields.insert("decision".into(), "allow".into());
         self.audit.record("egress", "connect", fields);
 
@@ -170,6 +173,11 @@ impl Egress {
                 return self.refuse(fields, denial.into());
             }
         };
+        if let Some(leak) = self.leak_in_host(&host, &allowed.host) {
+            let mut fields = bad_request_fields(&req);
+            fields.insert("host".into(), allowed.host.to_string().into());
+            return self.refuse(fields, super::forward::leak_refusal(&leak));
+        }
         let target = Target {
             https: false,
             host: allowed.host,
@@ -178,6 +186,24 @@ impl Egress {
             tunnel: false,
         };
         self.forward(req, target).await
+    }
+}
+
+impl Egress {
+    /// A secret spelled into the host name itself, checked before the gate
+    /// resolves the name: a DNS query is a way out too.
+    fn leak_in_host(
+        &self,
+        raw: &str,
+        host: &bottle_manifest::host::Host,
+    ) -> Option<super::credentials::Leak> {
+        let credentials = self.live.credentials();
+        if credentials.is_empty() {
+            return None;
+        }
+        credentials
+            .find_leak_in_host(raw, host)
+            .or_else(|| credentials.find_leak_in_host(&host.to_string(), host))
     }
 }
 

@@ -5,17 +5,27 @@
 //! Its exit status decides: non-zero and git moves no ref. What it prints
 //! reaches the agent as `remote:` lines.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Map, Value, json};
 
-use super::policy::{self, Update};
+use super::policy::{self, Update, is_zero};
 use crate::audit::append_now;
-use crate::config::{GateConfig, GitEntryConfig};
+use crate::config::GateConfig;
+
+/// Most ref updates one push may carry.
+pub const MAX_UPDATES: usize = 1000;
 
 /// Runs the hook; returns its exit status.
+///
+/// The old value of each ref is read from the mirror, never taken from
+/// the push: receive-pack hands the hook the values the client claimed,
+/// and the upstream is pushed before receive-pack would notice a claim
+/// was false. The upstream push then carries a lease on each of those
+/// values, so it moves nothing if the upstream moved in between.
 pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
     let config = match GateConfig::load(config) {
         Ok(c) => c,
@@ -30,11 +40,50 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
         eprintln!("bot-bottle: no upstream named {entry}; nothing was pushed");
         return 1;
     };
-    let updates: Vec<Update> = input
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| Update::parse(&l))
+    let mut claimed = Vec::new();
+    for line in input.lines().map_while(Result::ok) {
+        if claimed.len() == MAX_UPDATES {
+            eprintln!(
+                "bot-bottle: a push may update at most {MAX_UPDATES} refs; nothing was pushed"
+            );
+            return 1;
+        }
+        match Update::parse(&line) {
+            Some(update) => claimed.push(update),
+            None => {
+                eprintln!(
+                    "bot-bottle: git sent an update line the gate cannot read; nothing was pushed"
+                );
+                return 1;
+            }
+        }
+    }
+    let current = match current_refs() {
+        Ok(refs) => refs,
+        Err(err) => {
+            eprintln!("bot-bottle: cannot read the mirror's refs ({err}); nothing was pushed");
+            return 1;
+        }
+    };
+    let zero = "0".repeat(claimed.first().map_or(40, |u| u.new.len()));
+    let updates: Vec<Update> = claimed
+        .into_iter()
+        .map(|u| Update {
+            old: current
+                .get(&u.refname)
+                .cloned()
+                .unwrap_or_else(|| zero.clone()),
+            ..u
+        })
         .collect();
+    let deleted_path = deleted_record(&config.git.dir, &entry.name);
+    let mut deleted = match read_deleted(&deleted_path) {
+        Ok(map) => map,
+        Err(err) => {
+            eprintln!("bot-bottle: {err}; nothing was pushed");
+            return 1;
+        }
+    };
     let audit = |decision: &str, rule: Option<&str>, reason: &str| {
         let refs: Vec<Value> = updates
             .iter()
@@ -58,8 +107,9 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
 
     let mut refused = Vec::new();
     for update in &updates {
-        if let Err(r) = policy::check(&entry.push, update, || {
-            is_ancestor(&update.old, &update.new)
+        let before = deleted.get(&update.refname).map(String::as_str);
+        if let Err(r) = policy::check(&entry.push, update, before, |from| {
+            is_ancestor(from, &update.new)
         }) {
             eprintln!(
                 "bot-bottle: refused {}: {} (rule {})",
@@ -76,8 +126,18 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
         return 1;
     }
 
-    match forward(entry, &updates) {
+    match forward(&updates) {
         Ok(()) => {
+            for update in &updates {
+                if update.is_delete() {
+                    deleted.insert(update.refname.clone(), update.old.clone());
+                } else {
+                    deleted.remove(&update.refname);
+                }
+            }
+            if let Err(err) = crate::files::write_json_atomic(&deleted_path, &deleted) {
+                eprintln!("bot-bottle: warning: cannot record deleted refs: {err}");
+            }
             audit("allow", None, "");
             0
         }
@@ -89,6 +149,36 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
     }
 }
 
+/// Where the values of refs deleted through the gate are kept.
+pub fn deleted_record(dir: &Path, remote: &str) -> PathBuf {
+    dir.join(format!("{remote}.deleted.json"))
+}
+
+fn read_deleted(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: not a record of deleted refs: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Every ref of the mirror (the hook runs in it) and its value.
+fn current_refs() -> Result<BTreeMap<String, String>, String> {
+    let out = Command::new("git")
+        .args(["for-each-ref", "--format=%(objectname) %(refname)"])
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, name)| (name.to_owned(), id.to_owned()))
+        .collect())
+}
+
 /// Whether `old` is an ancestor of `new` (a fast-forward).
 fn is_ancestor(old: &str, new: &str) -> bool {
     Command::new("git")
@@ -97,23 +187,25 @@ fn is_ancestor(old: &str, new: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Pushes the updates upstream with the gate's key, atomically.
-fn forward(entry: &GitEntryConfig, updates: &[Update]) -> Result<(), String> {
-    let specs: Vec<String> = updates
-        .iter()
-        .map(|u| {
-            if u.is_delete() {
-                format!(":{}", u.refname)
-            } else if entry.push.force && !u.is_create() {
-                format!("+{}:{}", u.new, u.refname)
-            } else {
-                format!("{}:{}", u.new, u.refname)
-            }
-        })
-        .collect();
+/// Pushes the updates upstream with the gate's key, atomically, each with
+/// a lease on the value the policy judged it from.
+fn forward(updates: &[Update]) -> Result<(), String> {
+    let mut args: Vec<String> = Vec::new();
+    for u in updates {
+        let expect = if is_zero(&u.old) { "" } else { u.old.as_str() };
+        args.push(format!("--force-with-lease={}:{expect}", u.refname));
+    }
+    args.push("upstream".to_owned());
+    for u in updates {
+        args.push(if u.is_delete() {
+            format!(":{}", u.refname)
+        } else {
+            format!("{}:{}", u.new, u.refname)
+        });
+    }
     let out = Command::new("git")
-        .args(["push", "--atomic", "--porcelain", "--quiet", "upstream"])
-        .args(&specs)
+        .args(["push", "--atomic", "--porcelain", "--quiet"])
+        .args(&args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .output()
         .map_err(|e| format!("cannot run git push: {e}"))?;

@@ -208,17 +208,18 @@ impl Git {
         response
     }
 
-    /// Creates the bare mirror of `entry` and installs the hook.
+    /// Creates the bare mirror of `entry` if it is missing, and sets its
+    /// configuration and hook (again, on every gate start: a resumed
+    /// bottle's mirror gets this start's policy).
     async fn init(&self, entry: &GitEntryConfig) -> Result<(), String> {
         let mirror = self.mirror(&entry.name);
-        if mirror.join("HEAD").exists() {
-            return Ok(());
+        if !mirror.join("HEAD").exists() {
+            git(
+                &self.config.dir,
+                &["init", "--quiet", "--bare", &mirror.to_string_lossy()],
+            )
+            .await?;
         }
-        git(
-            &self.config.dir,
-            &["init", "--quiet", "--bare", &mirror.to_string_lossy()],
-        )
-        .await?;
         let mut settings = vec![
             ("remote.upstream.url", entry.upstream.clone()),
             ("core.sshCommand", ssh_command(entry, &self.config.dir)),
@@ -226,6 +227,12 @@ impl Git {
             ("receive.denyNonFastForwards", "false".to_owned()),
             ("http.receivepack", "true".to_owned()),
             ("uploadpack.allowTipSHA1InWant", "false".to_owned()),
+            // Every object the agent sends, and every object fetched, is
+            // checked before it is taken: a malformed object is a refusal,
+            // not input for the git that reads it next.
+            ("receive.fsckObjects", "true".to_owned()),
+            ("fetch.fsckObjects", "true".to_owned()),
+            ("transfer.fsckObjects", "true".to_owned()),
         ];
         if let Some(max) = entry.push.max_pack_bytes {
             settings.push(("receive.maxInputSize", max.to_string()));

@@ -16,15 +16,26 @@ pub struct Update {
 }
 
 impl Update {
-    /// Parses a pre-receive line: `<old> <new> <ref>`.
+    /// Parses a pre-receive line: `<old> <new> <ref>`, with object ids of
+    /// SHA-1 or SHA-256 length, in lowercase hex, and a ref under `refs/`.
     pub fn parse(line: &str) -> Option<Update> {
-        let mut parts = line.split_whitespace();
+        let mut parts = line.split(' ');
         let (old, new, refname) = (parts.next()?, parts.next()?, parts.next()?);
-        parts.next().is_none().then(|| Update {
-            old: old.to_owned(),
-            new: new.to_owned(),
-            refname: refname.to_owned(),
-        })
+        let id = |s: &str| {
+            matches!(s.len(), 40 | 64)
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let name_ok = refname.starts_with("refs/")
+            && !refname.is_empty()
+            && refname.bytes().all(|b| b > b' ' && b != 0x7f);
+        (parts.next().is_none() && id(old) && id(new) && old.len() == new.len() && name_ok).then(
+            || Update {
+                old: old.to_owned(),
+                new: new.to_owned(),
+                refname: refname.to_owned(),
+            },
+        )
     }
 
     pub fn is_delete(&self) -> bool {
@@ -44,14 +55,25 @@ pub struct Refused {
     pub reason: String,
 }
 
-/// Checks one update. `fast_forward` says whether `old` is an ancestor of
-/// `new` (asked only for updates of existing refs).
+/// Checks one update. `update.old` must be the ref's real value in the
+/// mirror (never what the client claims). `deleted` is the value the ref
+/// had when a push through this gate deleted it, if one did: creating the
+/// ref again is then judged as an update from that value, so delete and
+/// re-create cannot stand in for a force push or a moved tag.
+/// `fast_forward(from)` says whether `from` is an ancestor of `new`.
 pub fn check(
     policy: &PushConfig,
     update: &Update,
-    fast_forward: impl FnOnce() -> bool,
+    deleted: Option<&str>,
+    fast_forward: impl FnOnce(&str) -> bool,
 ) -> Result<(), Refused> {
     let refused = |rule, reason: String| Err(Refused { rule, reason });
+    // What the ref last pointed at: now, or before this gate deleted it.
+    let before = if update.is_create() {
+        deleted.filter(|d| !is_zero(d))
+    } else {
+        Some(update.old.as_str())
+    };
     if let Some(tag) = update.refname.strip_prefix("refs/tags/") {
         if !policy.tags {
             return refused(
@@ -62,11 +84,25 @@ pub fn check(
         if update.is_delete() && !policy.delete {
             return refused("push.delete", format!("deleting tag {tag} is not allowed"));
         }
-        if !update.is_create() && !update.is_delete() {
-            return refused(
-                "push.tags",
-                format!("tag {tag} exists upstream; moving a tag is not allowed"),
-            );
+        if update.is_delete() {
+            return Ok(());
+        }
+        match before {
+            Some(old) if update.is_create() && old != update.new => {
+                return refused(
+                    "push.tags",
+                    format!(
+                        "tag {tag} was deleted through the gate and is being created at another commit; moving a tag is not allowed"
+                    ),
+                );
+            }
+            Some(_) if !update.is_create() => {
+                return refused(
+                    "push.tags",
+                    format!("tag {tag} exists upstream; moving a tag is not allowed"),
+                );
+            }
+            _ => {}
         }
         return Ok(());
     }
@@ -94,12 +130,18 @@ pub fn check(
         }
         return Ok(());
     }
-    if !update.is_create() && !policy.force && !fast_forward() {
+    if let Some(old) = before
+        && !policy.force
+        && !fast_forward(old)
+    {
+        let how = if update.is_create() {
+            "re-creates it (deleted through the gate) at a commit that does not contain the one it had"
+        } else {
+            "is not a fast-forward"
+        };
         return refused(
             "push.force",
-            format!(
-                "the update of {branch} is not a fast-forward, and force pushes are not allowed"
-            ),
+            format!("the update of {branch} {how}, and force pushes are not allowed"),
         );
     }
     Ok(())
@@ -168,9 +210,9 @@ mod tests {
     #[test]
     fn the_default_policy() {
         let p = policy();
-        assert!(check(&p, &update(Z, A, "refs/heads/agent/x"), || true).is_ok());
-        assert!(check(&p, &update(A, B, "refs/heads/agent/x"), || true).is_ok());
-        let rule = |u: Update, ff: bool| check(&p, &u, || ff).map_err(|r| r.rule);
+        assert!(check(&p, &update(Z, A, "refs/heads/agent/x"), None, |_| true).is_ok());
+        assert!(check(&p, &update(A, B, "refs/heads/agent/x"), None, |_| true).is_ok());
+        let rule = |u: Update, ff: bool| check(&p, &u, None, |_| ff).map_err(|r| r.rule);
         assert_eq!(
             rule(update(Z, A, "refs/heads/main"), true),
             Err("push.branches")
@@ -198,13 +240,58 @@ mod tests {
             tags: true,
             ..policy()
         };
-        assert!(check(&p, &update(A, B, "refs/heads/agent/x"), || false).is_ok());
-        assert!(check(&p, &update(A, Z, "refs/heads/agent/x"), || true).is_ok());
-        assert!(check(&p, &update(Z, A, "refs/tags/v1"), || true).is_ok());
+        assert!(check(&p, &update(A, B, "refs/heads/agent/x"), None, |_| false).is_ok());
+        assert!(check(&p, &update(A, Z, "refs/heads/agent/x"), None, |_| true).is_ok());
+        assert!(check(&p, &update(Z, A, "refs/tags/v1"), None, |_| true).is_ok());
         assert!(
-            check(&p, &update(A, B, "refs/tags/v1"), || true).is_err(),
+            check(&p, &update(A, B, "refs/tags/v1"), None, |_| true).is_err(),
             "tags never move"
         );
-        assert!(check(&p, &update(Z, A, "refs/heads/main"), || true).is_err());
+        assert!(check(&p, &update(Z, A, "refs/heads/main"), None, |_| true).is_err());
+    }
+
+    #[test]
+    fn delete_then_create_is_judged_against_what_was_deleted() {
+        let p = PushConfig {
+            delete: true,
+            tags: true,
+            ..policy()
+        };
+        let rule = |u: Update, deleted: Option<&str>, ff: bool| {
+            check(&p, &u, deleted, |from| {
+                assert_eq!(from, A, "judged from the deleted value");
+                ff
+            })
+            .map_err(|r| r.rule)
+        };
+        // Re-created where the history goes on: fine.
+        assert_eq!(
+            rule(update(Z, B, "refs/heads/agent/x"), Some(A), true),
+            Ok(())
+        );
+        // Re-created elsewhere: a force push in two steps.
+        assert_eq!(
+            rule(update(Z, B, "refs/heads/agent/x"), Some(A), false),
+            Err("push.force")
+        );
+        // A tag deleted and re-created at another commit has moved.
+        assert_eq!(
+            rule(update(Z, B, "refs/tags/v1"), Some(A), true),
+            Err("push.tags")
+        );
+        assert_eq!(rule(update(Z, A, "refs/tags/v1"), Some(A), true), Ok(()));
+        let forced = PushConfig {
+            force: true,
+            ..p.clone()
+        };
+        assert!(
+            check(
+                &forced,
+                &update(Z, B, "refs/heads/agent/x"),
+                Some(A),
+                |_| false
+            )
+            .is_ok()
+        );
     }
 }

@@ -22,7 +22,6 @@ pub struct Shared {
     pub live: Arc<Live>,
     pub audit: Arc<Audit>,
     pub config: SuperviseConfig,
-    pub git: Vec<crate::config::GitEntryConfig>,
 }
 
 /// One MCP session's handler.
@@ -93,7 +92,7 @@ impl Supervisor {
                 "host": r.host.to_string(),
                 "header": r.header.as_str(),
             })).collect::<Vec<_>>(),
-            "git": self.shared.git.iter().map(|g| serde_json::json!({
+            "git": self.shared.config.remotes.iter().map(|g| serde_json::json!({
                 "remote": g.name,
                 "upstream": g.upstream,
                 "push": {

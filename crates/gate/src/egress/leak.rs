@@ -1,0 +1,720 @@
+//! Finding the route secrets the gate holds, however they are written.
+//!
+//! Each secret is searched as a set of *patterns* — verbatim, base64 and
+//! base64url at each of the three alignments, hex and base32 (at each of
+//! the five alignments) — in a set of *views* of the bytes: as they are,
+//! percent-decoded once and twice (URL- and double-URL-encoding, any mix
+//! of encoded and plain characters, either case of hex digit), JSON
+//! string escapes undone (`\u0073`, `\/`), and JSON escapes of
+//! percent-decoded bytes. Hex and base32 patterns match in any case.
+//!
+//! Every match in a view maps back to the bytes it came from, so a
+//! response can be scrubbed where the secret really was, and a stream can
+//! hold back exactly the bytes that could be the start of a secret
+//! ([`Detector::pending`]) rather than a fixed window.
+
+use std::ops::Range;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+/// Shortest encoded form worth searching for: shorter ones match by chance.
+const MIN_PATTERN_LEN: usize = 8;
+/// Most bytes of input one byte of a view can stand for: a JSON
+/// `\u0041` is six.
+pub const MAX_EXPANSION: usize = 6;
+
+const BASE64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const BASE64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// One secret found: which one, how it was written, and where in the
+/// bytes searched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// Index of the secret, as given to [`Detector::new`].
+    pub secret: usize,
+    /// `verbatim`, `base64`, `hex`, `base32`, with the view when it is not
+    /// the bytes as they are: `url-encoded verbatim`, `json-escaped hex`…
+    pub encoding: String,
+    /// The bytes of the input it spans.
+    pub span: Range<usize>,
+}
+
+struct Pattern {
+    secret: usize,
+    encoding: &'static str,
+    bytes: Vec<u8>,
+    /// Matches in any ASCII case (hex, base32).
+    folded: bool,
+}
+
+/// Every encoding of every secret, compiled.
+pub struct Detector {
+    patterns: Vec<Pattern>,
+    /// Automaton of the case-sensitive patterns and their indexes.
+    exact: Option<(AhoCorasick, Vec<usize>)>,
+    /// Automaton of the case-insensitive patterns and their indexes.
+    folded: Option<(AhoCorasick, Vec<usize>)>,
+    /// Every pattern in any case: for what is case-insensitive itself and
+    /// so arrives folded (header names, host names).
+    any_case: Option<(AhoCorasick, Vec<usize>)>,
+    longest: usize,
+}
+
+impl Detector {
+    /// A detector for `secrets` (in order: hits name them by index).
+    pub fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Detector {
+        let mut patterns: Vec<Pattern> = Vec::new();
+        for (index, secret) in secrets.iter().enumerate() {
+            let secret = secret.as_ref();
+            let min = MIN_PATTERN_LEN.min(secret.len()).max(1);
+            for (encoding, bytes, folded) in encodings(secret) {
+                let duplicate = patterns
+                    .iter()
+                    .any(|p| p.secret == index && p.folded == folded && p.bytes == bytes);
+                if bytes.len() >= min && !duplicate {
+                    patterns.push(Pattern {
+                        secret: index,
+                        encoding,
+                        bytes,
+                        folded,
+                    });
+                }
+            }
+        }
+        let build = |which: &dyn Fn(&Pattern) -> bool, folded: bool| {
+            let ids: Vec<usize> = (0..patterns.len())
+                .filter(|&i| which(&patterns[i]))
+                .collect();
+            if ids.is_empty() {
+                return None;
+            }
+            AhoCorasickBuilder::new()
+                .ascii_case_insensitive(folded)
+                .match_kind(MatchKind::Standard)
+                .build(ids.iter().map(|&i| &patterns[i].bytes))
+                .ok()
+                .map(|ac| (ac, ids))
+        };
+        let exact = build(&|p| !p.folded, false);
+        let folded = build(&|p| p.folded, true);
+        let any_case = build(&|_| true, true);
+        let longest = patterns.iter().map(|p| p.bytes.len()).max().unwrap_or(0);
+        Detector {
+            patterns,
+            exact,
+            folded,
+            any_case,
+            longest,
+        }
+    }
+
+    /// Whether there is anything to find.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Length of the longest pattern.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
+    /// Every hit in `input`, in every view (hits of one secret at the same
+    /// place may repeat across views).
+    pub fn hits(&self, input: &[u8]) -> Vec<Hit> {
+        let mut out = Vec::new();
+        if self.is_empty() {
+            return out;
+        }
+        for view in views(input) {
+            self.search(&view, &mut out);
+        }
+        out
+    }
+
+    /// [`Detector::hits`] for text that is case-insensitive itself (a
+    /// header name, a host name): every pattern matches in any case.
+    pub fn hits_any_case(&self, input: &[u8]) -> Vec<Hit> {
+        let mut out = Vec::new();
+        if let Some(any_case) = &self.any_case {
+            for view in views(input) {
+                self.search_with(&view, any_case, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The first hit in `input`, if any.
+    pub fn first(&self, input: &[u8]) -> Option<Hit> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for view in views(input) {
+            self.search(&view, &mut out);
+            if let Some(hit) = out.pop() {
+                return Some(hit);
+            }
+        }
+        None
+    }
+
+    /// Overwrites every secret in `input` with `x`, keeping its length.
+    /// Returns whether anything was overwritten.
+    pub fn scrub(&self, input: &mut [u8]) -> bool {
+        let hits = self.hits(input);
+        for hit in &hits {
+            input[hit.span.clone()].fill(b'x');
+        }
+        !hits.is_empty()
+    }
+
+    /// How many bytes at the end of `input` could be the start of a secret
+    /// (or of an escape that decodes to one): a stream sends everything
+    /// before them and holds these back until more arrives.
+    pub fn pending(&self, input: &[u8]) -> usize {
+        if self.is_empty() || input.is_empty() {
+            return 0;
+        }
+        let mut from = input.len();
+        for view in views(input) {
+            let n = view.bytes.len();
+            let mut start = n;
+            // An escape cut off at the end decodes to nothing yet.
+            if let Some(cut) = view.incomplete {
+                start = start.min(cut);
+            }
+            let window = self.longest.saturating_sub(1).min(n);
+            for s in (n - window)..n {
+                if s >= start {
+                    break;
+                }
+                let tail = &view.bytes[s..];
+                if self.patterns.iter().any(|p| is_prefix(tail, p)) {
+                    start = s;
+                    break;
+                }
+            }
+            if start < n || view.incomplete.is_some() {
+                let raw = if start < n {
+                    view.raw_start(start)
+                } else {
+                    view.raw_incomplete()
+                };
+                from = from.min(raw);
+            }
+        }
+        input.len() - from
+    }
+
+    fn search(&self, view: &View<'_>, out: &mut Vec<Hit>) {
+        for automaton in [&self.exact, &self.folded].into_iter().flatten() {
+            self.search_with(view, automaton, out);
+        }
+    }
+
+    fn search_with(
+        &self,
+        view: &View<'_>,
+        (automaton, ids): &(AhoCorasick, Vec<usize>),
+        out: &mut Vec<Hit>,
+    ) {
+        for found in automaton.find_overlapping_iter(view.bytes.as_ref()) {
+            let pattern = &self.patterns[ids[found.pattern().as_usize()]];
+            let encoding = if view.name.is_empty() {
+                pattern.encoding.to_owned()
+            } else {
+                format!("{} {}", view.name, pattern.encoding)
+            };
+            out.push(Hit {
+                secret: pattern.secret,
+                encoding,
+                span: view.raw_span(found.start()..found.end()),
+            });
+        }
+    }
+}
+
+/// Whether `tail` is a proper prefix of `pattern`.
+fn is_prefix(tail: &[u8], pattern: &Pattern) -> bool {
+    if tail.len() >= pattern.bytes.len() {
+        return false;
+    }
+    let head = &pattern.bytes[..tail.len()];
+    if pattern.folded {
+        head.eq_ignore_ascii_case(tail)
+    } else {
+        head == tail
+    }
+}
+
+/// Every pattern of `secret`: (encoding, bytes, case-insensitive).
+fn encodings(secret: &[u8]) -> Vec<(&'static str, Vec<u8>, bool)> {
+    let mut out = vec![("verbatim", secret.to_vec(), false)];
+    out.push((
+        "hex",
+        secret
+            .iter()
+            .flat_map(|b| [HEX[(b >> 4) as usize], HEX[(b & 15) as usize]])
+            .collect(),
+        true,
+    ));
+    // Text that contains the secret encodes differently depending on where
+    // the secret starts in a group: search the characters it alone
+    // determines, for every offset.
+    for offset in 0..3 {
+        out.push(("base64", core(secret, offset, 6, BASE64_STD), false));
+        out.push(("base64", core(secret, offset, 6, BASE64_URL), false));
+    }
+    for offset in 0..5 {
+        out.push(("base32", core(secret, offset, 5, BASE32), true));
+    }
+    out
+}
+
+/// The characters of a base-2^`bits` encoding of `offset` unknown bytes
+/// followed by `secret` that depend on the secret alone.
+fn core(secret: &[u8], offset: usize, bits: usize, alphabet: &[u8]) -> Vec<u8> {
+    let start_bit = offset * 8;
+    let end_bit = (offset + secret.len()) * 8;
+    let first = start_bit.div_ceil(bits);
+    let last = end_bit / bits;
+    let bit = |i: usize| -> u32 {
+        if i < start_bit || i >= end_bit {
+            return 0;
+        }
+        let byte = secret[(i - start_bit) / 8];
+        u32::from((byte >> (7 - (i - start_bit) % 8)) & 1)
+    };
+    (first..last)
+        .map(|c| {
+            let value = (0..bits).fold(0u32, |acc, b| (acc << 1) | bit(c * bits + b));
+            alphabet[value as usize]
+        })
+        .collect()
+}
+
+/// The input seen one way, with where each of its bytes came from.
+struct View<'a> {
+    /// What the view is called in a hit (`url-encoded`); empty for the
+    /// input itself.
+    name: &'static str,
+    bytes: std::borrow::Cow<'a, [u8]>,
+    /// For each byte: the input bytes it stands for. `None`: the input.
+    origin: Option<Vec<(u32, u32)>>,
+    /// Where an escape cut off by the end of the input starts (in this
+    /// view's bytes' terms: the index after the last whole byte).
+    incomplete: Option<usize>,
+    /// The input offset of that cut-off escape.
+    incomplete_raw: usize,
+}
+
+impl View<'_> {
+    fn raw_span(&self, span: Range<usize>) -> Range<usize> {
+        match &self.origin {
+            None => span,
+            Some(origin) if span.is_empty() => {
+                let at = origin.get(span.start).map_or(0, |o| o.0 as usize);
+                at..at
+            }
+            Some(origin) => origin[span.start].0 as usize..origin[span.end - 1].1 as usize,
+        }
+    }
+
+    fn raw_start(&self, index: usize) -> usize {
+        match &self.origin {
+            None => index,
+            Some(origin) => origin
+                .get(index)
+                .map_or(self.incomplete_raw, |o| o.0 as usize),
+        }
+    }
+
+    fn raw_incomplete(&self) -> usize {
+        self.incomplete_raw
+    }
+}
+
+/// The input as it is, percent-decoded (once and twice), JSON-unescaped,
+/// and percent-decoded then JSON-unescaped: each view only when it differs.
+fn views(input: &[u8]) -> Vec<View<'_>> {
+    let mut out = vec![View {
+        name: "",
+        bytes: std::borrow::Cow::Borrowed(input),
+        origin: None,
+        incomplete: None,
+        incomplete_raw: input.len(),
+    }];
+    let percent = input
+        .contains(&b'%')
+        .then(|| decode(input, None, "url-encoded", percent_step));
+    if input.contains(&b'\\') {
+        out.push(decode(input, None, "json-escaped", json_step));
+    }
+    if let Some(once) = percent {
+        if once.bytes.contains(&b'%') {
+            let twice = decode(&once.bytes, Some(&once), "double-url-encoded", percent_step);
+            out.push(twice);
+        }
+        if once.bytes.contains(&b'\\') {
+            let json = decode(
+                &once.bytes,
+                Some(&once),
+                "url-encoded json-escaped",
+                json_step,
+            );
+            out.push(json);
+        }
+        out.push(once);
+    }
+    out
+}
+
+/// What one decoding step made of the bytes at an index.
+enum Step {
+    /// This many input bytes decode to these bytes.
+    Decoded(usize, Vec<u8>),
+    /// The input ends inside an escape.
+    Incomplete,
+    /// Not an escape: the byte as it is.
+    Plain,
+}
+
+/// Decodes `input` (itself a view of the original when `parent` is given)
+/// with `step`, keeping where each output byte came from.
+fn decode<'a>(
+    input: &[u8],
+    parent: Option<&View<'_>>,
+    name: &'static str,
+    step: fn(&[u8], usize) -> Step,
+) -> View<'a> {
+    let origin_of = |range: Range<usize>| -> (u32, u32) {
+        match parent.and_then(|p| p.origin.as_ref()) {
+            None => (range.start as u32, range.end as u32),
+            Some(origin) => (origin[range.start].0, origin[range.end - 1].1),
+        }
+    };
+    let mut bytes = Vec::with_capacity(input.len());
+    let mut origin = Vec::with_capacity(input.len());
+    let mut incomplete = None;
+    let mut incomplete_raw = parent.map_or(input.len(), |p| p.incomplete_raw);
+    let mut i = 0;
+    while i < input.len() {
+        match step(input, i) {
+            Step::Decoded(used, out) => {
+                let from = origin_of(i..i + used);
+                for b in out {
+                    bytes.push(b);
+                    origin.push(from);
+                }
+                i += used;
+            }
+            Step::Incomplete => {
+                incomplete = Some(bytes.len());
+                incomplete_raw = incomplete_raw.min(origin_of(i..i + 1).0 as usize);
+                break;
+            }
+            Step::Plain => {
+                bytes.push(input[i]);
+                origin.push(origin_of(i..i + 1));
+                i += 1;
+            }
+        }
+    }
+    if incomplete.is_none() && parent.is_some_and(|p| p.incomplete.is_some()) {
+        // The parent view was cut short; so is this one, at its end.
+        incomplete = Some(bytes.len());
+    }
+    View {
+        name,
+        bytes: std::borrow::Cow::Owned(bytes),
+        origin: Some(origin),
+        incomplete,
+        incomplete_raw,
+    }
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `%XX` in either case.
+fn percent_step(input: &[u8], i: usize) -> Step {
+    if input[i] != b'%' {
+        return Step::Plain;
+    }
+    let digits = &input[i + 1..input.len().min(i + 3)];
+    if digits.iter().any(|&d| hex_value(d).is_none()) {
+        return Step::Plain;
+    }
+    match digits {
+        [h, l] => Step::Decoded(
+            3,
+            vec![(hex_value(*h).unwrap_or(0) << 4) | hex_value(*l).unwrap_or(0)],
+        ),
+        _ => Step::Incomplete,
+    }
+}
+
+/// JSON string escapes: `\uXXXX` (surrogate pairs joined, in either case),
+/// `\/`, `\"`, `\\` and the one-letter control escapes.
+fn json_step(input: &[u8], i: usize) -> Step {
+    if input[i] != b'\\' {
+        return Step::Plain;
+    }
+    let Some(&kind) = input.get(i + 1) else {
+        return Step::Incomplete;
+    };
+    let simple = match kind {
+        b'"' => Some(b'"'),
+        b'\\' => Some(b'\\'),
+        b'/' => Some(b'/'),
+        b'b' => Some(8),
+        b'f' => Some(12),
+        b'n' => Some(b'\n'),
+        b'r' => Some(b'\r'),
+        b't' => Some(b'\t'),
+        _ => None,
+    };
+    if let Some(b) = simple {
+        return Step::Decoded(2, vec![b]);
+    }
+    if kind != b'u' {
+        return Step::Plain;
+    }
+    let unit = |at: usize| -> Result<Option<u16>, ()> {
+        let digits = input.get(at..at + 4);
+        match digits {
+            None => {
+                // Cut off: incomplete only if what is there is hex.
+                let rest = &input[at.min(input.len())..];
+                if rest.iter().all(|&d| hex_value(d).is_some()) {
+                    Err(())
+                } else {
+                    Ok(None)
+                }
+            }
+            Some(d) => Ok(d.iter().try_fold(0u16, |acc, &x| {
+                hex_value(x).map(|v| (acc << 4) | u16::from(v))
+            })),
+        }
+    };
+    let first = match unit(i + 2) {
+        Err(()) => return Step::Incomplete,
+        Ok(None) => return Step::Plain,
+        Ok(Some(u)) => u,
+    };
+    let (code, used) = if (0xd800..0xdc00).contains(&first) {
+        // A high surrogate wants its low half.
+        match (input.get(i + 6), input.get(i + 7)) {
+            (None, _) | (Some(b'\\'), None) => return Step::Incomplete,
+            (Some(b'\\'), Some(b'u')) => match unit(i + 8) {
+                Err(()) => return Step::Incomplete,
+                Ok(Some(low)) if (0xdc00..0xe000).contains(&low) => (
+                    0x10000 + ((u32::from(first) - 0xd800) << 10) + (u32::from(low) - 0xdc00),
+                    12,
+                ),
+                _ => (0xfffd, 6),
+            },
+            _ => (0xfffd, 6),
+        }
+    } else {
+        (u32::from(first), 6)
+    };
+    let c = char::from_u32(code).unwrap_or('\u{fffd}');
+    let mut buf = [0u8; 4];
+    Step::Decoded(used, c.encode_utf8(&mut buf).as_bytes().to_vec())
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+    const SECRET: &str = "s3cr3t-T0ken/with+chars=";
+
+    fn detector() -> Detector {
+        Detector::new(&[SECRET])
+    }
+
+    fn found(text: impl AsRef<[u8]>) -> bool {
+        detector().first(text.as_ref()).is_some()
+    }
+
+    fn url(s: &str, all: bool) -> String {
+        s.bytes()
+            .map(|b| {
+                if !all && (b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    fn base32(data: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in data.chunks(5) {
+            let mut block = [0u8; 5];
+            block[..chunk.len()].copy_from_slice(chunk);
+            let value = block.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            let chars = (chunk.len() * 8).div_ceil(5);
+            for i in 0..8 {
+                if i < chars {
+                    out.push(BASE32[((value >> (35 - 5 * i)) & 31) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_encoding_is_found() {
+        let s = SECRET.as_bytes();
+        let hex: String = s.iter().map(|b| format!("{b:02x}")).collect();
+        let mixed: String = hex
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 3 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let mut cases = vec![
+            format!("token={SECRET}"),
+            hex.clone(),
+            hex.to_uppercase(),
+            mixed,
+            url(SECRET, false),
+            url(SECRET, true),
+            url(SECRET, true).to_lowercase(),
+            url(&url(SECRET, true), true),
+            url(&url(SECRET, false), false),
+            // Some characters encoded, some not.
+            SECRET.replace('3', "%33").replace('k', "%6B"),
+            // JSON escapes.
+            serde_json::to_string(SECRET).unwrap().replace('/', "\\/"),
+            SECRET
+                .chars()
+                .map(|c| format!("\\u{:04x}", c as u32))
+                .collect(),
+            SECRET
+                .chars()
+                .map(|c| format!("\\u{:04X}", c as u32))
+                .collect(),
+            url(
+                &SECRET
+                    .chars()
+                    .map(|c| format!("\\u{:04x}", c as u32))
+                    .collect::<String>(),
+                true,
+            ),
+        ];
+        for prefix in ["", "a", "ab", "abc", "abcd", "user:"] {
+            let text = format!("{prefix}{SECRET}trailer");
+            cases.push(STANDARD.encode(&text));
+            cases.push(URL_SAFE_NO_PAD.encode(&text));
+            cases.push(base32(text.as_bytes()));
+            cases.push(base32(text.as_bytes()).to_lowercase());
+        }
+        for case in cases {
+            assert!(found(&case), "missed {case}");
+        }
+    }
+
+    #[test]
+    fn look_alikes_pass() {
+        for text in [
+            "placeholder",
+            "s3cr3t-T0ken/with",
+            "Bearer sk-ant-oat01-placeholder",
+            "S3CR3T-T0KEN/WITH+CHARS=",
+            "%%%%\\u00",
+        ] {
+            assert!(!found(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn hits_map_back_to_where_the_secret_was() {
+        let d = detector();
+        let encoded = url(SECRET, true);
+        let text = format!("{{\"a\":\"{encoded}\",\"b\":1}}");
+        let mut bytes = text.clone().into_bytes();
+        assert!(d.scrub(&mut bytes));
+        let scrubbed = String::from_utf8(bytes).unwrap();
+        assert_eq!(scrubbed.len(), text.len());
+        assert_eq!(
+            scrubbed,
+            format!("{{\"a\":\"{}\",\"b\":1}}", "x".repeat(encoded.len()))
+        );
+    }
+
+    #[test]
+    fn the_start_of_a_secret_is_held_back() {
+        let d = detector();
+        assert_eq!(d.pending(b"hello world!\n"), 0);
+        let cut = format!("hello {}", &SECRET[..10]);
+        assert_eq!(d.pending(cut.as_bytes()), 10);
+        // An escape cut off at the end is held too.
+        assert_eq!(d.pending(b"ab!%3"), 2);
+        assert_eq!(d.pending(b"ab!\\u00"), 4);
+        // The encoded start of a secret, in a view.
+        let encoded = url(&SECRET[..5], true);
+        let text = format!("q={encoded}");
+        assert_eq!(d.pending(text.as_bytes()), encoded.len());
+    }
+
+    #[test]
+    fn a_stream_cut_anywhere_is_still_caught() {
+        let d = detector();
+        let body = format!("{{\"prompt\": \"{}\"}}", url(SECRET, false));
+        for cut in 0..body.len() {
+            let (a, b) = body.as_bytes().split_at(cut);
+            if d.first(a).is_some() {
+                // Found in the first window already.
+                continue;
+            }
+            let held = d.pending(a);
+            assert!(
+                d.first(&a[..a.len() - held]).is_none(),
+                "cut {cut}: held {held} of {:?}",
+                String::from_utf8_lossy(a)
+            );
+            let mut rest = a[a.len() - held..].to_vec();
+            rest.extend_from_slice(b);
+            assert!(
+                d.first(&rest).is_some(),
+                "cut {cut}: {:?}",
+                String::from_utf8_lossy(&rest)
+            );
+        }
+    }
+
+    #[test]
+    fn core_characters_are_those_the_secret_alone_decides() {
+        let secret = b"abcdef";
+        for offset in 0..3 {
+            let mut data = vec![0xffu8; offset];
+            data.extend_from_slice(secret);
+            data.extend_from_slice(b"zz");
+            let encoded = STANDARD.encode(&data);
+            let core = String::from_utf8(core(secret, offset, 6, BASE64_STD)).unwrap();
+            assert!(encoded.contains(&core), "{offset}: {encoded} lacks {core}");
+        }
+    }
+}
