@@ -58,6 +58,10 @@ pub enum BackendError {
     NameTaken { name: String },
     #[error("the bottle's CA: {0}")]
     Ca(String),
+    #[error(
+        "the agent runs as uid {uid} in the bottle, and so do you: an agent that escaped would be you; start bottles as another user"
+    )]
+    AgentUidIsYours { uid: u32 },
     #[error("{}: {source}", .path.display())]
     Io {
         path: std::path::PathBuf,

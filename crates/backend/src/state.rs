@@ -13,6 +13,7 @@
 //!   supervise/      the agent's requests and the gate's control socket
 //!                   (the gate's and the person's; never the agent's)
 //!   image/          the Dockerfile of the bottle's own image, if any
+//!   provision/      the prompt and MCP configuration, mounted read-only
 //! ```
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -122,6 +123,29 @@ impl BottleDir {
             }
         }
         Ok(())
+    }
+
+    /// Files mounted read-only into the agent's sandbox (the prompt, the
+    /// MCP configuration).
+    pub fn provision_dir(&self) -> PathBuf {
+        self.root.join("provision")
+    }
+
+    /// Writes `name` into [`BottleDir::provision_dir`] (mode 0644: the
+    /// agent reads it); returns its path.
+    pub fn write_provision_file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, BackendError> {
+        let dir = self.provision_dir();
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create(&dir)
+            .map_err(|source| BackendError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        let path = dir.join(name);
+        write_file(&path, bytes, 0o644)?;
+        Ok(path)
     }
 
     /// The bottle's CA certificate (public; the agent trusts it).

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::Sender;
 
 /// The agent's uid and gid, owner of every copied file.
-const OWNER: u64 = 1000;
+const OWNER: u64 = bottle_manifest::plan::AGENT_UID as u64;
 /// Size of the chunks sent while the tar is written.
 const CHUNK: usize = 256 << 10;
 

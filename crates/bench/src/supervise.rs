@@ -35,7 +35,7 @@ fn now_ns() -> u128 {
 /// Runs the MCP client in `container`; returns its output.
 fn mcp(container: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut child = Command::new("docker")
-        .args(["exec", "-i", "-u", "1000:1000", container, "python3", "-"])
+        .args(["exec", "-i", "-u", "10001:10001", container, "python3", "-"])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -165,7 +165,7 @@ pub fn run(bottle: &Path, repo: &Path, approvals: usize, blocks: usize) -> anyho
                 "exec",
                 "-i",
                 "-u",
-                "1000:1000",
+                "10001:10001",
                 &agent,
                 "python3",
                 "-c",

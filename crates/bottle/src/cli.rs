@@ -87,6 +87,13 @@ pub enum Command {
     /// Run as pid 1 in the agent's sandbox.
     #[command(hide = true)]
     Shim(ShimArgs),
+    /// Prepare an image's trust stores for a read-only root (run while
+    /// bot-bottle builds the image).
+    #[command(hide = true)]
+    PrepareTrust,
+    /// Check that a gate answers (a container's health check).
+    #[command(hide = true)]
+    Health(HealthArgs),
     /// The git gate's hook (run by git inside the gate).
     #[command(hide = true)]
     GitHook {
@@ -189,9 +196,27 @@ pub struct ShimArgs {
     /// UID:GID the command runs as.
     #[arg(long, value_name = "UID:GID")]
     pub user: Option<String>,
+    /// Most processes of the command's user (RLIMIT_NPROC): set where the
+    /// sandbox has a kernel of its own (gVisor), so the count is the
+    /// bottle's alone.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<u64>,
     /// The command to run.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// A gate socket that must answer HTTP.
+    #[arg(long = "socket", value_name = "PATH")]
+    pub sockets: Vec<PathBuf>,
+    /// A loopback port that must answer HTTP (the shim's forward).
+    #[arg(long = "tcp", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// UID:GID to drop to before checking.
+    #[arg(long, value_name = "UID:GID")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -84,6 +84,8 @@ fn main() {
             state,
         } => commands::reap::run(&identity, launcher.as_deref(), state.as_deref()),
         Command::GitHook { name } => commands::gate::hook(&name),
+        Command::PrepareTrust => commands::shim::prepare_trust(),
+        Command::Health(args) => commands::health::run(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -43,7 +43,7 @@ fn start(world: &World, args: &[&str]) -> Running {
 /// Runs `script` in the agent's container as the agent.
 fn in_bottle(container: &str, script: &str) -> String {
     let out = Command::new("docker")
-        .args(["exec", "-u", "1000:1000", container, "bash", "-c", script])
+        .args(["exec", "-u", "10001:10001", container, "bash", "-c", script])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -52,7 +52,7 @@ fn in_bottle(container: &str, script: &str) -> String {
 /// Runs the MCP client in the bottle with `args`.
 fn mcp(container: &str, args: &[&str]) -> String {
     let mut child = Command::new("docker")
-        .args(["exec", "-i", "-u", "1000:1000", container, "python3", "-"])
+        .args(["exec", "-i", "-u", "10001:10001", container, "python3", "-"])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -152,7 +152,7 @@ fn a_person_widens_the_running_bottle_and_resume_keeps_it() {
         "exec",
         "-d",
         "-u",
-        "1000:1000",
+        "10001:10001",
         &agent,
         "bash",
         "-c",

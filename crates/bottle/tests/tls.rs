@@ -456,7 +456,13 @@ fn every_encoding_and_compressed_body_is_refused_before_the_origin() {
         assert_eq!(probe.get(name), "403", "{name}: {body}");
         assert!(body.contains("credential leak"), "{name}: {body}");
     }
-    assert_eq!(probe.get("zstd"), "403", "{}", probe.get("zstd_body"));
+    assert_eq!(
+        probe.get("zstd"),
+        "403",
+        "{} {}",
+        probe.get("zstd_body"),
+        probe.get("zstd_err")
+    );
     assert!(probe.get("zstd_body").contains("cannot read it"));
     assert_eq!(probe.get("bomb"), "413", "{}", probe.get("bomb_body"));
 

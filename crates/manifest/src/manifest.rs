@@ -220,11 +220,11 @@ fn default_branches() -> Vec<String> {
     vec!["agent/*".to_owned(), "bottle/*".to_owned()]
 }
 
-/// Limits of the agent's sandbox.
+/// Limits of the agent's sandbox, its gate and the builds of its image.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
-    /// CPUs (fractions allowed). Default: no limit beyond the machine's.
+    /// CPUs (fractions allowed). Default: 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
     /// Memory, as bytes or with a unit: `512m`, `4g`. Default: `4g`.
@@ -233,6 +233,43 @@ pub struct Resources {
     /// Most processes at once. Default: 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<i64>,
+    /// Size of the agent's `/tmp` (a tmpfs, counted in `memory`).
+    /// Default: `1g`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp: Option<MemorySize>,
+    /// Most open files per process. Default: 8192.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nofile: Option<u64>,
+    /// Limits of the bottle's gates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateResources>,
+    /// Limits of a build of the bottle's own image (an approved image
+    /// change): it gets the agent's CPU, memory and process limits, and
+    /// this much time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildResources>,
+}
+
+/// `resources.gate`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GateResources {
+    /// CPUs of each gate container. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory of the egress gate. Default: `256m` (the git gate gets
+    /// twice as much).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySize>,
+}
+
+/// `resources.build`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildResources {
+    /// Longest a build may take, as `90s`, `30m`, `1h`. Default: `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// A memory size: a number of bytes or a string such as `512m`.

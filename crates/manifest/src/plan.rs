@@ -24,6 +24,14 @@ pub const PLAN_VERSION: u32 = 1;
 pub const WORKDIR: &str = "/workspace";
 /// The agent's user inside the bottle.
 pub const AGENT_USER: &str = "agent";
+/// The agent's uid and gid inside the bottle. Not 1000, the first login
+/// user of most Linux machines: an agent that escaped its sandbox should
+/// not be the person who started it (the launcher refuses to start when
+/// the person's uid is this one).
+pub const AGENT_UID: u32 = 10001;
+/// Where the agent's trust stores are written at start (a root-owned
+/// tmpfs; see the shim's `trust` module).
+pub const TRUST_TMPFS: &str = "/run/bot-bottle";
 /// The agent's home inside the bottle.
 pub const AGENT_HOME: &str = "/home/agent";
 /// The egress proxy as the agent sees it (the shim's loopback port).
@@ -163,17 +171,30 @@ impl From<&PushPolicy> for PushPolicyPlan {
             force: p.force,
             delete: p.delete,
             tags: p.tags,
-            max_pack_bytes: p.max_pack_bytes,
+            max_pack_bytes: Some(
+                p.max_pack_bytes
+                    .unwrap_or(crate::validate::DEFAULT_MAX_PACK_BYTES),
+            ),
         }
     }
 }
 
-/// Limits of the agent's sandbox.
+/// Limits of the agent's sandbox, its gates and its builds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ResourcePlan {
     pub cpus: Option<f64>,
     pub memory_bytes: u64,
     pub pids: i64,
+    /// Size of the agent's `/tmp` (a tmpfs).
+    pub tmp_bytes: u64,
+    /// Open files per process (`RLIMIT_NOFILE`, soft and hard).
+    pub nofile: u64,
+    /// CPUs of each gate container.
+    pub gate_cpus: f64,
+    /// Memory of the egress gate (the git gate gets twice as much).
+    pub gate_memory_bytes: u64,
+    /// Longest a build of the bottle's own image may take.
+    pub build_timeout_secs: u64,
 }
 
 /// The frozen plan of one bottle.
@@ -536,9 +557,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         provision,
         resume_command,
         resources: ResourcePlan {
-            cpus: checked.nano_cpus.map(|n| n as f64 / 1e9),
+            cpus: Some(checked.nano_cpus as f64 / 1e9),
             memory_bytes: checked.memory_bytes,
             pids: checked.pids,
+            tmp_bytes: checked.tmp_bytes,
+            nofile: checked.nofile,
+            gate_cpus: checked.gate_nano_cpus as f64 / 1e9,
+            gate_memory_bytes: checked.gate_memory_bytes,
+            build_timeout_secs: checked.build_timeout_secs,
         },
         remove_on_exit: input.remove_on_exit,
         workspace: input.cwd.map(|dir| WorkspacePlan {
@@ -715,13 +741,18 @@ impl Plan {
         line(
             "resources",
             &format!(
-                "memory {} MiB, pids {}, cpus {}",
-                self.resources.memory_bytes >> 20,
-                self.resources.pids,
+                "agent: cpus {}, memory {} MiB, pids {}, /tmp {} MiB, open files {}, root read-only; gates: cpus {}, memory {} MiB; builds: {} min",
                 self.resources
                     .cpus
                     .map(|c| c.to_string())
-                    .unwrap_or_else(|| "all".to_owned())
+                    .unwrap_or_else(|| "all".to_owned()),
+                self.resources.memory_bytes >> 20,
+                self.resources.pids,
+                self.resources.tmp_bytes >> 20,
+                self.resources.nofile,
+                self.resources.gate_cpus,
+                self.resources.gate_memory_bytes >> 20,
+                self.resources.build_timeout_secs / 60,
             ),
         );
         match &self.workspace {

@@ -18,6 +18,26 @@ pub const ROLE_CLAUDE_CODE_OAUTH: &str = "claude_code_oauth";
 
 /// Memory limit when the manifest names none.
 pub const DEFAULT_MEMORY_BYTES: u64 = 4 << 30;
+/// CPUs of the agent when the manifest names none.
+pub const DEFAULT_CPUS: f64 = 2.0;
+/// Size of the agent's `/tmp` when the manifest names none.
+pub const DEFAULT_TMP_BYTES: u64 = 1 << 30;
+/// Open files per process when the manifest names none.
+pub const DEFAULT_NOFILE: u64 = 8192;
+/// Fewest open files accepted: a shell and a tool or two.
+pub const MIN_NOFILE: u64 = 64;
+/// Most open files accepted (the kernel's `nr_open` default).
+pub const MAX_NOFILE: u64 = 1 << 20;
+/// CPUs of each gate when the manifest names none.
+pub const DEFAULT_GATE_CPUS: f64 = 1.0;
+/// Memory of the egress gate when the manifest names none.
+pub const DEFAULT_GATE_MEMORY_BYTES: u64 = 256 << 20;
+/// Smallest gate memory accepted.
+pub const MIN_GATE_MEMORY_BYTES: u64 = 64 << 20;
+/// Longest a build of the bottle's own image takes by default.
+pub const DEFAULT_BUILD_TIMEOUT_SECS: u64 = 30 * 60;
+/// Largest pack a push may send when the manifest names no limit.
+pub const DEFAULT_MAX_PACK_BYTES: u64 = 512 << 20;
 /// Process limit when the manifest names none.
 pub const DEFAULT_PIDS: i64 = 1024;
 /// Smallest memory limit accepted: the shim, a shell and a tool or two.
@@ -88,7 +108,12 @@ pub struct CheckedBottle {
     pub allow_private: Vec<IpNet>,
     pub memory_bytes: u64,
     pub pids: i64,
-    pub nano_cpus: Option<i64>,
+    pub nano_cpus: i64,
+    pub tmp_bytes: u64,
+    pub nofile: u64,
+    pub gate_nano_cpus: i64,
+    pub gate_memory_bytes: u64,
+    pub build_timeout_secs: u64,
     pub upstream_ca: Option<PathBuf>,
     /// Identity file of each git entry, in order, resolved.
     pub identity_files: Vec<PathBuf>,
@@ -304,17 +329,78 @@ fn check_bottle(out: &mut Problems, at: &str, bottle: &Bottle, ctx: &Context) ->
             format!("at least {MIN_PIDS} processes are needed"),
         );
     }
-    let nano_cpus = bottle.resources.cpus.and_then(|cpus| {
-        if cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0 {
-            Some((cpus * 1e9) as i64)
+    let cpus = |out: &mut Problems, field: &str, value: Option<f64>, default: f64| {
+        let cpus = value.unwrap_or(default);
+        if (0.01..=1024.0).contains(&cpus) {
+            (cpus * 1e9) as i64
         } else {
             out.push(
-                format!("{at}.resources.cpus"),
-                "expected a number of CPUs greater than 0, such as 2 or 0.5",
+                format!("{at}.{field}"),
+                "expected a number of CPUs from 0.01 to 1024, such as 2 or 0.5",
             );
-            None
+            (default * 1e9) as i64
         }
-    });
+    };
+    let resources = &bottle.resources;
+    let nano_cpus = cpus(out, "resources.cpus", resources.cpus, DEFAULT_CPUS);
+    let gate = resources.gate.clone().unwrap_or_default();
+    let gate_nano_cpus = cpus(out, "resources.gate.cpus", gate.cpus, DEFAULT_GATE_CPUS);
+    let size = |out: &mut Problems, field: &str, value: &Option<MemorySize>, default, min: u64| {
+        match value {
+            None => default,
+            Some(size) => match parse_memory(size) {
+                Some(bytes) if bytes >= min => bytes,
+                Some(_) => {
+                    out.push(
+                        format!("{at}.{field}"),
+                        format!("at least {} MiB is needed", min >> 20),
+                    );
+                    min
+                }
+                None => {
+                    out.push(
+                        format!("{at}.{field}"),
+                        "expected bytes or a size such as \"512m\" or \"4g\"",
+                    );
+                    default
+                }
+            },
+        }
+    };
+    let tmp_bytes = size(
+        out,
+        "resources.tmp",
+        &resources.tmp,
+        DEFAULT_TMP_BYTES,
+        1 << 20,
+    );
+    let gate_memory_bytes = size(
+        out,
+        "resources.gate.memory",
+        &gate.memory,
+        DEFAULT_GATE_MEMORY_BYTES,
+        MIN_GATE_MEMORY_BYTES,
+    );
+    let nofile = resources.nofile.unwrap_or(DEFAULT_NOFILE);
+    if !(MIN_NOFILE..=MAX_NOFILE).contains(&nofile) {
+        out.push(
+            format!("{at}.resources.nofile"),
+            format!("expected {MIN_NOFILE} to {MAX_NOFILE} open files"),
+        );
+    }
+    let build_timeout_secs = match resources.build.as_ref().and_then(|b| b.timeout.as_deref()) {
+        None => DEFAULT_BUILD_TIMEOUT_SECS,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d.as_secs() >= 10 && d.as_secs() <= 24 * 3600 => d.as_secs(),
+            _ => {
+                out.push(
+                    format!("{at}.resources.build.timeout"),
+                    format!("{text:?} is not a duration from 10s to 24h, such as \"30m\""),
+                );
+                DEFAULT_BUILD_TIMEOUT_SECS
+            }
+        },
+    };
 
     CheckedBottle {
         allow,
@@ -322,6 +408,11 @@ fn check_bottle(out: &mut Problems, at: &str, bottle: &Bottle, ctx: &Context) ->
         memory_bytes,
         pids,
         nano_cpus,
+        tmp_bytes,
+        nofile: nofile.clamp(MIN_NOFILE, MAX_NOFILE),
+        gate_nano_cpus,
+        gate_memory_bytes,
+        build_timeout_secs,
         upstream_ca,
         identity_files,
     }

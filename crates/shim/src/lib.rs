@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
-mod trust;
+pub mod trust;
 
 /// Exit status when the shim itself fails (sysexits' EX_SOFTWARE).
 pub const EXIT_SHIM_FAILED: i32 = 70;
@@ -47,6 +47,9 @@ pub struct ShimConfig {
     pub user: Option<(u32, u32)>,
     /// How long to wait for the gate's sockets before giving up.
     pub gate_timeout: Duration,
+    /// RLIMIT_NPROC for the command's user, when the sandbox counts its
+    /// processes on its own (a kernel of its own, as under gVisor).
+    pub nproc: Option<u64>,
     pub command: Vec<String>,
 }
 
@@ -122,6 +125,10 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     if let Some(ca) = &config.ca {
         trust::install(ca).map_err(ShimError::Ca)?;
     }
+    if let Some(limit) = config.nproc {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, limit, limit)
+            .map_err(|e| ShimError::Io(std::io::Error::from(e)))?;
+    }
     if let Some((uid, gid)) = config.user {
         drop_privileges(uid, gid)?;
     }
@@ -181,10 +188,16 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     }
 }
 
+/// Parses `UID:GID`.
+pub fn parse_user(spec: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = spec.split_once(':')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
+}
+
 /// Becomes `uid:gid` for good: supplementary groups, gid, then uid. From
 /// root, setuid to another user clears every capability, and
 /// no-new-privileges keeps them from coming back.
-fn drop_privileges(uid: u32, gid: u32) -> Result<(), ShimError> {
+pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), ShimError> {
     use nix::unistd::{Gid, Uid, getuid, setgid, setgroups, setuid};
     if getuid().as_raw() == uid {
         return Ok(());

@@ -89,13 +89,15 @@ impl ImageSpec {
             ImageKind::Agent => AGENT_DOCKERFILE.to_owned(),
             ImageKind::Derived => format!(
                 "FROM {}\nUSER root\nCOPY node-proxy.cjs /usr/local/lib/bot-bottle/node-proxy.cjs\n\
-                 COPY bottle /usr/local/bin/bottle\nRUN mkdir -p /run/bottle /workspace\n",
+                 COPY bottle /usr/local/bin/bottle\n\
+                 RUN mkdir -p /run/bottle /workspace && /usr/local/bin/bottle prepare-trust\n",
                 self.from
             ),
             // The fragment runs as root; bot-bottle's files come back on
-            // top after it, so no fragment can replace the shim.
+            // top after it, so no fragment can replace the shim, and the
+            // trust stores are prepared again (a fragment may rewrite them).
             ImageKind::Bottle => format!(
-                "FROM {}\nUSER root\n{}\nCOPY {OVERLAY}/ /\n",
+                "FROM {}\nUSER root\n{}\nCOPY {OVERLAY}/ /\nRUN /usr/local/bin/bottle prepare-trust\n",
                 self.from,
                 self.fragment.as_deref().unwrap_or_default()
             ),
@@ -420,7 +422,9 @@ mod tests {
         };
         let dockerfile = spec.dockerfile();
         assert!(dockerfile.starts_with("FROM bot-bottle/agent:latest\nUSER root\nRUN rm"));
-        assert!(dockerfile.ends_with("RUN rm -f /usr/local/bin/bottle\nCOPY overlay/ /\n"));
+        assert!(dockerfile.ends_with(
+            "RUN rm -f /usr/local/bin/bottle\nCOPY overlay/ /\nRUN /usr/local/bin/bottle prepare-trust\n"
+        ));
         let context = build_context(
             &dockerfile,
             AGENT_FILES,

@@ -15,9 +15,12 @@ use crate::BackendError;
 pub struct Container {
     pub id: String,
     pub name: String,
-    /// `agent` or `gate`.
+    /// `agent`, `gate` or `git`.
     pub role: String,
     pub running: bool,
+    /// Its health check's verdict: `healthy`, `unhealthy`, `starting`;
+    /// `None` when it has none or is not running.
+    pub health: Option<String>,
 }
 
 /// Everything Docker holds for one identity.
@@ -48,6 +51,14 @@ impl Resources {
     /// Whether the role's container runs.
     pub fn running(&self, role: &str) -> bool {
         self.containers.iter().any(|c| c.role == role && c.running)
+    }
+
+    /// The health of the role's running container, if it has a verdict.
+    pub fn health(&self, role: &str) -> Option<&str> {
+        self.containers
+            .iter()
+            .find(|c| c.role == role && c.running)
+            .and_then(|c| c.health.as_deref())
     }
 }
 
@@ -90,6 +101,7 @@ pub async fn by_identity(docker: &Docker) -> Result<BTreeMap<String, Resources>,
                 .to_owned(),
             role: labels.get(ROLE_LABEL).cloned().unwrap_or_default(),
             running: c.state.is_some_and(|s| s.to_string() == "running"),
+            health: c.status.as_deref().and_then(health_of),
         });
     }
     for n in networks.map_err(|e| BackendError::docker("list networks", e))? {
@@ -116,6 +128,14 @@ pub async fn by_identity(docker: &Docker) -> Result<BTreeMap<String, Resources>,
     Ok(out)
 }
 
+/// The health verdict in a container's status line (`Up 2 minutes
+/// (healthy)`, `Up 3 seconds (health: starting)`).
+fn health_of(status: &str) -> Option<String> {
+    let inside = status.rsplit_once('(')?.1.strip_suffix(')')?;
+    let verdict = inside.strip_prefix("health: ").unwrap_or(inside);
+    matches!(verdict, "healthy" | "unhealthy" | "starting").then(|| verdict.to_owned())
+}
+
 /// Images bot-bottle built that no tag names any more (left behind by
 /// rebuilds): safe to remove.
 pub async fn dangling_images(docker: &Docker) -> Result<Vec<String>, BackendError> {
@@ -132,4 +152,27 @@ pub async fn dangling_images(docker: &Docker) -> Result<Vec<String>, BackendErro
         .await
         .map_err(|e| BackendError::docker("list images", e))?;
     Ok(images.into_iter().map(|i| i.id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_read_from_the_status_line() {
+        assert_eq!(
+            health_of("Up 2 minutes (healthy)").as_deref(),
+            Some("healthy")
+        );
+        assert_eq!(
+            health_of("Up 3 seconds (health: starting)").as_deref(),
+            Some("starting")
+        );
+        assert_eq!(
+            health_of("Up 1 hour (unhealthy)").as_deref(),
+            Some("unhealthy")
+        );
+        assert_eq!(health_of("Up 2 minutes"), None);
+        assert_eq!(health_of("Exited (0) 5 seconds ago"), None);
+    }
 }

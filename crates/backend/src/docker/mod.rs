@@ -73,9 +73,6 @@ fn gate_paths() -> crate::gate_config::GatePaths {
     }
 }
 
-/// The agent's uid and gid in the images bot-bottle builds.
-const AGENT_UID: &str = "1000:1000";
-
 /// Settings of the Docker backend that do not come from the plan.
 #[derive(Debug, Clone)]
 pub struct DockerSettings {
@@ -162,6 +159,11 @@ impl Backend for DockerBackend {
 
     fn prepare(&self, plan: &Plan) -> Result<DockerPrepared, BackendError> {
         let identity = &plan.identity;
+        if nix::unistd::getuid().as_raw() == bottle_manifest::plan::AGENT_UID {
+            return Err(BackendError::AgentUidIsYours {
+                uid: bottle_manifest::plan::AGENT_UID,
+            });
+        }
         // The launcher's label lets `cleanup` from another state root (or
         // another user) tell a live bottle from an orphan.
         let labels = HashMap::from([
@@ -403,11 +405,13 @@ impl DockerBackend {
                 .clone();
             let mut command = p.plan.command.clone();
             let mut first = true;
+            let provisioned = provision::write_files(&p.dir, &p.plan.provision)?;
             loop {
                 let agent = spec::agent_container(
                     p,
                     &image,
                     &command,
+                    &provisioned,
                     runtime.clone(),
                     session::is_interactive(),
                     self.settings.gate_timeout,

@@ -1,31 +1,50 @@
 //! Provisioning the agent's container before it starts (after the CA,
 //! which the shim installs): the system prompt and the MCP configuration
-//! under `/etc/bot-bottle/` (root's, read-only to the agent), then the
-//! skills into the agent's home, owned by the agent.
+//! are files of the state directory mounted read-only at
+//! `/etc/bot-bottle/` (the agent's root is read-only, and they are root's),
+//! then the skills are copied into the agent's home, owned by the agent.
 
 use std::io;
 use std::path::Path;
 
 use bollard::Docker;
 use bollard::query_parameters::UploadToContainerOptions;
-use bottle_manifest::plan::AGENT_HOME;
+use bottle_manifest::plan::{AGENT_HOME, AGENT_UID};
 use bottle_manifest::provision::ProvisionPlan;
 use bytes::Bytes;
 
 use crate::BackendError;
+use crate::state::BottleDir;
 
-/// The agent's uid and gid.
-const AGENT_ID: u64 = 1000;
+/// Writes the prompt and, with supervise, the MCP configuration into the
+/// state directory, whence they are mounted; returns each file with the
+/// path it is mounted at.
+pub fn write_files(
+    dir: &BottleDir,
+    plan: &ProvisionPlan,
+) -> Result<Vec<(std::path::PathBuf, String)>, BackendError> {
+    let mut files = vec![(plan.prompt_file.clone(), plan.prompt.clone())];
+    if let (Some(path), Some(json)) = (&plan.mcp_config, plan.mcp_config_json()) {
+        files.push((path.clone(), json));
+    }
+    let mut mounts = Vec::new();
+    for (inside, contents) in files {
+        let name = Path::new(&inside)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".to_owned());
+        let host = dir.write_provision_file(&name, contents.as_bytes())?;
+        mounts.push((host, inside));
+    }
+    Ok(mounts)
+}
 
-/// Writes the prompt, the MCP configuration and the skills into the
-/// created (not started) `container`.
+/// Copies the skills into the created (not started) `container`.
 pub async fn provision(
     docker: &Docker,
     container: &str,
     plan: &ProvisionPlan,
 ) -> Result<(), BackendError> {
-    let system = system_tar(plan)?;
-    upload(docker, container, "/", system, "the prompt").await?;
     if !plan.skills.is_empty() {
         let skills = plan.skills.clone();
         let tar = tokio::task::spawn_blocking(move || skills_tar(&skills))
@@ -51,29 +70,6 @@ async fn upload(
         .upload_to_container(container, Some(options), bollard::body_full(tar))
         .await
         .map_err(|e| BackendError::docker(format!("copy {what} into {container}"), e))
-}
-
-/// `/etc/bot-bottle/prompt.md` and, with supervise, `mcp.json`.
-fn system_tar(plan: &ProvisionPlan) -> Result<Bytes, BackendError> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut files = vec![(plan.prompt_file.clone(), plan.prompt.clone())];
-    if let (Some(path), Some(json)) = (&plan.mcp_config, plan.mcp_config_json()) {
-        files.push((path.clone(), json));
-    }
-    for (path, contents) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(contents.len() as u64);
-        header.set_mode(0o644);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_cksum();
-        tar.append_data(
-            &mut header,
-            path.trim_start_matches('/'),
-            contents.as_bytes(),
-        )?;
-    }
-    Ok(Bytes::from(tar.into_inner()?))
 }
 
 /// `.claude/skills/NAME/…` for each skill, owned by the agent. Symbolic
@@ -151,7 +147,7 @@ fn append_tree(
 }
 
 fn own(header: &mut tar::Header) {
-    header.set_uid(AGENT_ID);
-    header.set_gid(AGENT_ID);
+    header.set_uid(u64::from(AGENT_UID));
+    header.set_gid(u64::from(AGENT_UID));
     header.set_cksum();
 }

@@ -5,28 +5,76 @@
 
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, ResourcesUlimits};
 use bottle_gate::config::{EGRESS_SOCKET, GIT_SOCKET, SUPERVISE_SOCKET};
-use bottle_manifest::plan::{AGENT_CA_PATH, AGENT_HOME, GIT_PORT, PROXY_PORT, SUPERVISE_PORT};
+use bottle_manifest::plan::{
+    AGENT_CA_PATH, AGENT_HOME, AGENT_UID, GIT_PORT, PROXY_PORT, SUPERVISE_PORT, TRUST_TMPFS,
+};
 
 use super::{
-    AGENT_UID, BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, GATE_GIT_DIR,
-    GATE_SUPERVISE_DIR, ROLE_LABEL, SOCKET_DIR,
+    BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, GATE_GIT_DIR, GATE_SUPERVISE_DIR,
+    ROLE_LABEL, SOCKET_DIR,
 };
 use crate::BackendError;
 
-/// Limits of the gate container: a proxy needs little.
-const GATE_MEMORY_BYTES: i64 = 256 << 20;
+/// Processes of a gate container.
 const GATE_PIDS: i64 = 256;
-/// Limits of the git gate's container: git packs and checks objects.
-const GIT_GATE_MEMORY_BYTES: i64 = 512 << 20;
+/// Host threads a gVisor sandbox needs beyond the agent's processes.
+const GVISOR_PIDS_HEADROOM: i64 = 512;
+/// CPU weight of the agent (Docker's default is 1024): when the machine
+/// is busy, the agent yields to its gate and to the rest of the host.
+const AGENT_CPU_SHARES: i64 = 512;
+/// CPU weight of the gates: an agent cannot starve its own way out.
+const GATE_CPU_SHARES: i64 = 2048;
+/// Open files of a gate process.
+const GATE_NOFILE: i64 = 8192;
+/// How often Docker checks a container's health, and how long it waits.
+const HEALTH_INTERVAL_NS: i64 = 10_000_000_000;
+const HEALTH_TIMEOUT_NS: i64 = 5_000_000_000;
+const HEALTH_START_NS: i64 = 30_000_000_000;
+const HEALTH_RETRIES: i64 = 3;
+
+/// A health check running `bottle health ARGS` in the container.
+fn health(args: &[String]) -> HealthConfig {
+    let mut test = vec!["CMD".to_owned(), BINARY.to_owned(), "health".to_owned()];
+    test.extend_from_slice(args);
+    HealthConfig {
+        test: Some(test),
+        interval: Some(HEALTH_INTERVAL_NS),
+        timeout: Some(HEALTH_TIMEOUT_NS),
+        start_period: Some(HEALTH_START_NS),
+        retries: Some(HEALTH_RETRIES),
+        ..Default::default()
+    }
+}
+
+fn nofile(limit: i64) -> Vec<ResourcesUlimits> {
+    vec![ResourcesUlimits {
+        name: Some("nofile".into()),
+        soft: Some(limit),
+        hard: Some(limit),
+    }]
+}
+
+fn nano_cpus(cpus: f64) -> i64 {
+    (cpus * 1e9) as i64
+}
 
 /// The agent's container running `image` with `command` (the plan's, or
-/// after a capability block its own image and resume command).
+/// after a capability block its own image and resume command), with the
+/// provisioned files (host path, path inside) mounted read-only.
+///
+/// Its root filesystem is read-only; it may write only `/tmp` (a tmpfs of
+/// `resources.tmp`), its home and `/workspace` (volumes). The trust stores
+/// are written at start into a root-owned tmpfs (`/run/bot-bottle`) by the
+/// shim, before it drops to the agent's uid.
 pub fn agent_container(
     p: &DockerPrepared,
     image: &str,
     command: &[String],
+    provisioned: &[(std::path::PathBuf, String)],
     runtime: Option<String>,
     tty: bool,
     gate_timeout: Duration,
@@ -61,8 +109,17 @@ pub fn agent_container(
         "--ca".to_owned(),
         AGENT_CA_PATH.to_owned(),
         "--user".to_owned(),
-        AGENT_UID.to_owned(),
+        format!("{AGENT_UID}:{AGENT_UID}"),
     ];
+    // Under gVisor the sandbox has a kernel of its own: its host pids
+    // cgroup counts the sandbox's threads, not the agent's processes, and
+    // a process count past it stops the whole sandbox. There the agent's
+    // processes are bounded by RLIMIT_NPROC, which that kernel counts for
+    // this bottle alone, and the host limit leaves room for the sandbox.
+    let gvisor = runtime.as_deref() == Some("runsc");
+    if gvisor {
+        entrypoint.extend(["--nproc".to_owned(), p.plan.resources.pids.to_string()]);
+    }
     if !p.plan.git.is_empty() {
         entrypoint.extend([
             "--forward".to_owned(),
@@ -78,7 +135,27 @@ pub fn agent_container(
     entrypoint.push("--".to_owned());
     let mut labels = p.labels.clone();
     labels.insert(ROLE_LABEL.into(), "agent".into());
-    let memory = i64::try_from(p.plan.resources.memory_bytes).unwrap_or(i64::MAX);
+    let resources = &p.plan.resources;
+    let memory = i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX);
+    let mut binds = vec![
+        format!("{}:{SOCKET_DIR}:ro", p.dir.socket_dir().display()),
+        format!("{}:{AGENT_CA_PATH}:ro", p.dir.ca_cert().display()),
+        format!("{}:{}", p.workspace_volume, p.plan.workdir),
+        format!("{}:{AGENT_HOME}", p.home_volume),
+    ];
+    for (host, inside) in provisioned {
+        binds.push(format!("{}:{inside}:ro", host.display()));
+    }
+    let tmpfs = HashMap::from([
+        (
+            "/tmp".to_owned(),
+            format!("rw,nosuid,nodev,size={},mode=1777", resources.tmp_bytes),
+        ),
+        (
+            TRUST_TMPFS.to_owned(),
+            "rw,nosuid,nodev,noexec,size=8m,mode=0755".to_owned(),
+        ),
+    ]);
     Ok(ContainerCreateBody {
         image: Some(image.to_owned()),
         entrypoint: Some(entrypoint),
@@ -97,29 +174,65 @@ pub fn agent_container(
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         labels: Some(labels),
+        // Healthy while the shim's forward reaches the gate; checked as
+        // the agent's uid, never as root.
+        healthcheck: Some(health(&[
+            "--user".to_owned(),
+            format!("{AGENT_UID}:{AGENT_UID}"),
+            "--tcp".to_owned(),
+            PROXY_PORT.to_string(),
+        ])),
         host_config: Some(HostConfig {
             // No interface but loopback: the gate's sockets are the only way out.
             network_mode: Some("none".into()),
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: Some(vec!["SETUID".into(), "SETGID".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
-            pids_limit: Some(p.plan.resources.pids),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(tmpfs),
+            pids_limit: Some(if gvisor {
+                resources.pids.saturating_add(GVISOR_PIDS_HEADROOM)
+            } else {
+                resources.pids
+            }),
             memory: Some(memory),
             memory_swap: Some(memory),
-            nano_cpus: p.plan.resources.cpus.map(|c| (c * 1e9) as i64),
+            nano_cpus: resources.cpus.map(nano_cpus),
+            cpu_shares: Some(AGENT_CPU_SHARES),
+            // Processes are bounded by the pids cgroup above, per bottle.
+            // RLIMIT_NPROC is not set: it counts a uid's processes on the
+            // whole host, so one bottle could starve every other.
+            ulimits: Some(nofile(i64::try_from(resources.nofile).unwrap_or(i64::MAX))),
             // Read-only: the agent may connect to the sockets, not replace them.
-            binds: Some(vec![
-                format!("{}:{SOCKET_DIR}:ro", p.dir.socket_dir().display()),
-                format!("{}:{AGENT_CA_PATH}:ro", p.dir.ca_cert().display()),
-                format!("{}:{}", p.workspace_volume, p.plan.workdir),
-                format!("{}:{AGENT_HOME}", p.home_volume),
-            ]),
+            binds: Some(binds),
             runtime,
             init: Some(false),
             ..Default::default()
         }),
         ..Default::default()
     })
+}
+
+/// Limits every gate container shares: CPU, weight, open files; memory as
+/// the plan says (the git gate's `factor` times it).
+fn gate_limits(p: &DockerPrepared, factor: i64) -> HostConfig {
+    let memory = i64::try_from(p.plan.resources.gate_memory_bytes)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(factor);
+    HostConfig {
+        network_mode: Some(p.gate_network.clone()),
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        pids_limit: Some(GATE_PIDS),
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        nano_cpus: Some(nano_cpus(p.plan.resources.gate_cpus)),
+        cpu_shares: Some(GATE_CPU_SHARES),
+        ulimits: Some(nofile(GATE_NOFILE)),
+        init: Some(false),
+        ..Default::default()
+    }
 }
 
 pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
@@ -158,17 +271,13 @@ pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
         stdin_once: Some(secrets_on_stdin),
         attach_stdin: Some(secrets_on_stdin),
         env: Some(vec!["RUST_LOG=info".into()]),
+        healthcheck: Some(health(&[
+            "--socket".to_owned(),
+            format!("{SOCKET_DIR}/{EGRESS_SOCKET}"),
+        ])),
         host_config: Some(HostConfig {
-            network_mode: Some(p.gate_network.clone()),
-            readonly_rootfs: Some(true),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            pids_limit: Some(GATE_PIDS),
-            memory: Some(GATE_MEMORY_BYTES),
-            memory_swap: Some(GATE_MEMORY_BYTES),
             binds: Some(binds),
-            init: Some(false),
-            ..Default::default()
+            ..gate_limits(p, 1)
         }),
         ..Default::default()
     }
@@ -190,22 +299,19 @@ pub fn git_container(p: &DockerPrepared) -> ContainerCreateBody {
         user: Some(format!("{uid}:{gid}")),
         labels: Some(labels),
         env: Some(vec!["RUST_LOG=info".into()]),
+        healthcheck: Some(health(&[
+            "--socket".to_owned(),
+            format!("{SOCKET_DIR}/{GIT_SOCKET}"),
+        ])),
+        // git packs and checks objects: twice the egress gate's memory.
         host_config: Some(HostConfig {
-            network_mode: Some(p.gate_network.clone()),
-            readonly_rootfs: Some(true),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            pids_limit: Some(GATE_PIDS),
-            memory: Some(GIT_GATE_MEMORY_BYTES),
-            memory_swap: Some(GIT_GATE_MEMORY_BYTES),
             binds: Some(vec![
                 format!("{}:{GATE_CONFIG_DIR}:ro", p.dir.git_gate_dir().display()),
                 format!("{}:{SOCKET_DIR}", p.dir.socket_dir().display()),
                 format!("{}:{GATE_AUDIT_LOG}", p.dir.audit_log().display()),
                 format!("{}:{GATE_GIT_DIR}", p.dir.git_dir().display()),
             ]),
-            init: Some(false),
-            ..Default::default()
+            ..gate_limits(p, 2)
         }),
         ..Default::default()
     }

@@ -68,6 +68,9 @@ pub struct Row<'a> {
     pub started_at: Option<&'a str>,
     pub state: &'a str,
     pub services: Vec<&'static str>,
+    /// The health of each gate that runs and has a verdict:
+    /// `{"gate": "healthy", "git": "starting"}`.
+    pub health: std::collections::BTreeMap<&'static str, &'a str>,
 }
 
 impl Bottle {
@@ -80,6 +83,10 @@ impl Bottle {
             started_at: meta.and_then(|m| m["started_at"].as_str()),
             state: self.state(),
             services: self.services(),
+            health: ["gate", "git"]
+                .into_iter()
+                .filter_map(|role| Some((role, self.docker.as_ref()?.health(role)?)))
+                .collect(),
         }
     }
 }

@@ -27,12 +27,17 @@ pub fn run(active_only: bool, format: Format, printer: &Printer) -> Result<i32, 
         }
         Format::Text => {
             let mut out = format!(
-                "{:<22} {:<14} {:<8} {:<21} {:<10} {}\n",
-                "IDENTITY", "AGENT", "BACKEND", "STARTED", "STATE", "SERVICES"
+                "{:<22} {:<14} {:<8} {:<21} {:<10} {:<16} {}\n",
+                "IDENTITY", "AGENT", "BACKEND", "STARTED", "STATE", "SERVICES", "GATE HEALTH"
             );
             for r in &rows {
+                let health: Vec<String> = r
+                    .health
+                    .iter()
+                    .map(|(role, h)| format!("{role}:{h}"))
+                    .collect();
                 out += &format!(
-                    "{:<22} {:<14} {:<8} {:<21} {:<10} {}\n",
+                    "{:<22} {:<14} {:<8} {:<21} {:<10} {:<16} {}\n",
                     r.identity,
                     r.agent.unwrap_or("-"),
                     r.backend,
@@ -42,6 +47,11 @@ pub fn run(active_only: bool, format: Format, printer: &Printer) -> Result<i32, 
                         "-".to_owned()
                     } else {
                         r.services.join(",")
+                    },
+                    if health.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        health.join(",")
                     }
                 );
             }

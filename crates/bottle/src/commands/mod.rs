@@ -4,6 +4,7 @@ pub mod approve;
 pub mod cleanup;
 pub mod deny;
 pub mod gate;
+pub mod health;
 pub mod inventory;
 pub mod list;
 pub mod manifest;

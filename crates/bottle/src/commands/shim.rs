@@ -26,22 +26,30 @@ pub fn run(args: ShimArgs) -> Result<i32, Failure> {
         })
         .collect::<anyhow::Result<Vec<_>>>()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
-    let user = match &args.user {
-        None => None,
-        Some(spec) => {
-            let parsed = spec
-                .split_once(':')
-                .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
-            Some(parsed.ok_or_else(|| {
-                Failure::new(exit::USAGE, anyhow!("--user {spec:?}: expected UID:GID"))
-            })?)
-        }
-    };
+    let user = args.user.as_deref().map(user).transpose()?;
     Ok(bottle_shim::run(ShimConfig {
         forwards,
         ca: args.ca,
         user,
         gate_timeout: Duration::from_millis(args.gate_timeout_ms),
+        nproc: args.nproc,
         command: args.command,
     }))
+}
+
+/// `--user UID:GID`, parsed.
+pub fn user(spec: &str) -> Result<(u32, u32), Failure> {
+    bottle_shim::parse_user(spec)
+        .ok_or_else(|| Failure::new(exit::USAGE, anyhow!("--user {spec:?}: expected UID:GID")))
+}
+
+/// `bottle prepare-trust`: at image build time, as root.
+pub fn prepare_trust() -> Result<i32, Failure> {
+    let prepared = bottle_shim::trust::prepare()
+        .map_err(|e| Failure::new(exit::SOFTWARE, anyhow!("preparing the trust stores: {e}")))?;
+    eprintln!(
+        "bot-bottle: trust stores prepared for a read-only root: {}",
+        prepared.join(", ")
+    );
+    Ok(0)
 }

@@ -751,22 +751,49 @@ pub fn wait_for_port(container: &str, port: u16) -> bool {
 pub struct Running {
     pub child: std::process::Child,
     pub identity: String,
+    /// What the command printed before its `ID=` line, as a probe.
+    pub probe: Probe,
 }
 
 impl Running {
     /// Spawns `cmd` (a `bottle start …`) and waits for its `ID=` line.
     pub fn spawn(cmd: &mut Command) -> Running {
+        Running::spawn_capturing(cmd)
+    }
+
+    /// [`Running::spawn`], keeping the `key=value` lines printed before
+    /// `ID=` in [`Running::probe`].
+    pub fn spawn_capturing(cmd: &mut Command) -> Running {
         use std::io::BufRead;
+        use std::os::unix::process::ExitStatusExt;
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let identity = lines
-            .find_map(|l| l.ok()?.strip_prefix("ID=").map(str::to_owned))
-            .expect("the bottle printed its identity");
-        Running { child, identity }
+        let mut before = String::new();
+        let identity = loop {
+            let line = lines
+                .next()
+                .expect("the bottle printed its identity")
+                .unwrap();
+            if let Some(id) = line.strip_prefix("ID=") {
+                break id.to_owned();
+            }
+            before.push_str(&line);
+            before.push('\n');
+        };
+        let probe = Probe::new(Output {
+            status: std::process::ExitStatus::from_raw(0),
+            stdout: before.into_bytes(),
+            stderr: Vec::new(),
+        });
+        Running {
+            child,
+            identity,
+            probe,
+        }
     }
 
     /// The agent's container.

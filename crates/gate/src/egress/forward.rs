@@ -86,31 +86,33 @@ impl Egress {
         let upgrade = wants_upgrade(req.headers());
         let mut codings = Vec::new();
         if scanning {
-            if let Some(leak) = leaked_in_request(
+            let refusal = if let Some(leak) = leaked_in_request(
                 &credentials,
                 &req,
                 &target,
                 &path,
                 route.as_ref().map(|r| &r.header),
             ) {
-                return self.refuse(fields, leak_refusal(&leak));
-            }
-            if upgrade && !is_websocket(req.headers()) {
-                return self.refuse(
-                    fields,
-                    Refusal::policy(
-                        "only WebSocket upgrades are forwarded while the bottle holds credentials (the gate reads every frame)",
-                    ),
-                );
-            }
-            codings = match body::codings(req.headers()) {
-                Ok(codings) => codings,
-                Err(what) => {
-                    return self.refuse(fields, Refusal::policy(format!(
+                Some(leak_refusal(&leak))
+            } else if upgrade && !is_websocket(req.headers()) {
+                Some(Refusal::policy(
+                    "only WebSocket upgrades are forwarded while the bottle holds credentials (the gate reads every frame)",
+                ))
+            } else {
+                match body::codings(req.headers()) {
+                    Ok(found) => {
+                        codings = found;
+                        None
+                    }
+                    Err(what) => Some(Refusal::policy(format!(
                         "a body with {what} is not forwarded while the bottle holds credentials: the gate cannot read it to check it for them (send it as identity, gzip, deflate or br)"
-                    )));
+                    ))),
                 }
             };
+            if let Some(refusal) = refusal {
+                drain(req.into_body()).await;
+                return self.refuse(fields, refusal);
+            }
         }
 
         // The upstream protocol follows the agent's: HTTP/2 agents may get
@@ -359,6 +361,20 @@ fn leaked_in_request(
         .or_else(|| {
             body::leak_in_headers(credentials, req.headers(), &target.host, replaced, "header")
         })
+}
+
+/// Most of a refused request's body read and dropped, so the client is
+/// not cut off while it still sends and reads the refusal whole.
+const DRAIN_BYTES: usize = 1 << 20;
+
+/// Reads and drops what is left of a refused request's body, up to
+/// [`DRAIN_BYTES`] or a second; nothing of it goes anywhere.
+async fn drain(body: Incoming) {
+    let mut body = Limited::new(body, DRAIN_BYTES);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
 }
 
 /// Whether an upgrade asks for WebSocket.

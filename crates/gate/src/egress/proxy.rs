@@ -88,6 +88,9 @@ impl Egress {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if is_health_check(&req) {
+            return Response::new(full("bottle gate: ok\n".to_owned()));
+        }
         if req.method() == Method::CONNECT {
             self.connect(req).await
         } else {
@@ -205,6 +208,12 @@ impl Egress {
             .find_leak_in_host(raw, host)
             .or_else(|| credentials.find_leak_in_host(&host.to_string(), host))
     }
+}
+
+/// `OPTIONS *`: the health check (`bottle health`), answered without a
+/// record. It asks the proxy about itself, so it goes nowhere.
+pub(crate) fn is_health_check<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS && req.uri() == "*"
 }
 
 fn bad_request_fields(req: &Request<Incoming>) -> Map<String, Value> {

@@ -131,6 +131,9 @@ impl Git {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if crate::egress::proxy::is_health_check(&req) {
+            return plain(StatusCode::OK, "bottle git gate: ok\n");
+        }
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
         let Some((name, rest)) = path.strip_prefix('/').and_then(|p| p.split_once(".git/")) else {
