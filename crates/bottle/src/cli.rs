@@ -159,6 +159,10 @@ pub struct StartArgs {
     /// The agent works on the copy; its work leaves through the git gate.
     #[arg(long)]
     pub cwd: bool,
+    /// With --cwd: copy this path (relative to the current directory) even
+    /// if it looks like a secret (an .env file, a key); repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub include: Vec<PathBuf>,
     /// Run this command in the bottle instead of the agent's.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

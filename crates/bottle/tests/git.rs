@@ -409,7 +409,8 @@ fn each_gate_role_reads_only_its_own_secrets() {
                head -c 1 /proc/1/mem >/dev/null 2>&1; echo gate_mem_rc=$?\n\
                secret=$(echo {needle} | base64 -d)\n\
                echo \"secret_in=$(grep -rlsF \"$secret\" / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev | head -3 | tr '\\n' ' ')\"\n\
-               for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; done | grep -c -F \"$secret\" | sed 's/^/secret_in_procs=/'\n\
+               for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; done > /var/lib/bottle/git/procs.tmp\n\
+               echo secret_in_procs=$(grep -c -F \"$secret\" /var/lib/bottle/git/procs.tmp)\n\
              }} > $out 2>&1\n\
              exit 0\n"
         ),
@@ -545,4 +546,129 @@ git push origin $commit:refs/heads/agent/evil >/tmp/p 2>&1; echo push_rc=$?; ech
         probe.get("push_err")
     );
     assert_eq!(upstream.refs(), before);
+}
+
+/// A repository whose configuration carries credentials (an extra header,
+/// a token in a remote URL, a credential helper and store, a rewrite to a
+/// token URL, an included file with another header) and whose directory
+/// holds secrets git does not track arrives in the bottle without any of
+/// them, and the preflight says what was left out.
+#[test]
+fn a_copied_repository_carries_no_credentials() {
+    let Some((world, upstream)) = setup() else {
+        return;
+    };
+    let repo = &upstream.checkout;
+    let token = "bbtestTOKEN0123456789abcdef";
+    let extra = world.dir.path().join("extra.gitconfig");
+    std::fs::write(
+        &extra,
+        format!("[http]\n\textraHeader = X-Included: {token}\n"),
+    )
+    .unwrap();
+    for (key, value) in [
+        (
+            "http.https://github.com/.extraheader",
+            format!("AUTHORIZATION: basic {token}"),
+        ),
+        (
+            "remote.mirror.url",
+            format!("https://x-access-token:{token}@github.com/me/repo.git"),
+        ),
+        ("credential.helper", format!("store --file=/tmp/{token}")),
+        (
+            &format!("url.https://{token}@github.com/.insteadOf"),
+            "https://github.com/".to_owned(),
+        ),
+        ("include.path", extra.display().to_string()),
+        ("github.token", token.to_owned()),
+    ] {
+        git(repo, &["config", "--add", key, &value]);
+    }
+    std::fs::write(
+        repo.join(".git/credentials"),
+        format!("https://me:{token}@github.com\n"),
+    )
+    .unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(repo.join(".git/logs/HEAD"))
+        .unwrap();
+    writeln!(log, "0000000000000000000000000000000000000000 0000000000000000000000000000000000000000 t <t@t> 0 +0000\tclone: from https://me:{token}@github.com/me/repo.git").unwrap();
+    std::fs::write(
+        repo.join(".git/FETCH_HEAD"),
+        format!("abc\t\tbranch 'main' of https://{token}@github.com/me/repo\n"),
+    )
+    .unwrap();
+    std::fs::write(repo.join(".env"), format!("API_KEY={token}\n")).unwrap();
+    std::fs::write(repo.join(".env.test"), "FIXTURE=1\n").unwrap();
+    std::fs::write(
+        repo.join("deploy.pem"),
+        format!("-----BEGIN RSA PRIVATE KEY-----\n{token}\n-----END RSA PRIVATE KEY-----\n"),
+    )
+    .unwrap();
+
+    let dry = world
+        .command()
+        .current_dir(repo)
+        .args([
+            "start",
+            "probe",
+            "--cwd",
+            "--include",
+            ".env.test",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    let plan = stdout(&dry);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(plan.contains(".env: an environment file"), "{plan}");
+    assert!(
+        plan.contains("deploy.pem: it holds a private key"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(".git/credentials: git's credential store"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("removed http.https://github.com/.extraheader"),
+        "{plan}"
+    );
+    assert!(!plan.contains(".env.test:"), "named with --include: {plan}");
+    assert!(
+        !plan.contains(token),
+        "the preflight shows no credential: {plan}"
+    );
+
+    let out = world
+        .command()
+        .current_dir(repo)
+        .args(["start", "probe", "-y", "--rm", "--cwd", "--include", ".env.test", "--", "bash", "-c"])
+        .arg(format!(
+            "cd /workspace; echo found=$(grep -rlF {token} . | tr '\\n' ' '); \
+             echo files=$(ls -A | tr '\\n' ' '); \
+             echo mirror=$(git config remote.mirror.url); echo helper=$(git config credential.helper); \
+             echo status=$(git status --porcelain | wc -l); git log -1 --format=%s >/dev/null; echo log_rc=$?"
+        ))
+        .output()
+        .unwrap();
+    let probe = Probe::new(out);
+    assert_eq!(probe.get("found"), "", "a credential rode in");
+    let files = probe.get("files");
+    assert!(files.contains(".env.test"), "{files}");
+    assert!(
+        !files.contains(".env ") && !files.contains("deploy.pem"),
+        "{files}"
+    );
+    assert_eq!(probe.get("mirror"), "https://github.com/me/repo.git");
+    assert_eq!(probe.get("helper"), "");
+    assert_eq!(probe.get("log_rc"), "0", "the repository still works");
+    assert!(
+        stderr(&probe.output).contains("left out 3 that look like secrets")
+            || stderr(&probe.output).contains("left out"),
+        "{}",
+        stderr(&probe.output)
+    );
 }

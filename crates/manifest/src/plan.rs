@@ -242,6 +242,21 @@ pub struct WorkspacePlan {
     /// `git`: what git tracks plus untracked files it does not ignore, and
     /// `.git`; `all`: every file (not a git repository).
     pub mode: &'static str,
+    /// Paths (relative to `source`) the person named with `--include`:
+    /// copied even when they look like secrets.
+    pub include: Vec<PathBuf>,
+    /// Files left out of the copy, and why (filled in before the
+    /// preflight).
+    pub left_out: Vec<LeftOut>,
+    /// What was removed from the copied git configuration.
+    pub config_changes: Vec<String>,
+}
+
+/// A file a `--cwd` copy leaves out.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LeftOut {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 /// What `prepare` needs besides the manifest.
@@ -257,6 +272,8 @@ pub struct PlanInput<'a> {
     pub remove_on_exit: bool,
     /// `--cwd`: the directory to copy into the workspace.
     pub cwd: Option<&'a Path>,
+    /// `--include`: paths under `cwd` copied even if they look secret.
+    pub include: &'a [PathBuf],
     /// Resume: the bottle's identity (else a fresh one is minted).
     pub identity: Option<String>,
     /// `$XDG_STATE_HOME/bot-bottle`.
@@ -574,6 +591,9 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             } else {
                 "all"
             },
+            include: input.include.to_vec(),
+            left_out: Vec::new(),
+            config_changes: Vec::new(),
         }),
     })
 }
@@ -771,6 +791,31 @@ impl Plan {
                 "workspace",
                 "empty (pass --cwd to work on a copy of this directory)",
             ),
+        }
+        if let Some(w) = &self.workspace {
+            const SHOWN: usize = 10;
+            for left in w.left_out.iter().take(SHOWN) {
+                line(
+                    "left out",
+                    &format!(
+                        "{}: {} (--include it to copy it)",
+                        left.path.display(),
+                        left.reason
+                    ),
+                );
+            }
+            if w.left_out.len() > SHOWN {
+                line(
+                    "left out",
+                    &format!(
+                        "… and {} more (--format json lists them)",
+                        w.left_out.len() - SHOWN
+                    ),
+                );
+            }
+            for change in &w.config_changes {
+                line("git config", change);
+            }
         }
         line("state", &self.state_dir.display().to_string());
         line(

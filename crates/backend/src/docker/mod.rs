@@ -422,11 +422,16 @@ impl DockerBackend {
                     let started = Instant::now();
                     let copied = copy_in(docker, &p.agent_container, workspace).await?;
                     reporter.step(&format!(
-                        "workspace: copied {} files ({:.1} MiB) from {} in {} ms",
+                        "workspace: copied {} files ({:.1} MiB) from {} in {} ms{}",
                         copied.files,
                         copied.bytes as f64 / f64::from(1 << 20),
                         workspace.source.display(),
-                        started.elapsed().as_millis()
+                        started.elapsed().as_millis(),
+                        if copied.left_out > 0 {
+                            format!("; left out {} that look like secrets", copied.left_out)
+                        } else {
+                            String::new()
+                        }
                     ));
                 }
                 first = false;
@@ -479,10 +484,8 @@ async fn copy_in(
     workspace: &WorkspacePlan,
 ) -> Result<crate::workspace::Copied, BackendError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let source = workspace.source.clone();
-    let mode = workspace.mode;
-    let writer =
-        tokio::task::spawn_blocking(move || crate::workspace::write_tar(&source, mode, tx));
+    let plan = workspace.clone();
+    let writer = tokio::task::spawn_blocking(move || crate::workspace::write_tar(&plan, tx));
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     let options = bollard::query_parameters::UploadToContainerOptions {

@@ -70,6 +70,7 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
         base_image: &settings.base_image,
         remove_on_exit: false,
         cwd: None,
+        include: &[],
         identity: Some(record.identity.clone()),
         state_root: &global.state_root,
         host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),

@@ -31,6 +31,7 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         base_image: &settings.base_image,
         remove_on_exit: args.rm,
         cwd: args.cwd.then_some(global.cwd.as_path()),
+        include: &args.include,
         identity: None,
         state_root: &global.state_root,
         host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
@@ -38,6 +39,25 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         grants: &Default::default(),
         continue_conversation: false,
     })?;
+    let mut plan = plan;
+    if !args.include.is_empty() && !args.cwd {
+        return Err(Failure::new(
+            exit::USAGE,
+            anyhow!("--include names files of the copy --cwd makes: pass --cwd too"),
+        ));
+    }
+    if let Some(workspace) = plan.workspace.as_mut() {
+        // What the copy leaves out and rewrites, for the preflight.
+        bottle_backend::workspace::survey(workspace).map_err(|e| {
+            Failure::new(
+                exit::CONFIG,
+                anyhow!(
+                    "cannot survey {} for --cwd: {e}",
+                    workspace.source.display()
+                ),
+            )
+        })?;
+    }
     launch(
         &plan,
         &settings,

@@ -1,0 +1,180 @@
+//! Files that are secrets by name or by content: left out of a `--cwd`
+//! copy unless the person names them. The rules aim at what holds a
+//! credential by convention — dotenv files, private keys, the credential
+//! files of clouds, forges and package registries — and at private key
+//! blocks wherever they are; they do not guess at ordinary source.
+
+use std::io::Read;
+use std::path::Path;
+
+/// Bytes of a file read to look for secrets in it.
+const READ_BYTES: u64 = 1 << 20;
+
+/// Why a file is a secret, if it is one.
+pub fn why_secret(rel: &Path, full: &Path) -> Option<&'static str> {
+    let name = rel.file_name()?.to_string_lossy().to_ascii_lowercase();
+    let parent = rel
+        .parent()
+        .and_then(Path::file_name)
+        .map(|p| p.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if let Some(why) = by_name(&name, &parent) {
+        return Some(why);
+    }
+    let content = head(full)?;
+    by_content(&name, &content)
+}
+
+fn by_name(name: &str, parent: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or_default();
+    if name.starts_with(".env") {
+        return Some("an environment file (.env*)");
+    }
+    if matches!(
+        name,
+        "id_rsa" | "id_dsa" | "id_ecdsa" | "id_ed25519" | "id_ecdsa_sk" | "id_ed25519_sk"
+    ) {
+        return Some("an SSH private key");
+    }
+    if matches!(
+        ext,
+        "key" | "p12" | "pfx" | "jks" | "keystore" | "ppk" | "p8"
+    ) {
+        return Some("a private key or key store");
+    }
+    if matches!(
+        name,
+        ".netrc"
+            | "_netrc"
+            | ".git-credentials"
+            | ".pgpass"
+            | ".htpasswd"
+            | ".boto"
+            | ".s3cfg"
+            | ".terraformrc"
+            | "credentials.tfrc.json"
+            | "application_default_credentials.json"
+            | "kubeconfig"
+    ) || name.ends_with(".tfstate")
+        || name.ends_with(".tfstate.backup")
+    {
+        return Some("a credential file");
+    }
+    if name.starts_with("secrets.") || name.starts_with("service-account") && ext == "json" {
+        return Some("a credential file");
+    }
+    match (parent, name) {
+        (".aws", "credentials" | "config") => Some("AWS credentials"),
+        (".kube", "config") => Some("a Kubernetes configuration with credentials"),
+        (".docker", "config.json") => Some("Docker registry credentials"),
+        ("gh", "hosts.yml") | (".config", "hub") => Some("forge credentials"),
+        (".azure", _) | ("gcloud", _) => Some("cloud credentials"),
+        _ => None,
+    }
+}
+
+fn by_content(name: &str, content: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(content);
+    if text.contains("-----BEGIN") && text.contains("PRIVATE KEY") {
+        return Some("it holds a private key");
+    }
+    // Registry configurations hold tokens by these names.
+    let registry = matches!(
+        name,
+        ".npmrc" | ".yarnrc" | ".yarnrc.yml" | ".pypirc" | "pip.conf"
+    );
+    if registry
+        && [
+            "_authtoken",
+            "_auth",
+            "_password",
+            "password",
+            "npmauthtoken",
+        ]
+        .iter()
+        .any(|k| text.to_ascii_lowercase().contains(k))
+    {
+        return Some("a package registry configuration with a token");
+    }
+    if text.contains("aws_secret_access_key") {
+        return Some("it holds an AWS secret key");
+    }
+    None
+}
+
+/// The first bytes of a regular file.
+fn head(path: &Path) -> Option<Vec<u8>> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut out = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(READ_BYTES)
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(rel: &str) -> Option<&'static str> {
+        let rel = Path::new(rel);
+        by_name(
+            &rel.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_ascii_lowercase(),
+            &rel.parent()
+                .and_then(Path::file_name)
+                .map(|p| p.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn secrets_by_name() {
+        for secret in [
+            ".env",
+            "app/.env.production",
+            ".envrc",
+            "keys/id_ed25519",
+            "tls/server.key",
+            "store.p12",
+            ".netrc",
+            "home/.aws/credentials",
+            "x/.kube/config",
+            ".docker/config.json",
+            "infra/terraform.tfstate",
+            "secrets.yaml",
+        ] {
+            assert!(named(secret).is_some(), "{secret}");
+        }
+        for ordinary in [
+            "src/main.rs",
+            "id_ed25519.pub",
+            "README.md",
+            "config.json",
+            "environment.yml",
+        ] {
+            assert_eq!(named(ordinary), None, "{ordinary}");
+        }
+    }
+
+    #[test]
+    fn secrets_by_content() {
+        let key = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n-----END OPENSSH PRIVATE KEY-----\n";
+        assert!(by_content("cert.pem", key).is_some());
+        assert!(by_content("notes.txt", key).is_some());
+        let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert_eq!(by_content("cert.pem", cert), None);
+        assert!(by_content(".npmrc", b"//registry.npmjs.org/:_authToken=npm_abc\n").is_some());
+        assert_eq!(
+            by_content(".npmrc", b"registry=https://registry.npmjs.org/\n"),
+            None
+        );
+    }
+}
