@@ -41,6 +41,7 @@ pub fn egress(plan: &Plan, paths: &GatePaths, image: String) -> GateConfig {
     GateConfig {
         identity: plan.identity.clone(),
         role: GateRole::Egress,
+        phase: None,
         socket_dir: paths.socket_dir.clone(),
         audit_log: paths.audit_log.clone(),
         egress: EgressConfig {
@@ -99,6 +100,7 @@ pub fn git(plan: &Plan, paths: &GatePaths) -> Option<GateConfig> {
     Some(GateConfig {
         identity: plan.identity.clone(),
         role: GateRole::Git,
+        phase: None,
         socket_dir: paths.socket_dir.clone(),
         audit_log: paths.audit_log.clone(),
         egress: EgressConfig::default(),

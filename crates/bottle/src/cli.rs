@@ -69,6 +69,11 @@ pub enum Command {
         /// For a route: what precedes the secret in the header.
         #[arg(long, default_value = "Bearer")]
         scheme: String,
+        /// For an image change: what the agent is told besides the
+        /// outcome (a failed build tells it only which step failed and its
+        /// exit status; what the build printed is yours).
+        #[arg(long)]
+        note: Option<String>,
     },
     /// Deny a request; the agent is told why.
     Deny {
@@ -91,6 +96,15 @@ pub enum Command {
     /// bot-bottle builds the image).
     #[command(hide = true)]
     PrepareTrust,
+    /// Helpers of an image build, run in its container.
+    #[command(hide = true)]
+    BuildHelper {
+        /// `idle` (wait to be stopped; what follows is ignored: the image's
+        /// own command rides along) or `mkdir PATH`.
+        action: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Check that a gate answers (a container's health check).
     #[command(hide = true)]
     Health(HealthArgs),

@@ -74,7 +74,14 @@ fn main() {
             id,
             token_ref,
             scheme,
-        } => commands::approve::run(&id, token_ref.as_deref(), &scheme, &printer),
+            note,
+        } => commands::approve::run(
+            &id,
+            token_ref.as_deref(),
+            &scheme,
+            note.as_deref(),
+            &printer,
+        ),
         Command::Deny { id, reason } => commands::deny::run(&id, reason.as_deref(), &printer),
         Command::Gate(args) => commands::gate::run(args),
         Command::Shim(args) => commands::shim::run(args),
@@ -85,6 +92,7 @@ fn main() {
         } => commands::reap::run(&identity, launcher.as_deref(), state.as_deref()),
         Command::GitHook { name } => commands::gate::hook(&name),
         Command::PrepareTrust => commands::shim::prepare_trust(),
+        Command::BuildHelper { action, args } => commands::shim::build_helper(&action, &args),
         Command::Health(args) => commands::health::run(args),
     };
     let code = match result {

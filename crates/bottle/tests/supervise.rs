@@ -476,10 +476,19 @@ fn an_image_change_rebuilds_the_bottle_under_the_same_identity() {
     let out = bottle(&world, &["approve", &broken]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("did not build"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bbtest-broken-step"),
+        "the person sees what the build printed: {}",
+        stderr(&out)
+    );
     let (text, _) = call(&agent, "request_status", serde_json::json!({"id": broken}));
     assert!(
-        text.contains("failed") && text.contains("bbtest-broken-step"),
+        text.contains("failed") && text.contains("exited with status 3"),
         "{text}"
+    );
+    assert!(
+        !text.contains("bbtest-broken-step"),
+        "the agent is told a status, never what the build printed: {text}"
     );
     assert_eq!(
         container_id(),
@@ -504,7 +513,7 @@ fn an_image_change_rebuilds_the_bottle_under_the_same_identity() {
     let out = bottle(&world, &["approve", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("Step "),
+        stderr(&out).contains("step 1/1: RUN (lines 1-3)"),
         "no build progress: {}",
         stderr(&out)
     );
@@ -570,4 +579,230 @@ fn an_image_change_rebuilds_the_bottle_under_the_same_identity() {
         let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
         panic!("bottle rm left {tag}");
     }
+}
+
+/// The gate's network here has a cloud metadata server on it, and the
+/// bottle lists the whole link-local range in `allow_private`. An approved
+/// image change's build reaches the outside only through a gate of its own
+/// with the bottle's policy: the allowed host answers, the metadata
+/// address, a host not listed, a private address and loopback are refused
+/// there, each refusal is in the audit log as the build's, and nothing
+/// reaches the metadata server. The build runs without a network of its
+/// own, under the bottle's limits, and is stopped at its time limit.
+#[test]
+fn a_build_reaches_out_only_through_its_gate_and_within_its_limits() {
+    let Some(world) = supervised_world() else {
+        return;
+    };
+    let meta_net = format!("{}-meta", world.network);
+    docker(&[
+        "network",
+        "create",
+        "--label",
+        "bbtest=1",
+        "--subnet",
+        "169.254.168.0/22",
+        &meta_net,
+    ]);
+    let meta = format!("{}-metadata", world.origin);
+    docker(&[
+        "network",
+        "connect",
+        "--alias",
+        "allowed.test",
+        "--alias",
+        "forbidden.test",
+        &meta_net,
+        &world.origin,
+    ]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &meta,
+        "--label",
+        "bbtest=1",
+        "-u",
+        "0",
+        "--network",
+        &meta_net,
+        "--ip",
+        "169.254.169.254",
+        "--network-alias",
+        "metadata.test",
+        "--entrypoint",
+        "python3",
+        "bot-bottle/agent:latest",
+        "-m",
+        "http.server",
+        "80",
+    ]);
+    struct Cleanup(String, String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            docker_quiet(&["rm", "-f", &self.1]);
+            docker_quiet(&["network", "disconnect", "-f", &self.0, &self.2]);
+            docker_quiet(&["network", "rm", &self.0]);
+        }
+    }
+    let _cleanup = Cleanup(meta_net.clone(), meta.clone(), world.origin.clone());
+    assert!(wait_for_port(&meta, 80));
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(world.manifest_path()).unwrap()).unwrap();
+    let bottle_cfg = &mut manifest["bottles"]["test"];
+    for rule in ["metadata.test:80", "localhost:80"] {
+        bottle_cfg["allow"]
+            .as_array_mut()
+            .unwrap()
+            .push(rule.into());
+    }
+    bottle_cfg["gate_network"] = meta_net.clone().into();
+    bottle_cfg["allow_private"] = serde_json::json!(["169.254.0.0/16"]);
+    bottle_cfg["resources"] = serde_json::json!({
+        "memory": "384m", "pids": 128, "cpus": 0.5, "build": { "timeout": "20s" }
+    });
+    world.write_manifest(&manifest);
+    let dry = bottle(&world, &["start", "sup", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let running = start(&world, &[]);
+    let agent = running.agent();
+    assert!(wait_for_port(&agent, 7777));
+
+    let fragment = "RUN curl -fsS -o /dev/null http://allowed.test/apt/Packages && echo allowed-ok \\\n \
+        ; curl -sS http://metadata.test/ ; curl -sS http://forbidden.test/ \\\n \
+        ; curl -sS http://10.11.12.13/ ; curl -sS --noproxy '' http://localhost/ ; exit 7";
+    let (text, _) = call(
+        &agent,
+        "request_image_change",
+        serde_json::json!({"dockerfile_fragment": fragment, "reason": "probe"}),
+    );
+    let id = request_id(&text);
+    // The person sees the steps before they run, joined as they will run.
+    let listed = bottle(&world, &["requests"]);
+    assert!(
+        stdout(&listed).contains("step 1 (lines 1-3 joined): RUN with the shell:"),
+        "{}",
+        stdout(&listed)
+    );
+    let out = bottle(&world, &["approve", &id]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("exited with status 7"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("blocked by bottle policy"),
+        "the person sees the refusals: {}",
+        stderr(&out)
+    );
+
+    let build: Vec<serde_json::Value> = audit(&world, &running.identity)
+        .into_iter()
+        .filter(|r| r["phase"] == "build" && r["role"] == "egress")
+        .collect();
+    let decision = |host: &str| -> Vec<String> {
+        build
+            .iter()
+            .filter(|r| r["host"] == host)
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["decision"].as_str().unwrap_or(""),
+                    r["reason"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    assert!(
+        decision("allowed.test")
+            .iter()
+            .any(|d| d.starts_with("allow")),
+        "{build:?}"
+    );
+    assert!(
+        decision("metadata.test")
+            .iter()
+            .any(|d| d.contains("metadata service")),
+        "{build:?}"
+    );
+    assert!(
+        decision("forbidden.test")
+            .iter()
+            .any(|d| d.contains("not in the allowlist")),
+        "{build:?}"
+    );
+    assert!(
+        decision("10.11.12.13")
+            .iter()
+            .any(|d| d.starts_with("deny")),
+        "{build:?}"
+    );
+    assert!(
+        decision("localhost").iter().any(|d| d.contains("loopback")),
+        "{build:?}"
+    );
+    let meta_log = Command::new("docker")
+        .args(["logs", &meta])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&meta_log.stderr).contains("GET"),
+        "the metadata server was reached: {}",
+        String::from_utf8_lossy(&meta_log.stderr)
+    );
+
+    // Past the time limit: stopped; its container ran with the limits.
+    let (text, _) = call(
+        &agent,
+        "request_image_change",
+        serde_json::json!({"dockerfile_fragment": "RUN sleep 600", "reason": "slow"}),
+    );
+    let slow = request_id(&text);
+    let approving = world
+        .command()
+        .args(["approve", &slow])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let build_container = format!("{}-build", running.identity);
+    assert!(wait_until(Duration::from_secs(30), || Command::new(
+        "docker"
+    )
+    .args(["inspect", &build_container])
+    .output()
+    .is_ok_and(|o| o.status.success())));
+    let limits = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.NetworkMode}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.NanoCpus}} {{.HostConfig.SecurityOpt}}",
+        &build_container,
+    ]);
+    assert_eq!(
+        limits,
+        format!("none {} 128 500000000 [no-new-privileges]", 384u64 << 20)
+    );
+    let out = approving.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("took longer than 20s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=bot-bottle.identity={}", running.identity),
+            "--filter",
+            "label=bot-bottle.role=build",
+        ])
+        .is_empty()),
+        "the build's container was left behind"
+    );
+    let (text, _) = call(&agent, "request_status", serde_json::json!({"id": slow}));
+    assert!(text.contains("took longer than"), "{text}");
+    drop(running);
 }

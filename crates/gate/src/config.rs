@@ -38,6 +38,10 @@ pub struct GateConfig {
     /// What this process serves.
     #[serde(default)]
     pub role: GateRole,
+    /// What this gate is for, when not the running bottle: `build` (an
+    /// image change being built). Every audit record it writes says so.
+    #[serde(default)]
+    pub phase: Option<String>,
     /// Directory where the gate creates its sockets; shared with the agent.
     pub socket_dir: PathBuf,
     /// JSON-lines audit log, appended to.

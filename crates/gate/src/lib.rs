@@ -108,7 +108,11 @@ const MAX_WORKERS: usize = 4;
 /// leaves no core file, so the secrets it holds stay in memory it owns.
 pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
     nix::sys::prctl::set_dumpable(false).map_err(std::io::Error::from)?;
-    let audit = Arc::new(audit::Audit::open(&config.audit_log)?);
+    let mut context = serde_json::Map::new();
+    if let Some(phase) = &config.phase {
+        context.insert("phase".into(), phase.clone().into());
+    }
+    let audit = Arc::new(audit::Audit::open_with(&config.audit_log, context)?);
     match config.role {
         config::GateRole::Egress => serve_egress(&config, secrets, &audit)?,
         config::GateRole::Git => serve_git(config_path, &config, &audit)?,

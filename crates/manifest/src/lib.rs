@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod fragment;
 pub mod host;
 pub mod load;
 pub mod manifest;

@@ -628,16 +628,31 @@ impl Plan {
         line("backend", &self.backend);
         line("command", &shell_words(&self.command));
         match &self.images.bottle {
-            Some(own) => line(
-                "image",
-                &format!(
-                    "{} ({} plus {} approved change{})",
-                    own.tag,
-                    self.images.agent,
-                    own.fragments.len(),
-                    if own.fragments.len() == 1 { "" } else { "s" }
-                ),
-            ),
+            Some(own) => {
+                line(
+                    "image",
+                    &format!(
+                        "{} ({} plus {} approved change{})",
+                        own.tag,
+                        self.images.agent,
+                        own.fragments.len(),
+                        if own.fragments.len() == 1 { "" } else { "s" }
+                    ),
+                );
+                for (n, fragment) in own.fragments.iter().enumerate() {
+                    line(
+                        "change",
+                        &format!(
+                            "{} (request {}), built in the bottle's policy as:",
+                            n + 1,
+                            own.requests.get(n).map_or("?", String::as_str)
+                        ),
+                    );
+                    for step in crate::fragment::render_text(fragment).lines() {
+                        line("", &format!("  {step}"));
+                    }
+                }
+            }
             None => line("image", &self.images.agent),
         }
         line(

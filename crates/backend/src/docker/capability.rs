@@ -19,6 +19,7 @@ use bottle_manifest::plan::Plan;
 use bottle_manifest::provision::GrantedImage;
 use serde::{Deserialize, Serialize};
 
+use super::build::BuildPolicy;
 use super::images::{self, ImageKind, ImageSpec, SelfBinary};
 use super::{IDENTITY_LABEL, ROLE_LABEL, STOP_GRACE_SECS};
 use crate::state::BottleDir;
@@ -52,31 +53,157 @@ pub fn describe(granted: &GrantedImage, agent_image: &str) -> String {
     )
 }
 
-/// What a bottle's own image is built from.
+/// What a bottle's own image is built from, and under what policy.
 #[derive(Debug, Clone)]
 pub struct BottleImage {
     pub identity: String,
     /// The image the agent runs without changes (see [`agent_run_tag`]).
     pub agent_tag: String,
-    /// The network `RUN` steps use: the bottle's `gate_network`, if any.
-    pub network: Option<String>,
     pub granted: GrantedImage,
+    /// The bottle's allowlist, address checks and limits, which the build
+    /// runs under (see [`super::build`]).
+    pub policy: BuildPolicy,
 }
 
 impl BottleImage {
     fn spec(&self) -> ImageSpec {
         ImageSpec {
             fragment: Some(self.granted.fragment()),
-            network: self.network.clone(),
+            gated: Some((self.granted.fragments.clone(), self.policy.clone())),
             labels: vec![(IDENTITY_LABEL.to_owned(), self.identity.clone())],
             ..ImageSpec::new(ImageKind::Bottle, &self.granted.tag, &self.agent_tag)
         }
     }
 
-    /// The Dockerfile it is built from.
+    /// The Dockerfile that describes what is built (kept on record for the
+    /// person; the build carries the parsed steps out itself).
     pub fn dockerfile(&self) -> String {
         self.spec().dockerfile()
     }
+}
+
+/// The build policy of a plan: its allowlist (with what was approved
+/// since), private ranges, gate network and limits.
+pub fn build_policy(plan: &Plan, approved: &[String]) -> BuildPolicy {
+    let mut allow: Vec<String> = plan.egress.allow.iter().map(|r| r.text.clone()).collect();
+    for rule in approved {
+        if !allow.contains(rule) {
+            allow.push(rule.clone());
+        }
+    }
+    BuildPolicy {
+        identity: plan.identity.clone(),
+        dir: BottleDir::new(&plan.state_dir),
+        egress: bottle_gate::config::EgressConfig {
+            allow,
+            allow_private: plan
+                .egress
+                .allow_private
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            ..Default::default()
+        },
+        gate_network: plan.gate_network.clone(),
+        gate_image: plan.images.gate.clone(),
+        upstream_ca: plan.egress.upstream_ca.is_some(),
+        memory_bytes: plan.resources.memory_bytes,
+        pids: plan.resources.pids,
+        cpus: plan.resources.cpus,
+        timeout: Duration::from_secs(plan.resources.build_timeout_secs),
+    }
+}
+
+/// The part of a recorded plan (`metadata.json`'s `plan`) a build needs.
+#[derive(Debug, Deserialize)]
+struct RecordedPlan {
+    identity: String,
+    state_dir: PathBuf,
+    gate_network: Option<String>,
+    images: RecordedImages,
+    egress: RecordedEgress,
+    resources: RecordedResources,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedImages {
+    agent: String,
+    agent_is_default: bool,
+    gate: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedEgress {
+    allow: Vec<RecordedRule>,
+    allow_private: Vec<String>,
+    upstream_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedRule {
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedResources {
+    memory_bytes: u64,
+    pids: i64,
+    cpus: Option<f64>,
+    #[serde(default = "default_build_timeout")]
+    build_timeout_secs: u64,
+}
+
+fn default_build_timeout() -> u64 {
+    bottle_manifest::validate::DEFAULT_BUILD_TIMEOUT_SECS
+}
+
+/// A bottle's own image with `granted`, from the plan its `metadata.json`
+/// recorded and the rules approved since (`approved`). Returns the image
+/// and the agent image it is built on.
+pub fn recorded_image(
+    plan: &serde_json::Value,
+    granted: GrantedImage,
+    approved: &[String],
+) -> Result<(BottleImage, String), String> {
+    let plan: RecordedPlan = serde_json::from_value(plan.clone())
+        .map_err(|e| format!("the recorded plan does not say what a build needs: {e}"))?;
+    let mut allow: Vec<String> = plan.egress.allow.into_iter().map(|r| r.text).collect();
+    for rule in approved {
+        if !allow.contains(rule) {
+            allow.push(rule.clone());
+        }
+    }
+    let policy = BuildPolicy {
+        identity: plan.identity.clone(),
+        dir: BottleDir::new(&plan.state_dir),
+        egress: bottle_gate::config::EgressConfig {
+            allow,
+            allow_private: plan
+                .egress
+                .allow_private
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            ..Default::default()
+        },
+        gate_network: plan.gate_network,
+        gate_image: plan.images.gate,
+        upstream_ca: plan.egress.upstream_ca.is_some(),
+        memory_bytes: plan.resources.memory_bytes,
+        pids: plan.resources.pids,
+        cpus: plan.resources.cpus,
+        timeout: Duration::from_secs(plan.resources.build_timeout_secs),
+    };
+    let agent_tag = agent_run_tag(&plan.images.agent, plan.images.agent_is_default);
+    Ok((
+        BottleImage {
+            identity: plan.identity,
+            agent_tag,
+            granted,
+            policy,
+        },
+        plan.images.agent,
+    ))
 }
 
 /// The image spec of a plan's own image.
@@ -84,8 +211,8 @@ pub(super) fn bottle_image(plan: &Plan, agent_tag: &str, granted: &GrantedImage)
     BottleImage {
         identity: plan.identity.clone(),
         agent_tag: agent_tag.to_owned(),
-        network: plan.gate_network.clone(),
         granted: granted.clone(),
+        policy: build_policy(plan, &[]),
     }
     .spec()
 }

@@ -55,22 +55,23 @@ pub struct ImageSpec {
     /// The image it is built `FROM`.
     pub from: String,
     pub build_args: Vec<(String, String)>,
-    /// [`ImageKind::Bottle`]: the approved Dockerfile instructions.
+    /// [`ImageKind::Bottle`]: the approved Dockerfile instructions, all
+    /// of them (for the Dockerfile on record and the inputs' hash).
     pub fragment: Option<String>,
-    /// The network the build's `RUN` steps use (the bottle's
-    /// `gate_network`); `None`: the engine's default.
-    pub network: Option<String>,
+    /// [`ImageKind::Bottle`]: each approved change, in order, and the
+    /// policy the build runs under.
+    pub gated: Option<(Vec<String>, super::build::BuildPolicy)>,
     /// Extra labels (a bottle's image carries its identity).
     pub labels: Vec<(String, String)>,
 }
 
-/// Where the context holds bot-bottle's own files for a bottle's image:
-/// laid over `/` in one layer (each layer costs seconds on some engines).
+/// How the Dockerfile on record names bot-bottle's own files laid over a
+/// bottle's image (the build itself copies them in: see `build`).
 const OVERLAY: &str = "overlay";
 
 impl ImageSpec {
     /// An image of `kind` tagged `tag`, built from `from`, with no build
-    /// arguments, fragment, network or extra labels.
+    /// arguments, fragment or extra labels.
     pub fn new(kind: ImageKind, tag: impl Into<String>, from: impl Into<String>) -> ImageSpec {
         ImageSpec {
             kind,
@@ -78,7 +79,7 @@ impl ImageSpec {
             from: from.into(),
             build_args: Vec::new(),
             fragment: None,
-            network: None,
+            gated: None,
             labels: Vec::new(),
         }
     }
@@ -214,11 +215,36 @@ pub async fn ensure(
     {
         return Ok(());
     }
-    reporter.step(&format!(
-        "building {} (once; reused until bot-bottle or the base changes)",
-        spec.tag
-    ));
-    let result = build(docker, spec, &want, binary, reporter).await;
+    let result = match (&spec.kind, &spec.gated) {
+        (ImageKind::Bottle, Some((fragments, policy))) => {
+            reporter.step(&format!(
+                "building {} inside the bottle's policy ({} approved change{})",
+                spec.tag,
+                fragments.len(),
+                if fragments.len() == 1 { "" } else { "s" }
+            ));
+            let labels = super::build::image_labels(&want, &spec.labels);
+            let wanted = super::build::Wanted {
+                from: &spec.from,
+                fragments,
+                tag: &spec.tag,
+                labels: &labels,
+            };
+            super::build::build(docker, policy, wanted, binary, reporter).await
+        }
+        (ImageKind::Bottle, None) => Err(BackendError::Build {
+            image: spec.tag.clone(),
+            message: "a bottle's own image is built only under the bottle's policy".into(),
+            log: String::new(),
+        }),
+        _ => {
+            reporter.step(&format!(
+                "building {} (once; reused until bot-bottle or the base changes)",
+                spec.tag
+            ));
+            build(docker, spec, &want, binary, reporter).await
+        }
+    };
     drop(locked);
     result
 }
@@ -248,15 +274,10 @@ async fn build(
     binary: &SelfBinary,
     reporter: &dyn Reporter,
 ) -> Result<(), BackendError> {
-    let prefix = match spec.kind {
-        ImageKind::Bottle => Some(OVERLAY),
-        _ => None,
-    };
     let context = build_context(
         &with_labels(&spec.dockerfile(), inputs, &spec.labels),
         spec.files(),
         &binary.path,
-        prefix,
     )?;
     let mut build_args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
     build_args.insert("BASE".into(), spec.from.clone());
@@ -266,7 +287,6 @@ async fn build(
         rm: true,
         forcerm: true,
         buildargs: Some(build_args),
-        networkmode: spec.network.clone(),
         ..Default::default()
     };
     let mut log = String::new();
@@ -347,50 +367,71 @@ fn tail(log: &str) -> String {
 }
 
 /// A tar holding the Dockerfile, the extra files and the binary as
-/// `bottle` — or, with `overlay`, the files where they belong under that
-/// directory (`usr/local/bin/bottle`, `usr/local/lib/bot-bottle/…`), to be
-/// copied over `/` in one step.
+/// `bottle`.
 fn build_context(
     dockerfile: &str,
     files: &[(&str, &str)],
     binary: &Path,
-    overlay: Option<&str>,
 ) -> Result<Bytes, BackendError> {
     let mut tar = tar::Builder::new(Vec::new());
-    let (lib, bin) = match overlay {
-        Some(root) => {
-            for dir in [
-                "usr",
-                "usr/local",
-                "usr/local/bin",
-                "usr/local/lib",
-                "usr/local/lib/bot-bottle",
-            ] {
-                let mut header = tar::Header::new_gnu();
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_size(0);
-                header.set_mode(0o755);
-                header.set_cksum();
-                tar.append_data(&mut header, format!("{root}/{dir}"), std::io::empty())?;
-            }
-            (
-                format!("{root}/usr/local/lib/bot-bottle/"),
-                format!("{root}/usr/local/bin/bottle"),
-            )
-        }
-        None => (String::new(), "bottle".to_owned()),
-    };
-    let mut append = |name: String, contents: &str| {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(contents.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, name, contents.as_bytes())
-    };
-    append("Dockerfile".to_owned(), dockerfile)?;
+    append_file(&mut tar, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
     for (name, contents) in files {
-        append(format!("{lib}{name}"), contents)?;
+        append_file(&mut tar, name, contents.as_bytes(), 0o644)?;
     }
+    append_binary(&mut tar, "bottle", binary)?;
+    let mut bytes = tar.into_inner()?;
+    bytes.flush()?;
+    Ok(Bytes::from(bytes))
+}
+
+/// bot-bottle's own files where they belong (`usr/local/bin/bottle`,
+/// `usr/local/lib/bot-bottle/…`), to be laid over `/` of a bottle's image.
+pub fn overlay_tar(binary: &Path) -> Result<Bytes, BackendError> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for dir in [
+        "usr",
+        "usr/local",
+        "usr/local/bin",
+        "usr/local/lib",
+        "usr/local/lib/bot-bottle",
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        header.set_mode(0o755);
+        header.set_cksum();
+        tar.append_data(&mut header, dir, std::io::empty())?;
+    }
+    for (name, contents) in AGENT_FILES {
+        append_file(
+            &mut tar,
+            &format!("usr/local/lib/bot-bottle/{name}"),
+            contents.as_bytes(),
+            0o644,
+        )?;
+    }
+    append_binary(&mut tar, "usr/local/bin/bottle", binary)?;
+    Ok(Bytes::from(tar.into_inner()?))
+}
+
+fn append_file(
+    tar: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(contents.len() as u64);
+    header.set_mode(mode);
+    header.set_cksum();
+    tar.append_data(&mut header, name, contents)
+}
+
+fn append_binary(
+    tar: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    binary: &Path,
+) -> Result<(), BackendError> {
     let mut file = std::fs::File::open(binary).map_err(|source| BackendError::Io {
         path: binary.to_owned(),
         source,
@@ -400,10 +441,8 @@ fn build_context(
     header.set_size(size);
     header.set_mode(0o755);
     header.set_cksum();
-    tar.append_data(&mut header, bin, &mut file)?;
-    let mut bytes = tar.into_inner()?;
-    bytes.flush()?;
-    Ok(Bytes::from(bytes))
+    tar.append_data(&mut header, name, &mut file)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -425,16 +464,10 @@ mod tests {
         assert!(dockerfile.ends_with(
             "RUN rm -f /usr/local/bin/bottle\nCOPY overlay/ /\nRUN /usr/local/bin/bottle prepare-trust\n"
         ));
-        let context = build_context(
-            &dockerfile,
-            AGENT_FILES,
-            &std::env::current_exe().unwrap_or_default(),
-            Some(OVERLAY),
-        );
-        let Ok(context) = context else {
-            panic!("no context");
+        let Ok(overlay) = overlay_tar(&std::env::current_exe().unwrap_or_default()) else {
+            panic!("no overlay");
         };
-        let names: Vec<String> = tar::Archive::new(&context[..])
+        let names: Vec<String> = tar::Archive::new(&overlay[..])
             .entries()
             .into_iter()
             .flatten()
@@ -442,10 +475,10 @@ mod tests {
             .filter_map(|e| e.path().ok().map(|p| p.display().to_string()))
             .collect();
         assert!(
-            names.contains(&"overlay/usr/local/bin/bottle".to_owned()),
+            names.contains(&"usr/local/bin/bottle".to_owned()),
             "{names:?}"
         );
-        assert!(names.contains(&"overlay/usr/local/lib/bot-bottle/node-proxy.cjs".to_owned()));
+        assert!(names.contains(&"usr/local/lib/bot-bottle/node-proxy.cjs".to_owned()));
     }
 
     #[test]

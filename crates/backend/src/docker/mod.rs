@@ -3,6 +3,7 @@
 //! of Unix sockets. Everything goes through the Engine API (bollard), with
 //! the API version negotiated (Debian's engine speaks 1.41).
 
+pub mod build;
 pub mod capability;
 mod images;
 pub mod inventory;

@@ -10,7 +10,7 @@
 use std::fs::File;
 
 use anyhow::anyhow;
-use bottle_backend::docker::capability::{self, BottleImage, Restart};
+use bottle_backend::docker::capability::{self, Restart};
 use bottle_backend::state::Record;
 use bottle_gate::supervise::control::{self, Change};
 use bottle_gate::supervise::requests::{Ask, Request, State, Store, now};
@@ -26,8 +26,17 @@ pub fn run(
     id: &str,
     token_ref: Option<&str>,
     scheme: &str,
+    note: Option<&str>,
     printer: &Printer,
 ) -> Result<i32, Failure> {
+    if let Some(note) = note
+        && (note.chars().count() > 500 || note.contains(|c: char| c.is_control()))
+    {
+        return Err(Failure::new(
+            exit::USAGE,
+            anyhow!("--note is one line of at most 500 characters"),
+        ));
+    }
     let global = Global::resolve()?;
     let (record, store, found) = find(&global, id)?;
     let id = found.id.as_str();
@@ -46,6 +55,7 @@ pub fn run(
         store: &store,
         by: &by,
         printer,
+        note,
     };
     match request.ask.clone() {
         Ask::Egress { .. } => {
@@ -182,6 +192,8 @@ struct Decision<'a> {
     store: &'a Store,
     by: &'a str,
     printer: &'a Printer,
+    /// What the person chose to tell the agent about the outcome.
+    note: Option<&'a str>,
 }
 
 impl Decision<'_> {
@@ -292,33 +304,29 @@ impl Decision<'_> {
         fragment: String,
         global: &Global,
     ) -> Result<i32, Failure> {
-        let plan = &self.record.metadata["plan"];
-        let (Some(agent_image), Some(is_default)) = (
-            plan["images"]["agent"].as_str(),
-            plan["images"]["agent_is_default"].as_bool(),
-        ) else {
-            return Err(Failure::new(
-                exit::CONFIG,
-                anyhow!(
-                    "{}: metadata.json does not say which image the bottle runs",
-                    self.record.dir.root.display()
-                ),
-            ));
-        };
         let identity = self.record.identity.clone();
         let mut granted = grants.image.clone().unwrap_or_else(|| GrantedImage {
             tag: capability::bottle_tag(&identity),
             fragments: Vec::new(),
             requests: Vec::new(),
         });
-        granted.fragments.push(fragment);
+        granted.fragments.push(fragment.clone());
         granted.requests.push(request.id.clone());
-        let image = BottleImage {
-            identity: identity.clone(),
-            agent_tag: capability::agent_run_tag(agent_image, is_default),
-            network: plan["gate_network"].as_str().map(str::to_owned),
-            granted: granted.clone(),
-        };
+        let approved: Vec<String> = grants.allow.iter().map(|g| g.rule.clone()).collect();
+        let (image, agent_image) =
+            capability::recorded_image(&self.record.metadata["plan"], granted.clone(), &approved)
+                .map_err(|e| {
+                Failure::new(
+                    exit::CONFIG,
+                    anyhow!("{}: metadata.json: {e}", self.record.dir.root.display()),
+                )
+            })?;
+        let agent_image = agent_image.as_str();
+        self.printer.step(&format!(
+            "the change {} is built step by step, in the bottle's policy, as:\n{}",
+            request.id,
+            bottle_manifest::fragment::render_text(&fragment).trim_end()
+        ));
         self.approved(request, None)?;
         self.finish(
             request,
@@ -348,12 +356,21 @@ impl Decision<'_> {
             runtime.block_on(capability::build(&image, &global.lock_dir(), self.printer))
         {
             let message = format!("{err:#}");
+            // The agent is told a status, never what the commands printed
+            // (that is the person's: the terminal and image/build.log).
+            let status = match &err {
+                bottle_backend::BackendError::Build { message, .. } => message.clone(),
+                _ => "the build could not be carried out".to_owned(),
+            };
             self.finish(
                 request,
                 State::Failed,
                 format!(
-                    "approved by {}, but the image did not build; the bottle keeps its old image.\n{message}",
-                    self.by
+                    "approved by {}, but the image change did not build: {status}; the bottle keeps its old image{}",
+                    self.by,
+                    self.note
+                        .map(|n| format!(". {}", n.trim()))
+                        .unwrap_or_default()
                 ),
             )?;
             audit(

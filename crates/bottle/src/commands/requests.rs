@@ -145,8 +145,10 @@ fn render(requests: &[Request]) -> String {
         ));
         out.push_str(&format!("    reason: {}\n", printable(&r.reason, false)));
         if let Ask::Image { fragment } = &r.ask {
-            for line in printable(fragment, true).lines() {
-                out.push_str(&format!("    | {line}\n"));
+            // Exactly as it will be built: each step, its lines joined,
+            // heredocs read, every control character escaped.
+            for line in bottle_manifest::fragment::render_text(fragment).lines() {
+                out.push_str(&format!("    {line}\n"));
             }
         }
         if let Some(outcome) = r.outcome.as_ref().filter(|_| r.state != State::Pending) {

@@ -53,3 +53,22 @@ pub fn prepare_trust() -> Result<i32, Failure> {
     );
     Ok(0)
 }
+
+/// `bottle build-helper idle|mkdir PATH`: what an image build's container
+/// needs whatever its image has (no `sleep`, no `mkdir`).
+pub fn build_helper(action: &str, args: &[String]) -> Result<i32, Failure> {
+    match (action, args) {
+        ("idle", _) => loop {
+            std::thread::park();
+        },
+        ("mkdir", [path]) => {
+            std::fs::create_dir_all(path)
+                .map_err(|e| Failure::new(exit::SOFTWARE, anyhow!("mkdir {path}: {e}")))?;
+            Ok(0)
+        }
+        _ => Err(Failure::new(
+            exit::USAGE,
+            anyhow!("build-helper idle | build-helper mkdir PATH"),
+        )),
+    }
+}

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 /// Longest `reason` an agent may give.
 pub const MAX_REASON_CHARS: usize = 2000;
 /// Largest Dockerfile fragment.
-pub const MAX_FRAGMENT_BYTES: usize = 16 * 1024;
+pub const MAX_FRAGMENT_BYTES: usize = bottle_manifest::fragment::MAX_FRAGMENT_BYTES;
 /// Most requests one bottle may have waiting: the person's queue is not
 /// the agent's to flood.
 pub const MAX_PENDING: usize = 16;
@@ -27,8 +27,7 @@ pub const MAX_PENDING: usize = 16;
 /// (files from outside the image), `ONBUILD`, `ENTRYPOINT`, `CMD`,
 /// `VOLUME` and the like would change what the bottle *is* rather than
 /// what it has installed.
-pub const FRAGMENT_INSTRUCTIONS: &[&str] =
-    &["RUN", "ENV", "ARG", "WORKDIR", "LABEL", "USER", "SHELL"];
+pub const FRAGMENT_INSTRUCTIONS: &[&str] = bottle_manifest::fragment::INSTRUCTIONS;
 
 /// What the agent asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,52 +131,12 @@ fn rule_text(host: &str, port: Option<u16>) -> String {
     }
 }
 
-/// Checks a Dockerfile fragment: bounded, one instruction per logical
-/// line from [`FRAGMENT_INSTRUCTIONS`], and not ending inside a line
-/// continuation (which would swallow the instructions bot-bottle appends).
+/// Checks a Dockerfile fragment: it must parse completely
+/// ([`bottle_manifest::fragment::parse`]); the message says what does not.
 pub fn check_fragment(fragment: &str) -> Result<(), String> {
-    if fragment.len() > MAX_FRAGMENT_BYTES {
-        return Err(format!(
-            "the fragment is {} bytes; at most {MAX_FRAGMENT_BYTES}",
-            fragment.len()
-        ));
-    }
-    if fragment.contains(['\0', '\r']) {
-        return Err("the fragment contains NUL or carriage-return characters".to_owned());
-    }
-    let mut continued = false;
-    let mut instructions = 0;
-    for line in fragment.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('#') || (trimmed.is_empty() && !continued) {
-            continue;
-        }
-        if !continued {
-            let word = trimmed
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_ascii_uppercase();
-            if !FRAGMENT_INSTRUCTIONS.contains(&word.as_str()) {
-                return Err(format!(
-                    "instruction {word:?} is not allowed in an image change (allowed: {})",
-                    FRAGMENT_INSTRUCTIONS.join(", ")
-                ));
-            }
-            if word == "RUN" && trimmed.contains("<<") {
-                return Err("heredocs are not supported in an image change".to_owned());
-            }
-            instructions += 1;
-        }
-        continued = trimmed.ends_with('\\');
-    }
-    if continued {
-        return Err("the fragment ends inside a line continuation (a trailing \\)".to_owned());
-    }
-    if instructions == 0 {
-        return Err("the fragment has no instruction".to_owned());
-    }
-    Ok(())
+    bottle_manifest::fragment::parse(fragment)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Where a request is.
@@ -541,7 +500,7 @@ mod tests {
             "RUN echo \\",
             "",
             "# nothing",
-            "RUN <<EOF\nx\nEOF",
+            "RUN <<EOF\nx",
             "RUN true\r\nFROM x",
         ] {
             assert!(check_fragment(bad).is_err(), "{bad:?} passed");

@@ -1,0 +1,786 @@
+//! Building a bottle's own image inside the bottle's policy.
+//!
+//! An approved image change is code the agent wrote, run as root. So it
+//! does not go to the engine's builder (which would run it on a network
+//! of the engine's, with no allowlist and no limits). bot-bottle carries
+//! the parsed fragment out itself ([`bottle_manifest::fragment`]), step by
+//! step, in a container made like the agent's:
+//!
+//! - **no network** but loopback, where a shim forwards `127.0.0.1:3128`
+//!   to a *build gate*: a `bottle gate` of its own, with the bottle's
+//!   allowlist, address checks and CA, and no credential — the build
+//!   holds no secret, and none is injected into its fetches. Every fetch
+//!   is in the bottle's audit log with `"phase": "build"`;
+//! - the agent's **memory, process and CPU limits**, every capability
+//!   dropped but the few package managers need, `no-new-privileges`, and
+//!   a **time limit** (`resources.build.timeout`);
+//! - `RUN` steps run with `docker exec` (the proxy and CA variables set
+//!   for them alone); `ENV`, `ARG`, `WORKDIR`, `USER`, `LABEL` and `SHELL`
+//!   are applied as Docker applies them; then bot-bottle's own files are
+//!   laid back on top, the trust stores prepared again, and the container
+//!   committed as the bottle's image.
+//!
+//! What the commands print goes to the person (their terminal and
+//! `<state>/image/build.log`), never to the agent. Everything the build
+//! creates carries the bottle's identity label and is removed when the
+//! build ends, whether it succeeded or not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig, NetworkCreateRequest,
+};
+use bollard::query_parameters::{
+    CommitContainerOptions, RemoveContainerOptions, UploadToContainerOptions,
+};
+use bottle_gate::config::{EGRESS_SOCKET, EgressConfig, GateConfig, GateRole, TlsConfig};
+use bottle_manifest::fragment::{self, Command, Op};
+use bottle_manifest::plan::{CA_BUNDLE_VARS, NO_PROXY, PROXY_PORT, TRUST_BUNDLE, TRUST_TMPFS};
+use futures_util::StreamExt;
+
+use super::images::{INPUTS_LABEL, MANAGED_LABEL, SelfBinary};
+use super::{IDENTITY_LABEL, ROLE_LABEL, create_container, is_not_found, start_gate};
+use crate::state::BottleDir;
+use crate::{BackendError, Reporter};
+
+/// Where the build container sees bot-bottle's binary and the CA.
+const TOOLS: &str = "/run/bottle-build";
+/// The build gate's socket directory inside the build container.
+const SOCKETS: &str = "/run/bottle";
+/// Paths in the build gate's container.
+const GATE_DIR: &str = "/etc/bottle";
+const GATE_BUILD_DIR: &str = "/etc/bottle-build";
+const GATE_AUDIT_LOG: &str = "/var/log/bottle/audit.jsonl";
+/// How much of the build's output is kept for the person.
+const LOG_KEEP_BYTES: usize = 1 << 20;
+/// Capabilities a package manager needs as root (files, owners, its own
+/// unprivileged user); no others.
+const BUILD_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+];
+
+/// The policy and limits a bottle's image is built under.
+#[derive(Debug, Clone)]
+pub struct BuildPolicy {
+    pub identity: String,
+    /// The bottle's state directory (its CA, its audit log).
+    pub dir: BottleDir,
+    /// The allowlist and private ranges (no routes: the build holds no
+    /// secret).
+    pub egress: EgressConfig,
+    /// The Docker network the build gate reaches the outside through; the
+    /// bottle's `gate_network`, else one made for the build.
+    pub gate_network: Option<String>,
+    pub gate_image: String,
+    /// Whether the bottle has an extra upstream CA (in its gate directory).
+    pub upstream_ca: bool,
+    pub memory_bytes: u64,
+    pub pids: i64,
+    pub cpus: Option<f64>,
+    pub timeout: Duration,
+}
+
+/// Why a build failed: a short status (what the agent may be told) and
+/// the detail (the person's).
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub status: String,
+    pub detail: String,
+}
+
+/// The image a build makes.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// The image it starts from.
+    pub from: &'a str,
+    /// The approved changes, in order.
+    pub fragments: &'a [String],
+    pub tag: &'a str,
+    /// Labels the image carries.
+    pub labels: &'a [(String, String)],
+}
+
+/// Builds `wanted` by carrying out its fragments under `policy`.
+pub async fn build(
+    docker: &Docker,
+    policy: &BuildPolicy,
+    wanted: Wanted<'_>,
+    binary: &SelfBinary,
+    reporter: &dyn Reporter,
+) -> Result<(), BackendError> {
+    let Wanted {
+        from,
+        fragments,
+        tag,
+        labels,
+    } = wanted;
+    let mut steps = Vec::new();
+    for (n, text) in fragments.iter().enumerate() {
+        let parsed = fragment::parse(text).map_err(|e| BackendError::Build {
+            image: tag.to_owned(),
+            message: format!("approved change {} does not parse: {e}", n + 1),
+            log: String::new(),
+        })?;
+        steps.extend(parsed);
+    }
+    let run = Build::new(docker, policy, binary);
+    let started = Instant::now();
+    let result = match tokio::time::timeout(
+        policy.timeout,
+        run.carry_out(from, &steps, tag, labels, reporter),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(Failed {
+            status: format!(
+                "the build took longer than {} (resources.build.timeout) and was stopped",
+                humantime::format_duration(policy.timeout)
+            ),
+            detail: String::new(),
+        }),
+    };
+    run.clean_up().await;
+    let log_path = policy.dir.root.join("image").join("build.log");
+    let _ = std::fs::create_dir_all(policy.dir.root.join("image"));
+    let _ = std::fs::write(
+        &log_path,
+        run.log.lock().map(|l| l.clone()).unwrap_or_default(),
+    );
+    match result {
+        Ok(()) => {
+            reporter.detail(&format!(
+                "built {tag} in {} ms",
+                started.elapsed().as_millis()
+            ));
+            Ok(())
+        }
+        Err(failed) => Err(BackendError::Build {
+            image: tag.to_owned(),
+            message: failed.status,
+            log: format!(
+                "{}(the whole log: {})",
+                if failed.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}\n", failed.detail)
+                },
+                log_path.display()
+            ),
+        }),
+    }
+}
+
+/// One build in progress: what it made, for the clean-up.
+struct Build<'a> {
+    docker: &'a Docker,
+    policy: &'a BuildPolicy,
+    binary: &'a SelfBinary,
+    container: String,
+    gate: String,
+    /// The network made for the build, once made.
+    network: std::sync::Mutex<Option<String>>,
+    log: std::sync::Mutex<String>,
+}
+
+/// What the steps so far made the image's configuration.
+#[derive(Clone)]
+struct State {
+    env: BTreeMap<String, String>,
+    args: BTreeMap<String, String>,
+    user: String,
+    workdir: String,
+    shell: Vec<String>,
+    labels: HashMap<String, String>,
+}
+
+impl<'a> Build<'a> {
+    fn new(docker: &'a Docker, policy: &'a BuildPolicy, binary: &'a SelfBinary) -> Build<'a> {
+        Build {
+            docker,
+            policy,
+            binary,
+            container: format!("{}-build", policy.identity),
+            gate: format!("{}-build-gate", policy.identity),
+            network: std::sync::Mutex::new(None),
+            log: std::sync::Mutex::new(String::new()),
+        }
+    }
+
+    fn labels(&self, role: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (IDENTITY_LABEL.to_owned(), self.policy.identity.clone()),
+            (ROLE_LABEL.to_owned(), role.to_owned()),
+            (MANAGED_LABEL.to_owned(), "true".to_owned()),
+        ])
+    }
+
+    fn note(&self, text: &str) {
+        if let Ok(mut log) = self.log.lock() {
+            log.push_str(text);
+            if log.len() > LOG_KEEP_BYTES {
+                let cut = log.len() - LOG_KEEP_BYTES;
+                let mut at = cut;
+                while !log.is_char_boundary(at) {
+                    at += 1;
+                }
+                log.drain(..at);
+            }
+        }
+    }
+
+    /// The last lines the build printed, for the person.
+    fn tail(&self) -> String {
+        let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..]
+            .iter()
+            .map(|l| format!("  {}", fragment::visible(l, false)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn carry_out(
+        &self,
+        from: &str,
+        steps: &[fragment::Instruction],
+        tag: &str,
+        labels: &[(String, String)],
+        reporter: &dyn Reporter,
+    ) -> Result<(), Failed> {
+        let internal = |what: &str| {
+            let what = what.to_owned();
+            move |e: BackendError| Failed {
+                status: format!("the build could not {what}"),
+                detail: e.to_string(),
+            }
+        };
+        let image = self.docker.inspect_image(from).await.map_err(|e| Failed {
+            status: format!("the image {from} the change builds on is missing"),
+            detail: e.to_string(),
+        })?;
+        let config = image.config.unwrap_or_default();
+        self.start_gate()
+            .await
+            .map_err(internal("start its gate"))?;
+        self.start_container(from, &config)
+            .await
+            .map_err(internal("start its container"))?;
+        let mut state = State {
+            env: config
+                .env
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            args: BTreeMap::new(),
+            user: config
+                .user
+                .clone()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "0".into()),
+            workdir: config
+                .working_dir
+                .clone()
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            shell: config
+                .shell
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]),
+            labels: config.labels.clone().unwrap_or_default(),
+        };
+        // The fragment runs as root, as it would in a Dockerfile after
+        // `USER root`; a USER step changes that.
+        state.user = "0".into();
+        let total = steps.len();
+        for (n, step) in steps.iter().enumerate() {
+            let at = |what: String| Failed {
+                status: format!("step {} of {total} ({}) {what}", n + 1, lines(step.lines)),
+                detail: String::new(),
+            };
+            let vars: BTreeMap<String, String> = state
+                .args
+                .iter()
+                .chain(state.env.iter())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let expand = |text: &str| {
+                fragment::expand(text, &vars).map_err(|e| at(format!("cannot be expanded: {e}")))
+            };
+            match &step.op {
+                Op::Run(command) => {
+                    reporter.step(&format!(
+                        "  step {}/{total}: RUN ({})",
+                        n + 1,
+                        lines(step.lines)
+                    ));
+                    let argv = match command {
+                        Command::Shell(script) => {
+                            let mut argv = state.shell.clone();
+                            argv.push(script.clone());
+                            argv
+                        }
+                        Command::Exec(argv) => argv.clone(),
+                    };
+                    let code = self
+                        .exec(&argv, &state, reporter)
+                        .await
+                        .map_err(|e| Failed {
+                            status: at("could not run".into()).status,
+                            detail: e.to_string(),
+                        })?;
+                    if code != 0 {
+                        let mut failed = at(format!("exited with status {code}"));
+                        failed.detail = self.tail();
+                        return Err(failed);
+                    }
+                }
+                Op::Env(pairs) => {
+                    for (k, v) in pairs {
+                        let value = expand(v)?;
+                        state.env.insert(k.clone(), value);
+                    }
+                }
+                Op::Arg(name, default) => {
+                    let value = match default {
+                        Some(d) => expand(d)?,
+                        None => String::new(),
+                    };
+                    state.args.insert(name.clone(), value);
+                }
+                Op::Workdir(path) => {
+                    let path = expand(path)?;
+                    let path = if path.starts_with('/') {
+                        path
+                    } else {
+                        format!("{}/{path}", state.workdir.trim_end_matches('/'))
+                    };
+                    let helper = vec![
+                        format!("{TOOLS}/bottle"),
+                        "build-helper".into(),
+                        "mkdir".into(),
+                        path.clone(),
+                    ];
+                    let as_root = State {
+                        user: "0".into(),
+                        ..state.clone()
+                    };
+                    let code =
+                        self.exec(&helper, &as_root, reporter)
+                            .await
+                            .map_err(|e| Failed {
+                                status: at("could not make the directory".into()).status,
+                                detail: e.to_string(),
+                            })?;
+                    if code != 0 {
+                        return Err(at(format!("could not make {path}")));
+                    }
+                    state.workdir = path;
+                }
+                Op::Label(pairs) => {
+                    for (k, v) in pairs {
+                        state.labels.insert(expand(k)?, expand(v)?);
+                    }
+                }
+                Op::User(user) => state.user = expand(user)?,
+                Op::Shell(argv) => state.shell = argv.clone(),
+            }
+        }
+        // bot-bottle's own files back on top, and the trust stores
+        // prepared again: no step can replace the shim or the links.
+        self.overlay()
+            .await
+            .map_err(internal("lay bot-bottle's files back"))?;
+        let prepare = vec![
+            "/usr/local/bin/bottle".to_owned(),
+            "prepare-trust".to_owned(),
+        ];
+        let root = State {
+            user: "0".into(),
+            ..state.clone()
+        };
+        match self.exec(&prepare, &root, reporter).await {
+            Ok(0) => {}
+            Ok(code) => {
+                return Err(Failed {
+                    status: format!("preparing the trust stores exited with status {code}"),
+                    detail: String::new(),
+                });
+            }
+            Err(e) => return Err(internal("prepare the trust stores")(e)),
+        }
+        self.commit(tag, &config, &state, labels)
+            .await
+            .map_err(internal("save the image"))
+    }
+
+    async fn start_gate(&self) -> Result<(), BackendError> {
+        let policy = self.policy;
+        let network = match &policy.gate_network {
+            Some(name) => name.clone(),
+            None => {
+                let name = format!("{}-build", policy.identity);
+                self.docker
+                    .create_network(NetworkCreateRequest {
+                        name: name.clone(),
+                        driver: Some("bridge".into()),
+                        internal: Some(false),
+                        labels: Some(self.labels("build")),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| BackendError::docker(format!("create network {name}"), e))?;
+                if let Ok(mut made) = self.network.lock() {
+                    *made = Some(name.clone());
+                }
+                name
+            }
+        };
+        let (subnets, gateways) = if policy.gate_network.is_some() {
+            super::network_addresses(self.docker, &network).await?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let dir = self.build_dir();
+        let run = dir.join("run");
+        for d in [&dir, &run] {
+            std::fs::create_dir_all(d).map_err(|source| BackendError::Io {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|source| BackendError::Io {
+                path: run.clone(),
+                source,
+            })?;
+        for stale in std::fs::read_dir(&run).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(stale.path());
+        }
+        let mut egress = policy.egress.clone();
+        egress.routes.clear();
+        egress.trusted_subnets = subnets;
+        egress.refused_addresses = gateways;
+        let config = GateConfig {
+            identity: policy.identity.clone(),
+            role: GateRole::Egress,
+            phase: Some("build".into()),
+            socket_dir: SOCKETS.into(),
+            audit_log: GATE_AUDIT_LOG.into(),
+            egress,
+            tls: Some(TlsConfig {
+                ca_cert: format!("{GATE_DIR}/ca.pem").into(),
+                ca_key: format!("{GATE_DIR}/ca.key").into(),
+                upstream_ca: policy
+                    .upstream_ca
+                    .then(|| format!("{GATE_DIR}/upstream-ca.pem").into()),
+            }),
+            git: Default::default(),
+            supervise: None,
+        };
+        let config_dir = dir.join("gate");
+        std::fs::create_dir_all(&config_dir).map_err(|source| BackendError::Io {
+            path: config_dir.clone(),
+            source,
+        })?;
+        policy
+            .dir
+            .write_json(&config_dir.join("gate.json"), &config)?;
+        let uid = nix::unistd::getuid();
+        let gid = nix::unistd::getgid();
+        let body = ContainerCreateBody {
+            image: Some(policy.gate_image.clone()),
+            cmd: Some(vec![
+                "--config".into(),
+                format!("{GATE_BUILD_DIR}/gate.json"),
+            ]),
+            user: Some(format!("{uid}:{gid}")),
+            labels: Some(self.labels("build-gate")),
+            env: Some(vec!["RUST_LOG=info".into()]),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.clone()),
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                pids_limit: Some(256),
+                memory: Some(256 << 20),
+                memory_swap: Some(256 << 20),
+                binds: Some(vec![
+                    format!("{}:{GATE_DIR}:ro", policy.dir.gate_dir().display()),
+                    format!("{}:{GATE_BUILD_DIR}:ro", config_dir.display()),
+                    format!("{}:{SOCKETS}", run.display()),
+                    format!("{}:{GATE_AUDIT_LOG}", policy.dir.audit_log().display()),
+                ]),
+                init: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        create_container(self.docker, &self.gate, body).await?;
+        start_gate(self.docker, &self.gate, Vec::new()).await
+    }
+
+    fn build_dir(&self) -> PathBuf {
+        self.policy.dir.root.join("build")
+    }
+
+    async fn start_container(
+        &self,
+        from: &str,
+        image: &bollard::models::ImageConfig,
+    ) -> Result<(), BackendError> {
+        let policy = self.policy;
+        let memory = i64::try_from(policy.memory_bytes).unwrap_or(i64::MAX);
+        // The shim forwards the proxy port to the build gate and, as root,
+        // writes the trust stores (the image's plus the bottle's CA) into
+        // a tmpfs; then it idles until the steps are done.
+        let entrypoint = vec![
+            format!("{TOOLS}/bottle"),
+            "shim".into(),
+            "--forward".into(),
+            format!("{PROXY_PORT}={SOCKETS}/{EGRESS_SOCKET}"),
+            "--ca".into(),
+            format!("{TOOLS}/ca.pem"),
+            "--".into(),
+            format!("{TOOLS}/bottle"),
+            "build-helper".into(),
+            "idle".into(),
+        ];
+        let body = ContainerCreateBody {
+            image: Some(from.to_owned()),
+            entrypoint: Some(entrypoint),
+            // The image's own command, so the committed image keeps it.
+            cmd: image.cmd.clone(),
+            user: Some("0:0".into()),
+            labels: Some(self.labels("build")),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(BUILD_CAPS.iter().map(|c| (*c).to_owned()).collect()),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                pids_limit: Some(policy.pids),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: policy.cpus.map(|c| (c * 1e9) as i64),
+                tmpfs: Some(HashMap::from([(
+                    TRUST_TMPFS.to_owned(),
+                    "rw,nosuid,nodev,noexec,size=8m,mode=0755".to_owned(),
+                )])),
+                binds: Some(vec![
+                    format!("{}:{SOCKETS}:ro", self.build_dir().join("run").display()),
+                    format!("{}:{TOOLS}/bottle:ro", self.binary.path.display()),
+                    format!("{}:{TOOLS}/ca.pem:ro", policy.dir.ca_cert().display()),
+                ]),
+                // Builds commit what they write to the root: runc, whose
+                // writes land where the engine can read them.
+                runtime: None,
+                init: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        create_container(self.docker, &self.container, body).await?;
+        self.docker
+            .start_container(&self.container, None)
+            .await
+            .map_err(|e| BackendError::docker(format!("start {}", self.container), e))?;
+        // Ready once the gate's socket exists and the shim has written the
+        // trust stores (it then starts the idler).
+        let socket = self.build_dir().join("run").join(EGRESS_SOCKET);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                return Err(BackendError::GateFailed(
+                    "the build gate did not come up within 30 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Runs `argv` in the build container as the state's user, in its
+    /// working directory, with its environment and the proxy; streams the
+    /// output to the person; returns the exit status.
+    async fn exec(
+        &self,
+        argv: &[String],
+        state: &State,
+        reporter: &dyn Reporter,
+    ) -> Result<i64, BackendError> {
+        let proxy = format!("http://127.0.0.1:{PROXY_PORT}");
+        let mut env: Vec<String> = state
+            .args
+            .iter()
+            .chain(state.env.iter())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.push(format!("{var}={proxy}"));
+        }
+        env.push(format!("NO_PROXY={NO_PROXY}"));
+        env.push(format!("no_proxy={NO_PROXY}"));
+        for var in CA_BUNDLE_VARS {
+            env.push(format!("{var}={TRUST_BUNDLE}"));
+        }
+        env.push(format!("NODE_EXTRA_CA_CERTS={TOOLS}/ca.pem"));
+        let exec = self
+            .docker
+            .create_exec(
+                &self.container,
+                ExecConfig {
+                    cmd: Some(argv.to_vec()),
+                    env: Some(env),
+                    user: Some(state.user.clone()),
+                    working_dir: Some(state.workdir.clone()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| BackendError::docker("create a build step", e))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, Some(StartExecOptions::default()))
+            .await
+            .map_err(|e| BackendError::docker("start a build step", e))?;
+        if let StartExecResults::Attached { mut output, .. } = started {
+            let mut pending = String::new();
+            while let Some(Ok(chunk)) = output.next().await {
+                let text = String::from_utf8_lossy(&chunk.into_bytes()).into_owned();
+                self.note(&text);
+                pending.push_str(&text);
+                while let Some(end) = pending.find('\n') {
+                    let line: String = pending.drain(..=end).collect();
+                    let line = fragment::visible(line.trim_end(), false);
+                    if !line.trim().is_empty() {
+                        reporter.detail(&format!("    {line}"));
+                    }
+                }
+            }
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| BackendError::docker("inspect a build step", e))?;
+        Ok(inspected.exit_code.unwrap_or(-1))
+    }
+
+    /// bot-bottle's binary and preload, laid over `/`.
+    async fn overlay(&self) -> Result<(), BackendError> {
+        let tar = super::images::overlay_tar(&self.binary.path)?;
+        self.docker
+            .upload_to_container(
+                &self.container,
+                Some(UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                bollard::body_full(tar),
+            )
+            .await
+            .map_err(|e| BackendError::docker("copy bot-bottle's files into the build", e))
+    }
+
+    async fn commit(
+        &self,
+        tag: &str,
+        image: &bollard::models::ImageConfig,
+        state: &State,
+        labels: &[(String, String)],
+    ) -> Result<(), BackendError> {
+        let (repo, version) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+        let mut image_labels = state.labels.clone();
+        for (k, v) in labels {
+            image_labels.insert(k.clone(), v.clone());
+        }
+        let config = ContainerConfig {
+            env: Some(state.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            cmd: image.cmd.clone(),
+            // Empty, not absent: the engine would otherwise take the build
+            // container's entrypoint (the idling shim).
+            entrypoint: Some(image.entrypoint.clone().unwrap_or_default()),
+            user: Some(state.user.clone()),
+            working_dir: Some(state.workdir.clone()),
+            labels: Some(image_labels),
+            shell: (state.shell != ["/bin/sh", "-c"]).then(|| state.shell.clone()),
+            ..Default::default()
+        };
+        self.docker
+            .commit_container(
+                CommitContainerOptions {
+                    container: Some(self.container.clone()),
+                    repo: Some(repo.to_owned()),
+                    tag: Some(version.to_owned()),
+                    pause: true,
+                    ..Default::default()
+                },
+                config,
+            )
+            .await
+            .map_err(|e| BackendError::docker(format!("commit {tag}"), e))?;
+        Ok(())
+    }
+
+    /// Removes the build's container, gate and network, whatever happened.
+    async fn clean_up(&self) {
+        for name in [&self.container, &self.gate] {
+            let removed = self
+                .docker
+                .remove_container(
+                    name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            if let Err(e) = removed
+                && !is_not_found(&e)
+            {
+                tracing::warn!(%e, container = %name, "removing a build container");
+            }
+        }
+        let network = self.network.lock().ok().and_then(|mut n| n.take());
+        if let Some(network) = network {
+            let _ = self.docker.remove_network(&network).await;
+        }
+        let _ = std::fs::remove_dir_all(self.build_dir());
+    }
+}
+
+fn lines((first, last): (usize, usize)) -> String {
+    if first == last {
+        format!("line {first}")
+    } else {
+        format!("lines {first}-{last}")
+    }
+}
+
+/// The labels of a built image: its inputs' hash, managed, and `extra`.
+pub fn image_labels(inputs: &str, extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut labels = vec![
+        (INPUTS_LABEL.to_owned(), inputs.to_owned()),
+        (MANAGED_LABEL.to_owned(), "true".to_owned()),
+    ];
+    labels.extend_from_slice(extra);
+    labels
+}
