@@ -20,8 +20,8 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 /// Shortest encoded form worth searching for: shorter ones match by chance.
 const MIN_PATTERN_LEN: usize = 8;
 /// Most bytes of input one byte of a view can stand for: a JSON
-/// `\u0041` is six.
-pub const MAX_EXPANSION: usize = 6;
+/// `\\u0041` (JSON inside JSON) is seven.
+pub const MAX_EXPANSION: usize = 7;
 
 const BASE64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const BASE64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -350,7 +350,13 @@ fn views(input: &[u8]) -> Vec<View<'_>> {
         .contains(&b'%')
         .then(|| decode(input, None, "url-encoded", percent_step));
     if input.contains(&b'\\') {
-        out.push(decode(input, None, "json-escaped", json_step));
+        let json = decode(input, None, "json-escaped", json_step);
+        // JSON inside a JSON string: `\\u0073` is `\u0073` once decoded.
+        if json.bytes.contains(&b'\\') {
+            let twice = decode(&json.bytes, Some(&json), "double-json-escaped", json_step);
+            out.push(twice);
+        }
+        out.push(json);
     }
     if let Some(once) = percent {
         if once.bytes.contains(&b'%') {
@@ -634,6 +640,19 @@ mod tests {
         for case in cases {
             assert!(found(&case), "missed {case}");
         }
+    }
+
+    /// Found by the property test: a backslash before a `\u` escape made
+    /// it an escaped backslash — JSON inside JSON, decoded twice to the
+    /// secret — and the secret slipped through.
+    #[test]
+    fn a_backslash_cannot_hide_an_escape() {
+        let escaped: String = SECRET
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        assert!(found(format!("\\{escaped}")), "one more backslash");
+        assert!(found(escaped.replace('\\', "\\\\")), "JSON inside JSON");
     }
 
     #[test]
