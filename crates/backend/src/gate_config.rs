@@ -45,15 +45,6 @@ pub fn egress(plan: &Plan, paths: &GatePaths, image: String) -> GateConfig {
         socket_dir: paths.socket_dir.clone(),
         audit_log: paths.audit_log.clone(),
         egress: EgressConfig {
-            allow: plan.egress.allow.iter().map(|r| r.text.clone()).collect(),
-            allow_private: plan
-                .egress
-                .allow_private
-                .iter()
-                .filter_map(|n| n.parse().ok())
-                .collect(),
-            trusted_subnets: Vec::new(),
-            refused_addresses: Vec::new(),
             routes: plan
                 .egress
                 .routes
@@ -64,6 +55,10 @@ pub fn egress(plan: &Plan, paths: &GatePaths, image: String) -> GateConfig {
                     scheme: r.scheme.clone(),
                 })
                 .collect(),
+            ..policy(
+                plan.egress.allow.iter().map(|r| r.text.clone()),
+                &plan.egress.allow_private,
+            )
         },
         tls: Some(TlsConfig {
             ca_cert: paths.egress_dir.join("ca.pem"),
@@ -123,6 +118,26 @@ pub fn git(plan: &Plan, paths: &GatePaths) -> Option<GateConfig> {
         },
         supervise: None,
     })
+}
+
+/// The egress policy of `allow` rules (duplicates dropped) and
+/// `allow_private` ranges, without routes; the backend adds the gate
+/// network's subnets when it knows them.
+pub fn policy(allow: impl IntoIterator<Item = String>, allow_private: &[String]) -> EgressConfig {
+    let mut rules: Vec<String> = Vec::new();
+    for rule in allow {
+        if !rules.contains(&rule) {
+            rules.push(rule);
+        }
+    }
+    EgressConfig {
+        allow: rules,
+        allow_private: allow_private
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        ..Default::default()
+    }
 }
 
 fn push(g: &GitPlan) -> PushConfig {

@@ -59,6 +59,14 @@ enum Bench {
         /// Seconds per load measurement.
         #[arg(long, default_value = "4")]
         seconds: u64,
+        /// Give the bottle a credential route (to another host), so the
+        /// gate reads every request and response for its secret.
+        #[arg(long)]
+        route: bool,
+        /// A `bottle` binary of another build, measured in the same run
+        /// (e.g. the commit before a change), as the baseline.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
         /// The `bottle` binary [default: beside this one].
         #[arg(long)]
         bottle: Option<PathBuf>,
@@ -107,9 +115,17 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Proxy {
             seconds,
+            route,
+            baseline,
             bottle,
             repo,
-        } => proxy::run(&bottle_path(bottle)?, &repo, seconds),
+        } => proxy::run(
+            &bottle_path(bottle)?,
+            &repo,
+            seconds,
+            route,
+            baseline.as_deref(),
+        ),
         Bench::Lifecycle {
             running,
             runs,

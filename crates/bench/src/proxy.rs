@@ -293,7 +293,112 @@ pub(crate) fn origin_world(
     Ok((setup, origin))
 }
 
-pub fn run(bottle: &Path, repo: &Path, seconds: u64) -> anyhow::Result<()> {
+/// A bottle started for the benchmark: its gate's socket, state directory
+/// and container.
+struct Started {
+    _child: ChildGuard,
+    socket: PathBuf,
+    dir: PathBuf,
+    gate: String,
+}
+
+/// Stops a launcher when dropped (its bottle goes with it).
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The secret of the benchmark's credential route (to a host the load
+/// never asks for).
+const ROUTE_SECRET: &str = "bench-route-secret-9f3c1b7e2a";
+
+/// Starts a bottle with `bin` whose gate allows the origin; with `route`,
+/// it also holds a credential route to another host.
+fn start_bottle(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    network: &str,
+    certs: &Path,
+    route: bool,
+) -> anyhow::Result<Started> {
+    let home = dir.join(format!("home-{name}"));
+    std::fs::create_dir_all(&home)?;
+    let state = dir.join(format!("state-{name}"));
+    let manifest = dir.join(format!("bottle-{name}.json"));
+    let mut bottle = serde_json::json!({ "allow": [HOST, "route.bench"], "gate_network": network,
+                                         "egress_proxy": { "upstream_ca": certs.join("ca.pem") } });
+    if route {
+        bottle["egress_proxy"]["routes"] =
+            serde_json::json!([{ "host": "route.bench", "token_ref": "BENCH_ROUTE_TOKEN" }]);
+    }
+    std::fs::write(
+        &manifest,
+        serde_json::json!({
+            "agents": { "bench": { "bottle": "bench", "command": ["sleep", "3600"] } },
+            "bottles": { "bench": bottle }
+        })
+        .to_string(),
+    )?;
+    eprintln!("starting a bottle with {}…", bin.display());
+    let child = ChildGuard(
+        Command::new(bin)
+            .args(["start", "bench", "-y", "--rm", "--manifest"])
+            .arg(&manifest)
+            .env("HOME", &home)
+            .env("XDG_STATE_HOME", &state)
+            .env("BOTTLE_INSTALL_CLAUDE", "0")
+            .env("BENCH_ROUTE_TOKEN", ROUTE_SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let bottles = state.join("bot-bottle");
+    let mut socket = PathBuf::new();
+    wait_for("the bottle's gate", || {
+        let found = std::fs::read_dir(&bottles)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+            .map(|e| e.path());
+        match found {
+            Some(dir) if dir.join("run/egress.sock").exists() => {
+                socket = dir.join("run/egress.sock");
+                true
+            }
+            _ => false,
+        }
+    })?;
+    let bottle_dir = socket
+        .parent()
+        .and_then(Path::parent)
+        .context("bottle dir")?
+        .to_owned();
+    let identity = bottle_dir
+        .file_name()
+        .context("identity")?
+        .to_string_lossy()
+        .into_owned();
+    Ok(Started {
+        _child: child,
+        socket,
+        dir: bottle_dir,
+        gate: format!("{identity}-gate"),
+    })
+}
+
+pub fn run(
+    bottle: &Path,
+    repo: &Path,
+    seconds: u64,
+    route: bool,
+    baseline: Option<&Path>,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     let (mut setup, origin) = origin_world(dir.path(), repo, "proxy", &[])?;
@@ -355,80 +460,48 @@ pub fn run(bottle: &Path, repo: &Path, seconds: u64) -> anyhow::Result<()> {
     ])?;
     wait_for("mitmproxy", || conf.join("mitmproxy-ca-cert.pem").exists())?;
 
-    // A bottle whose gate the client reaches through its socket.
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home)?;
-    let state = dir.path().join("state");
-    let manifest = dir.path().join("bottle.json");
-    std::fs::write(
-        &manifest,
-        serde_json::json!({
-            "agents": { "bench": { "bottle": "bench", "command": ["sleep", "3600"] } },
-            "bottles": { "bench": { "allow": [HOST], "gate_network": network,
-                                    "egress_proxy": { "upstream_ca": certs.join("ca.pem") } } }
-        })
-        .to_string(),
-    )?;
-    eprintln!("starting a bottle…");
-    setup.bottle = Some(
-        Command::new(bottle)
-            .args(["start", "bench", "-y", "--rm", "--manifest"])
-            .arg(&manifest)
-            .env("HOME", &home)
-            .env("XDG_STATE_HOME", &state)
-            .env("BOTTLE_INSTALL_CLAUDE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let bottles = state.join("bot-bottle");
-    let mut socket = PathBuf::new();
-    wait_for("the bottle's gate", || {
-        let found = std::fs::read_dir(&bottles)
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(Result::ok)
-            .map(|e| e.path());
-        match found {
-            Some(dir) if dir.join("run/egress.sock").exists() => {
-                socket = dir.join("run/egress.sock");
-                true
-            }
-            _ => false,
-        }
-    })?;
-    let bottle_dir = socket
-        .parent()
-        .and_then(Path::parent)
-        .context("bottle dir")?
-        .to_owned();
-    let identity = bottle_dir
-        .file_name()
-        .context("identity")?
-        .to_string_lossy()
-        .into_owned();
-    let gate = format!("{identity}-gate");
+    // The bottle(s) whose gate the client reaches through its socket: this
+    // build's, and the baseline build's when one is given, measured in the
+    // same run against the same origin.
+    let now = start_bottle(bottle, dir.path(), "now", &network, &certs, route)?;
+    let before = match baseline {
+        Some(bin) => Some(start_bottle(
+            bin,
+            dir.path(),
+            "before",
+            &network,
+            &certs,
+            route,
+        )?),
+        None => None,
+    };
+    let gate = now.gate.clone();
+    let mut gates = vec![("bot-bottle gate", now)];
+    if let Some(before) = before {
+        gates.push(("bot-bottle gate (baseline build)", before));
+    }
 
-    let targets = [
-        Target {
-            name: "direct",
-            path: Path_::Direct { origin: origin_ip },
-            tls: tls(&certs.join("ca.pem"))?,
-        },
-        Target {
-            name: "bot-bottle gate",
-            path: Path_::Gate { socket },
-            tls: tls(&bottle_dir.join("ca.pem"))?,
-        },
-        Target {
-            name: "mitmproxy (streaming)",
-            path: Path_::Mitm {
-                proxy: format!("{mitm_ip}:8080"),
+    let mut targets = vec![Target {
+        name: "direct",
+        path: Path_::Direct { origin: origin_ip },
+        tls: tls(&certs.join("ca.pem"))?,
+    }];
+    for (name, started) in &gates {
+        targets.push(Target {
+            name,
+            path: Path_::Gate {
+                socket: started.socket.clone(),
             },
-            tls: tls(&conf.join("mitmproxy-ca-cert.pem"))?,
+            tls: tls(&started.dir.join("ca.pem"))?,
+        });
+    }
+    targets.push(Target {
+        name: "mitmproxy (streaming)",
+        path: Path_::Mitm {
+            proxy: format!("{mitm_ip}:8080"),
         },
-    ];
+        tls: tls(&conf.join("mitmproxy-ca-cert.pem"))?,
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -460,10 +533,11 @@ pub fn run(bottle: &Path, repo: &Path, seconds: u64) -> anyhow::Result<()> {
         rows.push((t.name, one, eight, mib));
     }
     let (peak_end, rss_end) = memory(&gate)?;
+    drop(gates);
 
     let direct = &rows[0];
     let gate_row = &rows[1];
-    let mitm_row = &rows[2];
+    let mitm_row = &rows[rows.len() - 1];
     let mut table = String::from(
         "| path | req/s, 1 client | req/s, 8 clients | median latency | 100 MiB download |\n|---|---|---|---|---|\n",
     );
@@ -499,12 +573,35 @@ pub fn run(bottle: &Path, repo: &Path, seconds: u64) -> anyhow::Result<()> {
         peak_end as f64 / 1024.0,
         rss_end as f64 / 1024.0,
     );
+    if rows.len() == 4 {
+        let base = &rows[2];
+        let added_base =
+            base.1.latency.median.as_secs_f64() - direct.1.latency.median.as_secs_f64();
+        table += &format!(
+            "\n| this build against the baseline build | value | target |\n|---|---|---|\n\
+             | req/s, 1 client | {:.0}% | ≥ 90% {} |\n\
+             | req/s, 8 clients | {:.0}% | ≥ 90% {} |\n\
+             | added median latency | {:.3} ms vs {:.3} ms | ≤ 110% {} |\n",
+            gate_row.1.rps / base.1.rps * 100.0,
+            verdict(gate_row.1.rps >= 0.9 * base.1.rps),
+            gate_row.2.rps / base.2.rps * 100.0,
+            verdict(gate_row.2.rps >= 0.9 * base.2.rps),
+            added * 1000.0,
+            added_base * 1000.0,
+            verdict(added <= 1.1 * added_base.max(1e-6)),
+        );
+    }
     table += &format!(
         "\n{seconds} s per load, HTTP/1.1 keep-alive to nginx over TLS; the gate and mitmproxy intercept TLS and \
-         verify the origin; latency p90 direct {} / gate {} / mitmproxy {}.\n",
+         verify the origin; latency p90 direct {} / gate {} / mitmproxy {}{}.\n",
         ms(direct.1.latency.p90),
         ms(gate_row.1.latency.p90),
-        ms(mitm_row.1.latency.p90)
+        ms(mitm_row.1.latency.p90),
+        if route {
+            "; the bottle holds a credential route (to another host), so every request and response is read for it"
+        } else {
+            ""
+        }
     );
     emit(&table);
     drop(setup);

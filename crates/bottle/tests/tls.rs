@@ -189,16 +189,23 @@ fn domain_fronting_is_refused() {
     }
 }
 
+/// Python that opens a TLS connection to allowed.test:443 through the
+/// bottle's proxy (CONNECT, then TLS trusting the bottle's CA): `tunnel()`.
+const TUNNEL_PY: &str = r#"
+import base64, os, socket, ssl, sys, time
+def tunnel():
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx.wrap_socket(s, server_hostname="allowed.test")
+"#;
+
 const WEBSOCKET_CLIENT: &str = r#"
-import base64, os, socket, ssl
-s = socket.create_connection(("127.0.0.1", 3128))
-s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
-head = b""
-while b"\r\n\r\n" not in head:
-    head += s.recv(1)
-ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-ctx.set_alpn_protocols(["http/1.1"])
-t = ctx.wrap_socket(s, server_hostname="allowed.test")
+t = tunnel()
 key = base64.b64encode(os.urandom(16)).decode()
 t.sendall(("GET /ws HTTP/1.1\r\nHost: allowed.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode())
@@ -225,7 +232,7 @@ fn http2_and_websockets_work_through_the_gate() {
          echo h2_upstream=$(python3 -c 'import json; print(json.load(open(\"/tmp/h2\"))[\"protocol\"])')\n\
          echo h1=$(curl -sS --http1.1 -o /dev/null -w '%{{http_version}}' https://allowed.test/h1)\n\
          python3 -c '{}' 2>&1\n",
-        WEBSOCKET_CLIENT.replace('\'', "'\\''")
+        format!("{TUNNEL_PY}{WEBSOCKET_CLIENT}").replace('\'', "'\\''")
     );
     let probe = world.probe("probe", &script);
     assert_eq!(probe.get("h2"), "2", "the agent's leg speaks HTTP/2");
@@ -498,16 +505,8 @@ fn no_part_of_a_streamed_secret_reaches_the_origin() {
     let secret = world.secret();
     let (a, b) = secret.split_at(secret.len() / 2);
     let client = format!(
-        r#"
-import os, socket, ssl, time
-s = socket.create_connection(("127.0.0.1", 3128))
-s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
-head = b""
-while b"\r\n\r\n" not in head:
-    head += s.recv(1)
-ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-ctx.set_alpn_protocols(["http/1.1"])
-t = ctx.wrap_socket(s, server_hostname="allowed.test")
+        r#"{TUNNEL_PY}
+t = tunnel()
 t.sendall(b"POST /stream/split HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n")
 def chunk(data):
     t.sendall(b"%x\r\n%s\r\n" % (len(data), data))
@@ -553,16 +552,8 @@ fn published_credentials_are_scrubbed_and_websocket_frames_are_read() {
     let Some(world) = world() else { return };
     let secret = world.secret();
     let ws = r#"
-import base64, os, socket, ssl, sys
 def open_ws():
-    s = socket.create_connection(("127.0.0.1", 3128))
-    s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-    ctx.set_alpn_protocols(["http/1.1"])
-    t = ctx.wrap_socket(s, server_hostname="allowed.test")
+    t = tunnel()
     key = base64.b64encode(os.urandom(16)).decode()
     t.sendall(("GET /ws HTTP/1.1\r\nHost: allowed.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                "Sec-WebSocket-Extensions: permessage-deflate\r\n"
@@ -602,7 +593,10 @@ print("ws_leak_reason=" + data[2:].decode("latin-1"))
         curl("json_u", "http://allowed.test/stored?enc=json_u"),
         curl("url", "https://allowed.test/stored?enc=url"),
         "curl -sS -D /tmp/h -o /dev/null http://allowed.test/stored; echo header=$(grep -i x-stored /tmp/h | tr -d '\\r')\n".to_owned(),
-        format!("python3 -c '{}' '{secret}'\n", ws.replace('\'', "'\\''")),
+        format!(
+            "python3 -c '{}' '{secret}'\n",
+            format!("{TUNNEL_PY}{ws}").replace('\'', "'\\''")
+        ),
     ]
     .concat();
     let probe = world.probe("probe", &script);

@@ -551,20 +551,9 @@ pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> Result<String, Str
     Ok(out)
 }
 
-/// `text` as a person reads it: control characters and invisible or
-/// reordering characters as `\u{..}`; newlines kept when `multiline`.
+/// `text` as a person reads it (see [`crate::text::printable`]).
 pub fn visible(text: &str, multiline: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        let keep = multiline && c == '\n';
-        let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
-        if (c.is_control() || invisible) && !keep {
-            out.push_str(&c.escape_unicode().to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::text::printable(text, multiline)
 }
 
 /// The steps as a person reads them before approving: numbered, each with
@@ -790,7 +779,7 @@ mod tests {
             "{shown}"
         );
         assert!(
-            shown.contains("| echo hi  && echo \\u{202e}gone\\u{9}x"),
+            shown.contains("| echo hi  && echo \\u{202e}gone\tx"),
             "{shown}"
         );
         assert!(shown.contains("P=\"a\\\\u{200b}b\""), "{shown}");

@@ -11,6 +11,7 @@ pub mod load;
 pub mod manifest;
 pub mod plan;
 pub mod provision;
+pub mod text;
 pub mod validate;
 
 pub use error::{ManifestError, Problem};

@@ -82,36 +82,13 @@ impl BottleImage {
     }
 }
 
-/// The build policy of a plan: its allowlist (with what was approved
-/// since), private ranges, gate network and limits.
-pub fn build_policy(plan: &Plan, approved: &[String]) -> BuildPolicy {
-    let mut allow: Vec<String> = plan.egress.allow.iter().map(|r| r.text.clone()).collect();
-    for rule in approved {
-        if !allow.contains(rule) {
-            allow.push(rule.clone());
-        }
-    }
-    BuildPolicy {
-        identity: plan.identity.clone(),
-        dir: BottleDir::new(&plan.state_dir),
-        egress: bottle_gate::config::EgressConfig {
-            allow,
-            allow_private: plan
-                .egress
-                .allow_private
-                .iter()
-                .filter_map(|n| n.parse().ok())
-                .collect(),
-            ..Default::default()
-        },
-        gate_network: plan.gate_network.clone(),
-        gate_image: plan.images.gate.clone(),
-        upstream_ca: plan.egress.upstream_ca.is_some(),
-        memory_bytes: plan.resources.memory_bytes,
-        pids: plan.resources.pids,
-        cpus: plan.resources.cpus,
-        timeout: Duration::from_secs(plan.resources.build_timeout_secs),
-    }
+/// The build policy of a plan: its allowlist (with the rules `approved`
+/// since), private ranges, gate network and limits. Read through the same
+/// view as a recorded plan, so a plan and its record cannot disagree.
+pub fn build_policy(plan: &Plan, approved: &[String]) -> Result<BuildPolicy, String> {
+    let value = serde_json::to_value(plan).map_err(|e| e.to_string())?;
+    let recorded: RecordedPlan = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    Ok(recorded.policy(approved))
 }
 
 /// The part of a recorded plan (`metadata.json`'s `plan`) a build needs.
@@ -167,33 +144,7 @@ pub fn recorded_image(
 ) -> Result<(BottleImage, String), String> {
     let plan: RecordedPlan = serde_json::from_value(plan.clone())
         .map_err(|e| format!("the recorded plan does not say what a build needs: {e}"))?;
-    let mut allow: Vec<String> = plan.egress.allow.into_iter().map(|r| r.text).collect();
-    for rule in approved {
-        if !allow.contains(rule) {
-            allow.push(rule.clone());
-        }
-    }
-    let policy = BuildPolicy {
-        identity: plan.identity.clone(),
-        dir: BottleDir::new(&plan.state_dir),
-        egress: bottle_gate::config::EgressConfig {
-            allow,
-            allow_private: plan
-                .egress
-                .allow_private
-                .iter()
-                .filter_map(|n| n.parse().ok())
-                .collect(),
-            ..Default::default()
-        },
-        gate_network: plan.gate_network,
-        gate_image: plan.images.gate,
-        upstream_ca: plan.egress.upstream_ca.is_some(),
-        memory_bytes: plan.resources.memory_bytes,
-        pids: plan.resources.pids,
-        cpus: plan.resources.cpus,
-        timeout: Duration::from_secs(plan.resources.build_timeout_secs),
-    };
+    let policy = plan.policy(approved);
     let agent_tag = agent_run_tag(&plan.images.agent, plan.images.agent_is_default);
     Ok((
         BottleImage {
@@ -206,15 +157,48 @@ pub fn recorded_image(
     ))
 }
 
+impl RecordedPlan {
+    fn policy(&self, approved: &[String]) -> BuildPolicy {
+        BuildPolicy {
+            identity: self.identity.clone(),
+            dir: BottleDir::new(&self.state_dir),
+            egress: crate::gate_config::policy(
+                self.egress
+                    .allow
+                    .iter()
+                    .map(|r| r.text.clone())
+                    .chain(approved.iter().cloned()),
+                &self.egress.allow_private,
+            ),
+            gate_network: self.gate_network.clone(),
+            gate_image: self.images.gate.clone(),
+            upstream_ca: self.egress.upstream_ca.is_some(),
+            memory_bytes: self.resources.memory_bytes,
+            pids: self.resources.pids,
+            cpus: self.resources.cpus,
+            timeout: Duration::from_secs(self.resources.build_timeout_secs),
+        }
+    }
+}
+
 /// The image spec of a plan's own image.
-pub(super) fn bottle_image(plan: &Plan, agent_tag: &str, granted: &GrantedImage) -> ImageSpec {
-    BottleImage {
+pub(super) fn bottle_image(
+    plan: &Plan,
+    agent_tag: &str,
+    granted: &GrantedImage,
+) -> Result<ImageSpec, BackendError> {
+    let policy = build_policy(plan, &[]).map_err(|e| BackendError::Build {
+        image: granted.tag.clone(),
+        message: format!("the plan does not say what a build needs: {e}"),
+        log: String::new(),
+    })?;
+    Ok(BottleImage {
         identity: plan.identity.clone(),
         agent_tag: agent_tag.to_owned(),
         granted: granted.clone(),
-        policy: build_policy(plan, &[]),
+        policy,
     }
-    .spec()
+    .spec())
 }
 
 /// Builds (or finds up to date) a bottle's own image, reporting progress.

@@ -203,7 +203,8 @@ impl Backend for DockerBackend {
             .images
             .bottle
             .as_ref()
-            .map(|own| capability::bottle_image(plan, &agent_image.tag, own));
+            .map(|own| capability::bottle_image(plan, &agent_image.tag, own))
+            .transpose()?;
         Ok(DockerPrepared {
             dir: BottleDir::new(&plan.state_dir),
             agent_container: self
@@ -442,7 +443,7 @@ impl DockerBackend {
                 let Some(restart) = capability::take_restart(&p.dir)? else {
                     return Ok(code);
                 };
-                let own = capability::bottle_image(&p.plan, &p.agent_image.tag, &restart.image);
+                let own = capability::bottle_image(&p.plan, &p.agent_image.tag, &restart.image)?;
                 reporter.step(&format!(
                     "capability block (request {}): {} comes back on {} with /workspace and home kept",
                     restart.request, p.plan.identity, own.tag

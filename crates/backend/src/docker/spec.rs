@@ -235,15 +235,61 @@ fn gate_limits(p: &DockerPrepared, factor: i64) -> HostConfig {
     }
 }
 
-pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
-    let secrets_on_stdin = !p.plan.egress.routes.is_empty();
+/// One gate process's container: `role` (its label), the configuration
+/// file in its directory, the socket its health check asks, its mounts
+/// besides the shared ones, and a multiple of the gate memory.
+struct GateSpec<'a> {
+    role: &'a str,
+    config_file: &'a str,
+    socket: &'a str,
+    config_dir: std::path::PathBuf,
+    binds: Vec<String>,
+    memory_factor: i64,
+    secrets_on_stdin: bool,
+}
+
+fn gate_body(p: &DockerPrepared, spec: GateSpec<'_>) -> ContainerCreateBody {
     let mut labels = p.labels.clone();
-    labels.insert(ROLE_LABEL.into(), "gate".into());
+    labels.insert(ROLE_LABEL.into(), spec.role.into());
     let mut binds = vec![
-        format!("{}:{GATE_CONFIG_DIR}:ro", p.dir.gate_dir().display()),
+        format!("{}:{GATE_CONFIG_DIR}:ro", spec.config_dir.display()),
         format!("{}:{SOCKET_DIR}", p.dir.socket_dir().display()),
         format!("{}:{GATE_AUDIT_LOG}", p.dir.audit_log().display()),
     ];
+    binds.extend(spec.binds);
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    ContainerCreateBody {
+        image: Some(p.plan.images.gate.clone()),
+        cmd: Some(vec![
+            "--config".into(),
+            format!("{GATE_CONFIG_DIR}/{}", spec.config_file),
+        ]),
+        // The launching user: what the gate writes on the host is theirs.
+        user: Some(format!("{uid}:{gid}")),
+        labels: Some(labels),
+        // Route secrets arrive on stdin (see `start_gate`).
+        open_stdin: Some(spec.secrets_on_stdin),
+        stdin_once: Some(spec.secrets_on_stdin),
+        attach_stdin: Some(spec.secrets_on_stdin),
+        env: Some(vec!["RUST_LOG=info".into()]),
+        healthcheck: Some(health(&[
+            "--socket".to_owned(),
+            format!("{SOCKET_DIR}/{}", spec.socket),
+        ])),
+        host_config: Some(HostConfig {
+            binds: Some(binds),
+            ..gate_limits(p, spec.memory_factor)
+        }),
+        ..Default::default()
+    }
+}
+
+/// The egress gate's container: the CA, the route secrets (on stdin) and,
+/// with supervise, the requests and the control socket — never the SSH
+/// keys.
+pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
+    let mut binds = Vec::new();
     if p.plan.supervise {
         // Requests and the control socket: the gate's and the person's,
         // never mounted into the agent's sandbox.
@@ -252,67 +298,34 @@ pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
             p.dir.supervise_dir().display()
         ));
     }
-    let uid = nix::unistd::getuid();
-    let gid = nix::unistd::getgid();
-    ContainerCreateBody {
-        image: Some(p.plan.images.gate.clone()),
-        cmd: Some(vec![
-            "--config".into(),
-            format!(
-                "{GATE_CONFIG_DIR}/{}",
-                crate::gate_config::EGRESS_CONFIG_FILE
-            ),
-        ]),
-        // The launching user: what the gate writes on the host is theirs.
-        user: Some(format!("{uid}:{gid}")),
-        labels: Some(labels),
-        // Route secrets arrive on stdin (see `start_gate`).
-        open_stdin: Some(secrets_on_stdin),
-        stdin_once: Some(secrets_on_stdin),
-        attach_stdin: Some(secrets_on_stdin),
-        env: Some(vec!["RUST_LOG=info".into()]),
-        healthcheck: Some(health(&[
-            "--socket".to_owned(),
-            format!("{SOCKET_DIR}/{EGRESS_SOCKET}"),
-        ])),
-        host_config: Some(HostConfig {
-            binds: Some(binds),
-            ..gate_limits(p, 1)
-        }),
-        ..Default::default()
-    }
+    gate_body(
+        p,
+        GateSpec {
+            role: "gate",
+            config_file: crate::gate_config::EGRESS_CONFIG_FILE,
+            socket: EGRESS_SOCKET,
+            config_dir: p.dir.gate_dir(),
+            binds,
+            memory_factor: 1,
+            secrets_on_stdin: !p.plan.egress.routes.is_empty(),
+        },
+    )
 }
 
 /// The git gate's container: the git role alone, with the SSH keys, the
 /// mirrors and the sockets' directory — never the CA or the route secrets.
+/// git packs and checks objects: it gets twice the egress gate's memory.
 pub fn git_container(p: &DockerPrepared) -> ContainerCreateBody {
-    let mut labels = p.labels.clone();
-    labels.insert(ROLE_LABEL.into(), "git".into());
-    let uid = nix::unistd::getuid();
-    let gid = nix::unistd::getgid();
-    ContainerCreateBody {
-        image: Some(p.plan.images.gate.clone()),
-        cmd: Some(vec![
-            "--config".into(),
-            format!("{GATE_CONFIG_DIR}/{}", crate::gate_config::GIT_CONFIG_FILE),
-        ]),
-        user: Some(format!("{uid}:{gid}")),
-        labels: Some(labels),
-        env: Some(vec!["RUST_LOG=info".into()]),
-        healthcheck: Some(health(&[
-            "--socket".to_owned(),
-            format!("{SOCKET_DIR}/{GIT_SOCKET}"),
-        ])),
-        // git packs and checks objects: twice the egress gate's memory.
-        host_config: Some(HostConfig {
-            binds: Some(vec![
-                format!("{}:{GATE_CONFIG_DIR}:ro", p.dir.git_gate_dir().display()),
-                format!("{}:{SOCKET_DIR}", p.dir.socket_dir().display()),
-                format!("{}:{GATE_AUDIT_LOG}", p.dir.audit_log().display()),
-                format!("{}:{GATE_GIT_DIR}", p.dir.git_dir().display()),
-            ]),
-            ..gate_limits(p, 2)
-        }),
-        ..Default::default()
-    }
+    gate_body(
+        p,
+        GateSpec {
+            role: "git",
+            config_file: crate::gate_config::GIT_CONFIG_FILE,
+            socket: GIT_SOCKET,
+            config_dir: p.dir.git_gate_dir(),
+            binds: vec![format!("{}:{GATE_GIT_DIR}", p.dir.git_dir().display())],
+            memory_factor: 2,
+            secrets_on_stdin: false,
+        },
+    )
 }

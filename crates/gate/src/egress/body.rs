@@ -151,46 +151,95 @@ fn release(credentials: &Credentials, window: &mut Vec<u8>) -> Vec<u8> {
     std::mem::replace(window, rest)
 }
 
-/// A request body that fails, before any part of a secret goes out, when
-/// it carries a secret bound for another host.
-pub struct Scanned<B> {
-    pub inner: B,
-    pub credentials: Arc<Credentials>,
-    pub host: Host,
-    /// Bytes scanned but held back: they could begin a secret.
-    pub held: Vec<u8>,
-    pub ended: bool,
-    /// Trailers that arrived while bytes were held back.
-    pub trailers: Option<Frame<Bytes>>,
-    /// The leak found, for the refusal the agent reads.
-    pub found: Arc<OnceLock<Leak>>,
+/// What an inspected body does with a secret it finds.
+enum Mode {
+    /// A request: fail, before any part of the secret goes out, when it
+    /// carries a secret bound for another host than `host`.
+    Refuse {
+        host: Host,
+        /// The leak found, for the refusal the agent reads.
+        found: Arc<OnceLock<Leak>>,
+    },
+    /// A response: overwrite every secret (same length).
+    Scrub,
 }
 
-impl<B> Scanned<B> {
-    pub fn new(
-        inner: B,
-        credentials: Arc<Credentials>,
-        host: Host,
-        found: Arc<OnceLock<Leak>>,
-    ) -> Self {
-        Scanned {
+/// A body passed on chunk by chunk, holding back only the bytes that
+/// could begin a secret, and checked or scrubbed as its [`Mode`] says.
+pub struct Inspected<B> {
+    inner: B,
+    credentials: Arc<Credentials>,
+    mode: Mode,
+    /// Bytes seen but held back: they could begin a secret.
+    held: Vec<u8>,
+    ended: bool,
+    /// Trailers that arrived while bytes were held back.
+    trailers: Option<Frame<Bytes>>,
+}
+
+/// A request body checked for secrets bound elsewhere.
+pub fn scanned<B>(
+    inner: B,
+    credentials: Arc<Credentials>,
+    host: Host,
+    found: Arc<OnceLock<Leak>>,
+) -> Inspected<B> {
+    Inspected::new(inner, credentials, Mode::Refuse { host, found })
+}
+
+/// A response body with every secret overwritten.
+pub fn scrubbed<B>(inner: B, credentials: Arc<Credentials>) -> Inspected<B> {
+    Inspected::new(inner, credentials, Mode::Scrub)
+}
+
+impl<B> Inspected<B> {
+    fn new(inner: B, credentials: Arc<Credentials>, mode: Mode) -> Self {
+        Inspected {
             inner,
             credentials,
-            host,
+            mode,
             held: Vec::new(),
             ended: false,
             trailers: None,
-            found,
         }
     }
 
-    fn leak(&self, found: Leak) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let _ = self.found.set(found);
-        Poll::Ready(Some(Err("credential leak in the request body".into())))
+    /// Checks or scrubs what is held; a leak is an error.
+    fn inspect(&mut self) -> Result<(), BoxError> {
+        match &self.mode {
+            Mode::Refuse { host, found } => {
+                if let Some(leak) = self.credentials.find_leak(&self.held, host, "body") {
+                    let _ = found.set(leak);
+                    return Err("credential leak in the request body".into());
+                }
+            }
+            Mode::Scrub => {
+                self.credentials.scrub(&mut self.held);
+            }
+        }
+        Ok(())
+    }
+
+    fn inspect_trailers(&self, frame: &mut Frame<Bytes>) -> Result<(), BoxError> {
+        let Some(trailers) = frame.trailers_mut() else {
+            return Ok(());
+        };
+        match &self.mode {
+            Mode::Refuse { host, found } => {
+                if let Some(leak) =
+                    leak_in_headers(&self.credentials, trailers, host, None, "trailer")
+                {
+                    let _ = found.set(leak);
+                    return Err("credential leak in the request's trailers".into());
+                }
+            }
+            Mode::Scrub => scrub_headers(&self.credentials, trailers),
+        }
+        Ok(())
     }
 }
 
-impl<B> HttpBody for Scanned<B>
+impl<B> HttpBody for Inspected<B>
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -206,6 +255,7 @@ where
         loop {
             if this.ended {
                 if !this.held.is_empty() {
+                    // Inspected whole already: nothing follows it now.
                     let rest = std::mem::take(&mut this.held);
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
                 }
@@ -215,114 +265,17 @@ where
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         this.held.extend_from_slice(&data);
-                        if let Some(leak) =
-                            this.credentials.find_leak(&this.held, &this.host, "body")
-                        {
-                            return this.leak(leak);
+                        if let Err(e) = this.inspect() {
+                            return Poll::Ready(Some(Err(e)));
                         }
-                        let ready = release(&this.credentials, &mut this.held);
-                        if !ready.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(ready)))));
-                        }
-                    }
-                    Err(frame) => {
-                        if let Some(trailers) = frame.trailers_ref()
-                            && let Some(leak) = leak_in_headers(
-                                &this.credentials,
-                                trailers,
-                                &this.host,
-                                None,
-                                "trailer",
-                            )
-                        {
-                            return this.leak(leak);
-                        }
-                        this.trailers = Some(frame);
-                        this.ended = true;
-                    }
-                },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => this.ended = true,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended && self.held.is_empty() && self.trailers.is_none()
-            || (self.held.is_empty() && self.trailers.is_none() && self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // Nothing is added or removed: the length is the agent's.
-        let inner = self.inner.size_hint();
-        let held = self.held.len() as u64;
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + held);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + held);
-        }
-        hint
-    }
-}
-
-/// A response body with every secret overwritten (same length), holding
-/// back only the bytes that could begin one.
-pub struct Scrubbed<B> {
-    pub inner: B,
-    pub credentials: Arc<Credentials>,
-    held: Vec<u8>,
-    ended: bool,
-    trailers: Option<Frame<Bytes>>,
-}
-
-impl<B> Scrubbed<B> {
-    pub fn new(inner: B, credentials: Arc<Credentials>) -> Self {
-        Scrubbed {
-            inner,
-            credentials,
-            held: Vec::new(),
-            ended: false,
-            trailers: None,
-        }
-    }
-}
-
-impl<B> HttpBody for Scrubbed<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if this.ended {
-                if !this.held.is_empty() {
-                    let mut rest = std::mem::take(&mut this.held);
-                    this.credentials.scrub(&mut rest);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
-                }
-                return Poll::Ready(this.trailers.take().map(Ok));
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        this.held.extend_from_slice(&data);
-                        this.credentials.scrub(&mut this.held);
                         let ready = release(&this.credentials, &mut this.held);
                         if !ready.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(ready)))));
                         }
                     }
                     Err(mut frame) => {
-                        if let Some(trailers) = frame.trailers_mut() {
-                            scrub_headers(&this.credentials, trailers);
+                        if let Err(e) = this.inspect_trailers(&mut frame) {
+                            return Poll::Ready(Some(Err(e)));
                         }
                         this.trailers = Some(frame);
                         this.ended = true;
@@ -342,7 +295,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        // Scrubbing keeps the length.
+        // Nothing is added or removed, scrubbing keeps the length.
         let inner = self.inner.size_hint();
         let held = self.held.len() as u64;
         let mut hint = SizeHint::new();
@@ -408,7 +361,7 @@ mod tests {
         for cut in 1..body.len() {
             let (a, b) = body.as_bytes().split_at(cut);
             let found = Arc::new(OnceLock::new());
-            let scanned = Scanned::new(
+            let scanned = scanned(
                 chunks(vec![a.to_vec(), b.to_vec()]),
                 creds(),
                 Host::Name("other.test".into()),
@@ -429,7 +382,7 @@ mod tests {
             b"bbtest-unit-".to_vec(),
             b"not the secret".to_vec(),
         ];
-        let scanned = Scanned::new(
+        let scanned = scanned(
             chunks(parts),
             creds(),
             Host::Name("other.test".into()),
@@ -445,7 +398,7 @@ mod tests {
         let text = format!("echo: {SECRET} and {}", SECRET.replace('-', "%2D"));
         for cut in 1..text.len() {
             let (a, b) = text.as_bytes().split_at(cut);
-            let scrubbed = Scrubbed::new(chunks(vec![a.to_vec(), b.to_vec()]), creds());
+            let scrubbed = scrubbed(chunks(vec![a.to_vec(), b.to_vec()]), creds());
             let (out, ok) = sent(scrubbed).await;
             assert!(ok);
             assert_eq!(out.len(), text.len());

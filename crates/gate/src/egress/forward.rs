@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 
 use super::Egress;
-use super::body::{self, Inflate, MAX_COMPRESSED_BODY, MAX_INFLATED_BODY, Scanned, Scrubbed};
+use super::body::{self, Inflate, MAX_COMPRESSED_BODY, MAX_INFLATED_BODY};
 use super::credentials::{Credentials, Leak};
 use super::upstream::{BoxError, Origin, Refusal, UpstreamBody, refusal_of};
 use super::websocket;
@@ -173,7 +173,7 @@ impl Egress {
                 Err(refusal) => return self.refuse(fields, refusal),
             }
         } else {
-            Scanned::new(
+            body::scanned(
                 body,
                 Arc::clone(&credentials),
                 target.host.clone(),
@@ -266,7 +266,7 @@ impl Egress {
         self.audit.record("egress", "request", fields);
         let body: Body = if scanning {
             body::scrub_headers(&credentials, &mut parts.headers);
-            Scrubbed::new(body, Arc::clone(&credentials)).boxed()
+            body::scrubbed(body, Arc::clone(&credentials)).boxed()
         } else {
             body.map_err(BoxError::from).boxed()
         };
