@@ -218,3 +218,32 @@ fn garbage_and_floods_are_refused_whole() {
         assert_eq!(repos.upstream_ref("agent/x"), repos.c1);
     }
 }
+
+/// Found by review: a ref name that is not UTF-8 ended the hook's list of
+/// updates early, so what followed went unchecked, and an empty list made
+/// `git push` fall back to its default. Both refuse the push now.
+#[test]
+fn a_ref_name_that_is_not_utf8_refuses_the_whole_push() {
+    let repos = Repos::new();
+    let mut input = format!("{ZERO} {} refs/heads/", repos.c2).into_bytes();
+    input.push(0xff);
+    input.extend_from_slice(format!("\n{} {} refs/heads/master\n", repos.c1, repos.c2).as_bytes());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bottle"))
+        .args(["git-hook", "pre-receive"])
+        .current_dir(repos.mirror())
+        .env("BOTTLE_GATE_CONFIG", repos.dir.path().join("git.json"))
+        .env("BOTTLE_GIT_ENTRY", "origin")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not UTF-8"));
+    let empty = repos.hook("");
+    assert!(!empty.status.success(), "an empty push is refused");
+    assert_eq!(repos.upstream_ref("agent/x"), repos.c1);
+}

@@ -30,6 +30,14 @@ const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 /// Most distinct refusals counted at once; past it every count is written
 /// out and counting starts over (the agent cannot grow the gate's memory).
 const MAX_COUNTED: usize = 4096;
+/// Refusals of one kind (role, event, who refused) written one by one
+/// within a window, however they differ (another host, another path);
+/// the rest are counted, with a few of their hosts named, and written as
+/// one line when the window ends. Refusals are the agent's to make as fast
+/// as it likes: this bounds how fast they fill the disk.
+const REFUSALS_OF_A_KIND_PER_WINDOW: u32 = 100;
+/// Hosts a count of refusals names as examples.
+const SAMPLE_HOSTS: usize = 8;
 
 #[derive(Default)]
 struct Queue {
@@ -37,6 +45,20 @@ struct Queue {
     closed: bool,
     /// Identical refusals of the current windows, by record.
     refusals: HashMap<String, Repeats>,
+    /// Refusals of each kind in the current windows.
+    kinds: HashMap<String, Kind>,
+}
+
+/// The refusals of one kind in a window.
+struct Kind {
+    since: Instant,
+    written: u32,
+    /// Not written one by one.
+    held: u64,
+    role: String,
+    event: String,
+    fields: Map<String, Value>,
+    sample: Vec<String>,
 }
 
 /// The identical refusals of one window.
@@ -119,6 +141,42 @@ impl Audit {
                 return;
             }
             repeats.seen += 1;
+            let origin = fields.get("origin").and_then(Value::as_str).unwrap_or("");
+            let kind_key = format!("{role}\0{event}\0{origin}");
+            if queue.kinds.len() >= MAX_COUNTED && !queue.kinds.contains_key(&kind_key) {
+                let all = std::mem::take(&mut queue.kinds);
+                for kind in all.into_values() {
+                    summarise_kind(&mut queue.lines, kind);
+                }
+            }
+            let kind = queue.kinds.entry(kind_key).or_insert_with(|| {
+                let mut kept = Map::new();
+                for key in ["decision", "origin", "phase"] {
+                    if let Some(v) = fields.get(key) {
+                        kept.insert(key.to_owned(), v.clone());
+                    }
+                }
+                Kind {
+                    since: now,
+                    written: 0,
+                    held: 0,
+                    role: role.to_owned(),
+                    event: event.to_owned(),
+                    fields: kept,
+                    sample: Vec::new(),
+                }
+            });
+            if kind.written >= REFUSALS_OF_A_KIND_PER_WINDOW {
+                kind.held += 1;
+                if let Some(host) = fields.get("host").and_then(Value::as_str)
+                    && kind.sample.len() < SAMPLE_HOSTS
+                    && !kind.sample.iter().any(|h| h == host)
+                {
+                    kind.sample.push(host.to_owned());
+                }
+                return;
+            }
+            kind.written += 1;
         }
         let line = line(role, event, fields);
         queue.lines.extend_from_slice(line.as_bytes());
@@ -158,6 +216,24 @@ fn summarise(lines: &mut Vec<u8>, repeats: Repeats) {
         (repeats.since.elapsed().as_millis() as u64).into(),
     );
     lines.extend_from_slice(line(&repeats.role, &repeats.event, fields).as_bytes());
+}
+
+/// The line saying how many refusals of a kind were counted, not written.
+fn summarise_kind(lines: &mut Vec<u8>, kind: Kind) {
+    if kind.held == 0 {
+        return;
+    }
+    let mut fields = kind.fields;
+    fields.insert("not_written".into(), kind.held.into());
+    fields.insert(
+        "over_ms".into(),
+        (kind.since.elapsed().as_millis() as u64).into(),
+    );
+    fields.insert(
+        "hosts".into(),
+        Value::Array(kind.sample.into_iter().map(Value::from).collect()),
+    );
+    lines.extend_from_slice(line(&kind.role, &kind.event, fields).as_bytes());
 }
 
 /// `fields` with every string cut to [`MAX_FIELD_BYTES`] and every list
@@ -249,6 +325,17 @@ fn write_lines(mut file: fs_err::File, queue: &(Mutex<Queue>, Condvar)) {
                     summarise(&mut guard.lines, repeats);
                 }
             }
+            let ended: Vec<String> = guard
+                .kinds
+                .iter()
+                .filter(|(_, k)| closed || k.since.elapsed() >= REFUSAL_WINDOW)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in ended {
+                if let Some(kind) = guard.kinds.remove(&key) {
+                    summarise_kind(&mut guard.lines, kind);
+                }
+            }
             (std::mem::take(&mut guard.lines), closed)
         };
         if !lines.is_empty()
@@ -335,6 +422,38 @@ mod tests {
         assert_eq!(
             lines.iter().filter(|l| l["host"] == "other.test").count(),
             1
+        );
+    }
+
+    /// Found by review: refusals that differ (a host each) were never
+    /// "identical", so an agent could fill the disk with them.
+    #[test]
+    fn many_different_refusals_are_bounded_and_counted() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..5000 {
+            let mut fields = Map::new();
+            fields.insert("host".into(), format!("h{i}.invalid").into());
+            fields.insert("decision".into(), "deny".into());
+            fields.insert("origin".into(), "policy".into());
+            audit.record("egress", "connect", fields);
+        }
+        drop(audit);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(lines.len(), REFUSALS_OF_A_KIND_PER_WINDOW as usize + 1);
+        let summary = &lines[lines.len() - 1];
+        assert_eq!(
+            summary["not_written"],
+            5000 - REFUSALS_OF_A_KIND_PER_WINDOW as u64
+        );
+        assert_eq!(
+            summary["hosts"].as_array().map(Vec::len),
+            Some(SAMPLE_HOSTS)
         );
     }
 

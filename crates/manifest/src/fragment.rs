@@ -337,6 +337,18 @@ fn heredoc_markers(line: &str) -> Result<Vec<(String, bool)>, String> {
             b'\\' if !single => i += 1,
             b'\'' if !double => single = !single,
             b'"' if !single => double = !double,
+            // A shell comment: the shell ignores the rest of the line,
+            // so a heredoc marker there opens nothing for it — while this
+            // parser would read the lines below as data. Refused, so the
+            // steps shown are the steps run.
+            b'#' if !single && !double && (i == 0 || bytes[i - 1].is_ascii_whitespace()) => {
+                if line[i..].contains("<<") {
+                    return Err(
+                        "a heredoc marker after a # comment opens nothing for the shell: remove the comment".to_owned(),
+                    );
+                }
+                break;
+            }
             b'<' if !single && !double && bytes.get(i + 1) == Some(&b'<') => {
                 if bytes.get(i + 2) == Some(&b'<') {
                     i += 3;
@@ -685,6 +697,12 @@ mod tests {
             vec![Op::Run(Command::Shell("echo tab".into()))]
         );
         assert!(parse("RUN <<EOF\necho never closed").is_err());
+        // Found by review: the shell ignores a marker in a comment.
+        assert!(parse("RUN true # <<EOF\nrm -rf /\nEOF").is_err());
+        assert_eq!(
+            ops("RUN echo '#<<not' # fine"),
+            vec![Op::Run(Command::Shell("echo '#<<not' # fine".into()))]
+        );
         assert!(parse("RUN <<EOF\n#!/usr/bin/python3\nprint(1)\nEOF").is_err());
         assert_eq!(
             ops("RUN cat <<<word"),

@@ -123,7 +123,7 @@ const FORWARDED: &[Signal] = &[
 async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     let (program, args) = config.command.split_first().ok_or(ShimError::NoCommand)?;
     if let Some(ca) = &config.ca {
-        trust::install(ca).map_err(ShimError::Ca)?;
+        trust::install(ca, config.user).map_err(ShimError::Ca)?;
     }
     if let Some(limit) = config.nproc {
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, limit, limit)

@@ -84,8 +84,11 @@ pub fn prepare() -> io::Result<Vec<String>> {
 
 /// Writes every prepared store with the bottle's CA added (at start, as
 /// root). An image whose stores are not prepared (not built by bot-bottle,
-/// or built before it prepared them) is an error naming the fix.
-pub fn install(ca: &Path) -> io::Result<()> {
+/// or built before it prepared them) is an error naming the fix. Anything
+/// of the image's that must run to do it (Java's `keytool`) runs as
+/// `user`, never as root: a program the agent could have put on the
+/// image's PATH gains nothing by running.
+pub fn install(ca: &Path, user: Option<(u32, u32)>) -> io::Result<()> {
     let pem = fs_err::read_to_string(ca)?;
     let bundles: Vec<&str> = BUNDLES.iter().copied().filter(|b| is_prepared(b)).collect();
     if bundles.is_empty() {
@@ -106,7 +109,7 @@ pub fn install(ca: &Path) -> io::Result<()> {
         write_store(&target(store), text.as_bytes())?;
     }
     for store in JAVA_STORES.iter().copied().filter(|s| is_prepared(s)) {
-        java(store, ca)?;
+        java(store, ca, user)?;
     }
     Ok(())
 }
@@ -118,7 +121,12 @@ fn write_store(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Java's store: the system copy with the CA imported by `keytool`, when
 /// the image has Java. Without keytool the system copy is used as it is.
-fn java(store: &str, ca: &Path) -> io::Result<()> {
+///
+/// keytool is run as `user` (the agent's uid) on a copy in a scratch
+/// directory, and the result is copied, as root, into the trust tmpfs; no
+/// agent process runs yet, and the result is read without following
+/// links.
+fn java(store: &str, ca: &Path, user: Option<(u32, u32)>) -> io::Result<()> {
     let out = target(store);
     fs_err::copy(system_copy(store), &out)?;
     fs_err::set_permissions(&out, std::fs::Permissions::from_mode(0o644))?;
@@ -128,7 +136,15 @@ fn java(store: &str, ca: &Path) -> io::Result<()> {
     if !has_keytool {
         return Ok(());
     }
-    let status = Command::new("keytool")
+    let scratch = Path::new("/tmp").join(format!(".bot-bottle-java-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    fs_err::create_dir(&scratch)?;
+    fs_err::set_permissions(&scratch, std::fs::Permissions::from_mode(0o777))?;
+    let copy = scratch.join("cacerts");
+    fs_err::copy(system_copy(store), &copy)?;
+    fs_err::set_permissions(&copy, std::fs::Permissions::from_mode(0o666))?;
+    let mut keytool = Command::new("keytool");
+    keytool
         .args([
             "-importcert",
             "-noprompt",
@@ -138,14 +154,44 @@ fn java(store: &str, ca: &Path) -> io::Result<()> {
             "bot-bottle",
             "-keystore",
         ])
-        .arg(&out)
+        .arg(&copy)
         .arg("-file")
         .arg(ca)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
+        .stderr(Stdio::null());
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt;
+        // std drops the supplementary groups too when it sets the uid.
+        keytool.uid(uid).gid(gid);
+    }
+    let imported = keytool.status().is_ok_and(|s| s.success());
+    if imported {
+        let bytes = read_no_follow(&copy)?;
+        fs_err::write(&out, bytes)?;
+        fs_err::set_permissions(&out, std::fs::Permissions::from_mode(0o644))?;
+    } else {
         eprintln!("bottle shim: warning: could not add the bottle's CA to Java's trust store");
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
+}
+
+/// A regular file's bytes, refusing a link.
+fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }

@@ -35,7 +35,7 @@ use bollard::models::{
     ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig, NetworkCreateRequest,
 };
 use bollard::query_parameters::{
-    CommitContainerOptions, RemoveContainerOptions, UploadToContainerOptions,
+    CommitContainerOptions, KillContainerOptions, RemoveContainerOptions, UploadToContainerOptions,
 };
 use bottle_gate::config::{EGRESS_SOCKET, EgressConfig, GateConfig, GateRole, TlsConfig};
 use bottle_manifest::fragment::{self, Command, Op};
@@ -57,6 +57,8 @@ const GATE_BUILD_DIR: &str = "/etc/bottle-build";
 const GATE_AUDIT_LOG: &str = "/var/log/bottle/audit.jsonl";
 /// How much of the build's output is kept for the person.
 const LOG_KEEP_BYTES: usize = 1 << 20;
+/// Longest line of the build's output shown as one.
+const LINE_BYTES: usize = 4096;
 /// Capabilities a package manager needs as root (files, owners, its own
 /// unprivileged user); no others.
 const BUILD_CAPS: &[&str] = &[
@@ -188,6 +190,8 @@ struct Build<'a> {
     policy: &'a BuildPolicy,
     binary: &'a SelfBinary,
     container: String,
+    /// The container that lays bot-bottle's files over the steps' result.
+    finisher: String,
     gate: String,
     /// The network made for the build, once made.
     network: std::sync::Mutex<Option<String>>,
@@ -212,6 +216,7 @@ impl<'a> Build<'a> {
             policy,
             binary,
             container: format!("{}-build", policy.identity),
+            finisher: format!("{}-build-finish", policy.identity),
             gate: format!("{}-build-gate", policy.identity),
             network: std::sync::Mutex::new(None),
             log: std::sync::Mutex::new(String::new()),
@@ -229,7 +234,9 @@ impl<'a> Build<'a> {
     fn note(&self, text: &str) {
         if let Ok(mut log) = self.log.lock() {
             log.push_str(text);
-            if log.len() > LOG_KEEP_BYTES {
+            // Cut back to the last LOG_KEEP_BYTES once it is twice that:
+            // bounded, and no copy on every chunk.
+            if log.len() > 2 * LOG_KEEP_BYTES {
                 let cut = log.len() - LOG_KEEP_BYTES;
                 let mut at = cut;
                 while !log.is_char_boundary(at) {
@@ -401,32 +408,81 @@ impl<'a> Build<'a> {
                 Op::Shell(argv) => state.shell = argv.clone(),
             }
         }
-        // bot-bottle's own files back on top, and the trust stores
-        // prepared again: no step can replace the shim or the links.
-        self.overlay()
+        // bot-bottle's own files back on top, and the trust stores prepared
+        // again, in a container of their own: the steps' container is
+        // killed first, so no process a step left running (all of them
+        // root's) can replace the shim or a link after it is laid.
+        self.finish(tag, &config, &state, labels)
             .await
-            .map_err(internal("lay bot-bottle's files back"))?;
-        let prepare = vec![
-            "/usr/local/bin/bottle".to_owned(),
-            "prepare-trust".to_owned(),
-        ];
-        let root = State {
-            user: "0".into(),
-            ..state.clone()
+            .map_err(internal("lay bot-bottle's files back and save the image"))
+    }
+
+    /// Kills the steps' container, saves it as a staging image, lays
+    /// bot-bottle's files over it and prepares the trust stores in a fresh
+    /// container (bot-bottle's static binary, nothing of the image's run),
+    /// and commits that as `tag` with the configuration the steps made.
+    async fn finish(
+        &self,
+        tag: &str,
+        image: &bollard::models::ImageConfig,
+        state: &State,
+        labels: &[(String, String)],
+    ) -> Result<(), BackendError> {
+        let _ = self
+            .docker
+            .kill_container(&self.container, None::<KillContainerOptions>)
+            .await;
+        let (repo, _) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+        let staging = format!("{repo}:staging");
+        self.commit(&self.container, &staging, image, state, &[])
+            .await?;
+        let body = ContainerCreateBody {
+            image: Some(staging.clone()),
+            entrypoint: Some(vec![format!("{TOOLS}/bottle"), "prepare-trust".into()]),
+            user: Some("0:0".into()),
+            labels: Some(self.labels("build")),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                binds: Some(vec![format!(
+                    "{}:{TOOLS}/bottle:ro",
+                    self.binary.path.display()
+                )]),
+                init: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
         };
-        match self.exec(&prepare, &root, reporter).await {
-            Ok(0) => {}
-            Ok(code) => {
-                return Err(Failed {
-                    status: format!("preparing the trust stores exited with status {code}"),
-                    detail: String::new(),
-                });
-            }
-            Err(e) => return Err(internal("prepare the trust stores")(e)),
-        }
-        self.commit(tag, &config, &state, labels)
+        create_container(self.docker, &self.finisher, body).await?;
+        let tar = super::images::overlay_tar(&self.binary.path)?;
+        self.docker
+            .upload_to_container(
+                &self.finisher,
+                Some(UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                bollard::body_full(tar),
+            )
             .await
-            .map_err(internal("save the image"))
+            .map_err(|e| BackendError::docker("copy bot-bottle's files into the build", e))?;
+        self.docker
+            .start_container(&self.finisher, None)
+            .await
+            .map_err(|e| BackendError::docker(format!("start {}", self.finisher), e))?;
+        let status = super::exit_status(self.docker, &self.finisher).await;
+        if status != "exit 0" {
+            return Err(BackendError::Build {
+                image: tag.to_owned(),
+                message: format!("preparing the trust stores ended with {status}"),
+                log: super::log_tail(self.docker, &self.finisher).await,
+            });
+        }
+        self.commit(&self.finisher, tag, image, state, labels)
+            .await?;
+        let _ = super::remove_image(self.docker, &staging).await;
+        Ok(())
     }
 
     async fn start_gate(&self) -> Result<(), BackendError> {
@@ -451,10 +507,11 @@ impl<'a> Build<'a> {
                 name
             }
         };
-        let (subnets, gateways) = if policy.gate_network.is_some() {
-            super::network_addresses(self.docker, &network).await?
+        let (subnets, gateways) = super::network_addresses(self.docker, &network).await?;
+        let subnets = if policy.gate_network.is_some() {
+            subnets
         } else {
-            (Vec::new(), Vec::new())
+            Vec::new()
         };
         let dir = self.build_dir();
         let run = dir.join("run");
@@ -475,7 +532,7 @@ impl<'a> Build<'a> {
         let mut egress = policy.egress.clone();
         egress.routes.clear();
         egress.trusted_subnets = subnets;
-        egress.refused_addresses = gateways;
+        egress.refused_addresses = super::refused_addresses(gateways);
         let config = GateConfig {
             identity: policy.identity.clone(),
             role: GateRole::Egress,
@@ -666,8 +723,21 @@ impl<'a> Build<'a> {
                 let text = String::from_utf8_lossy(&chunk.into_bytes()).into_owned();
                 self.note(&text);
                 pending.push_str(&text);
-                while let Some(end) = pending.find('\n') {
-                    let line: String = pending.drain(..=end).collect();
+                // Whole lines, and a line no longer than LINE_BYTES: output
+                // without newlines cannot grow the launcher's memory.
+                loop {
+                    let end = match pending.find('\n') {
+                        Some(end) => end + 1,
+                        None if pending.len() > LINE_BYTES => {
+                            let mut at = LINE_BYTES;
+                            while !pending.is_char_boundary(at) {
+                                at -= 1;
+                            }
+                            at
+                        }
+                        None => break,
+                    };
+                    let line: String = pending.drain(..end).collect();
                     let line = fragment::visible(line.trim_end(), false);
                     if !line.trim().is_empty() {
                         reporter.detail(&format!("    {line}"));
@@ -683,24 +753,10 @@ impl<'a> Build<'a> {
         Ok(inspected.exit_code.unwrap_or(-1))
     }
 
-    /// bot-bottle's binary and preload, laid over `/`.
-    async fn overlay(&self) -> Result<(), BackendError> {
-        let tar = super::images::overlay_tar(&self.binary.path)?;
-        self.docker
-            .upload_to_container(
-                &self.container,
-                Some(UploadToContainerOptions {
-                    path: "/".into(),
-                    ..Default::default()
-                }),
-                bollard::body_full(tar),
-            )
-            .await
-            .map_err(|e| BackendError::docker("copy bot-bottle's files into the build", e))
-    }
-
+    /// Commits `container` as `tag` with the configuration the steps made.
     async fn commit(
         &self,
+        container: &str,
         tag: &str,
         image: &bollard::models::ImageConfig,
         state: &State,
@@ -715,7 +771,7 @@ impl<'a> Build<'a> {
             env: Some(state.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             cmd: image.cmd.clone(),
             // Empty, not absent: the engine would otherwise take the build
-            // container's entrypoint (the idling shim).
+            // container's entrypoint (the idling shim, prepare-trust).
             entrypoint: Some(image.entrypoint.clone().unwrap_or_default()),
             user: Some(state.user.clone()),
             working_dir: Some(state.workdir.clone()),
@@ -726,7 +782,7 @@ impl<'a> Build<'a> {
         self.docker
             .commit_container(
                 CommitContainerOptions {
-                    container: Some(self.container.clone()),
+                    container: Some(container.to_owned()),
                     repo: Some(repo.to_owned()),
                     tag: Some(version.to_owned()),
                     pause: true,
@@ -741,7 +797,7 @@ impl<'a> Build<'a> {
 
     /// Removes the build's container, gate and network, whatever happened.
     async fn clean_up(&self) {
-        for name in [&self.container, &self.gate] {
+        for name in [&self.container, &self.finisher, &self.gate] {
             let removed = self
                 .docker
                 .remove_container(

@@ -334,16 +334,18 @@ impl DockerBackend {
             let network = async {
                 if p.own_network {
                     create_network(docker, &p.gate_network, &p.labels).await?;
-                    Ok((Vec::new(), Vec::new()))
-                } else {
-                    network_addresses(docker, &p.gate_network).await
                 }
+                network_addresses(docker, &p.gate_network).await
             };
             let image = images::ensure(docker, &p.gate_image, &binary, lock_dir, reporter);
             let ((subnets, gateways), ()) = tokio::try_join!(network, image)?;
             let mut gate_config = p.gate_config.clone();
-            gate_config.egress.trusted_subnets = subnets;
-            gate_config.egress.refused_addresses = gateways;
+            // The person's network's subnets are their services; a network
+            // of the bottle's own holds nothing but the gate.
+            if !p.own_network {
+                gate_config.egress.trusted_subnets = subnets;
+            }
+            gate_config.egress.refused_addresses = refused_addresses(gateways);
             p.dir.write_json(&p.dir.gate_config(), &gate_config)?;
             if let Some(git) = &p.git_config {
                 p.dir.write_json(&p.dir.git_gate_config(), git)?;
@@ -617,7 +619,35 @@ async fn create_network(
     Ok(())
 }
 
-/// Subnets and gateways of a network the person named.
+/// What the gate never connects to, whatever `allow_private` says: the
+/// gateways of its network and every address of the host's own
+/// interfaces (its LAN address, the Docker bridges): the host is never a
+/// destination.
+pub(super) fn refused_addresses(gateways: Vec<std::net::IpAddr>) -> Vec<std::net::IpAddr> {
+    let mut out = gateways;
+    if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
+        for interface in interfaces {
+            let Some(address) = interface.address else {
+                continue;
+            };
+            let ip = if let Some(v4) = address.as_sockaddr_in() {
+                std::net::IpAddr::V4(v4.ip())
+            } else if let Some(v6) = address.as_sockaddr_in6() {
+                std::net::IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
+/// Subnets and gateways of a network. A network that puts the gate in the
+/// host's namespace, or in none, is refused (`gate_network` may name one
+/// by its id).
 async fn network_addresses(
     docker: &Docker,
     name: &str,
@@ -636,6 +666,14 @@ async fn network_addresses(
         }
         Err(e) => return Err(BackendError::docker(format!("inspect network {name}"), e)),
     };
+    if let Some(driver @ ("host" | "null")) = network.driver.as_deref() {
+        return Err(BackendError::docker(
+            format!("gate network {name}"),
+            format!(
+                "its driver is {driver}: the gate would share the host's namespace or have none; name a bridge network"
+            ),
+        ));
+    }
     let configs = network.ipam.and_then(|i| i.config).unwrap_or_default();
     let subnets = configs
         .iter()

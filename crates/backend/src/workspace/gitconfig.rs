@@ -83,7 +83,7 @@ pub fn filter(listing: &[u8]) -> Sanitized {
             None => None,
         };
         let header = match &subsection {
-            Some(sub) => format!("[{section} \"{}\"]", escape(sub)),
+            Some(sub) => format!("[{section} \"{}\"]", escape_subsection(sub)),
             None => format!("[{section}]"),
         };
         match sections.iter_mut().find(|(h, _)| *h == header) {
@@ -184,7 +184,13 @@ pub fn strip_userinfo(text: &str) -> String {
     out
 }
 
-/// A value or subsection in git's quoted form.
+/// A subsection in git's quoted form: only `\\` and `"` are escaped
+/// there (git reads `\t` in a subsection as `t`).
+fn escape_subsection(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// A value in git's quoted form.
 fn escape(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -56,7 +56,18 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
             git_internal(source, rel, &mut selection)?;
         }
     } else {
-        walk(source, Path::new(""), &mut candidates)?;
+        let mut all = BTreeSet::new();
+        walk(source, Path::new(""), &mut all)?;
+        // A repository nested in a plain directory: its `.git` is treated
+        // as a repository's is (configuration rewritten, credential stores
+        // left out), never copied as it is.
+        for rel in all {
+            if rel.components().any(|c| c.as_os_str() == ".git") {
+                git_internal(source, rel, &mut selection)?;
+            } else {
+                candidates.insert(rel);
+            }
+        }
     }
     let mut files: BTreeSet<PathBuf> = tracked;
     for rel in candidates {
@@ -119,7 +130,14 @@ fn git_internal(source: &Path, rel: PathBuf, selection: &mut Selection) -> io::R
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     let full = source.join(&rel);
-    let in_logs = rel.components().any(|c| c.as_os_str() == "logs");
+    // Files that record URLs as text: the reflogs, FETCH_HEAD, and the
+    // legacy `remotes/` and `branches/` remote definitions.
+    let names_urls = rel.components().any(|c| {
+        matches!(
+            c.as_os_str().to_str(),
+            Some("logs" | "remotes" | "branches")
+        )
+    });
     if name.contains("credentials") {
         selection.left_out.push(LeftOut {
             path: rel,
@@ -133,7 +151,7 @@ fn git_internal(source: &Path, rel: PathBuf, selection: &mut Selection) -> io::R
                 .push(format!("{}: {change}", rel.display()));
         }
         selection.rewritten.insert(rel, sanitized.text.into_bytes());
-    } else if (in_logs || name == "fetch_head") && full.is_file() {
+    } else if (names_urls || name == "fetch_head") && full.is_file() {
         let bytes = fs_err::read(&full)?;
         match String::from_utf8(bytes) {
             Ok(text) => {
@@ -275,5 +293,67 @@ impl Write for ChunkWriter {
         self.tx
             .blocking_send(chunk)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
+mod tests {
+    use super::*;
+
+    /// Found by review: a repository nested in a plain directory had its
+    /// `.git` copied as it was, credentials and all.
+    #[test]
+    fn a_nested_repository_is_treated_as_a_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path().join("sub/.git");
+        std::fs::create_dir_all(git.join("remotes")).unwrap();
+        std::fs::write(
+            git.join("config"),
+            "[remote \"origin\"]\n\turl = https://u:tok3n@example.com/r.git\n[http]\n\textraHeader = X: tok3n\n",
+        )
+        .unwrap();
+        std::fs::write(git.join("credentials"), "https://u:tok3n@example.com\n").unwrap();
+        std::fs::write(
+            git.join("remotes/old"),
+            "URL: https://u:tok3n@example.com/r.git\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "plain\n").unwrap();
+        let plan = WorkspacePlan {
+            source: dir.path().to_owned(),
+            mode: "all",
+            include: Vec::new(),
+            left_out: Vec::new(),
+            config_changes: Vec::new(),
+        };
+        let selection = select(&plan).unwrap();
+        assert!(selection.files.contains(&PathBuf::from("notes.txt")));
+        assert!(
+            selection
+                .left_out
+                .iter()
+                .any(|l| l.path == Path::new("sub/.git/credentials")),
+            "{:?}",
+            selection.left_out
+        );
+        for (path, bytes) in &selection.rewritten {
+            assert!(
+                !String::from_utf8_lossy(bytes).contains("tok3n"),
+                "{} kept a credential",
+                path.display()
+            );
+        }
+        assert!(
+            selection
+                .rewritten
+                .contains_key(Path::new("sub/.git/config"))
+        );
+        assert!(
+            selection
+                .rewritten
+                .contains_key(Path::new("sub/.git/remotes/old"))
+        );
+        assert!(!selection.files.iter().any(|f| f.starts_with("sub/.git")));
     }
 }

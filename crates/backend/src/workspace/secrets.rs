@@ -60,10 +60,20 @@ fn by_name(name: &str, parent: &str) -> Option<&'static str> {
     {
         return Some("a credential file");
     }
-    if name.starts_with("secrets.") || name.starts_with("service-account") && ext == "json" {
+    if name.starts_with("secrets.")
+        || (name.starts_with("service-account") || name.starts_with("client_secret"))
+            && ext == "json"
+        || matches!(
+            name,
+            "credentials.json" | ".vault-token" | ".git-credentials"
+        )
+        || ext == "tfvars"
+    {
         return Some("a credential file");
     }
     match (parent, name) {
+        (".cargo", "credentials" | "credentials.toml") => Some("crates.io credentials"),
+        (".gem", "credentials") => Some("RubyGems credentials"),
         (".aws", "credentials" | "config") => Some("AWS credentials"),
         (".kube", "config") => Some("a Kubernetes configuration with credentials"),
         (".docker", "config.json") => Some("Docker registry credentials"),
@@ -150,6 +160,12 @@ mod tests {
             ".docker/config.json",
             "infra/terraform.tfstate",
             "secrets.yaml",
+            "credentials.json",
+            "client_secret_123.apps.json",
+            ".cargo/credentials.toml",
+            ".vault-token",
+            "prod.tfvars",
+            ".gem/credentials",
         ] {
             assert!(named(secret).is_some(), "{secret}");
         }

@@ -2,10 +2,10 @@
 //! requests scanned for secrets before a byte of one goes out, responses
 //! scrubbed of them before the agent reads a byte.
 //!
-//! Both stream. A chunk is passed on except for its last bytes when they
-//! could be the start of a secret ([`Credentials::pending`]); those wait
-//! for the next chunk, so no part of a secret that would later be found
-//! ever leaves. Compressed request bodies (`gzip`, `deflate`, `br`) are
+//! Both stream. A chunk is passed on except for its last bytes — a fixed
+//! window as long as any encoded secret ([`Credentials::hold_back`]) —
+//! which wait for the next chunk, so no part of a secret that would later
+//! be found ever leaves, and the timing says nothing about the bytes. Compressed request bodies (`gzip`, `deflate`, `br`) are
 //! read whole, up to a bound, and inflated, up to a bound, so what they
 //! carry is scanned too; an encoding the gate cannot read is refused.
 
@@ -133,8 +133,8 @@ pub fn scrub_headers(credentials: &Credentials, headers: &mut HeaderMap) {
         {
             *value = clean;
         }
-        let mut name_bytes = name.as_str().as_bytes().to_vec();
-        if credentials.scrub(&mut name_bytes) {
+        // Header names arrive lowercased: a secret matches in any case.
+        if credentials.holds_any_case(name.as_str().as_bytes()) {
             renamed.push(name.clone());
         }
     }
@@ -146,7 +146,7 @@ pub fn scrub_headers(credentials: &Credentials, headers: &mut HeaderMap) {
 
 /// Splits `window` into what may go on now and what waits.
 fn release(credentials: &Credentials, window: &mut Vec<u8>) -> Vec<u8> {
-    let hold = credentials.pending(window);
+    let hold = credentials.hold_back(window);
     let rest = window.split_off(window.len() - hold);
     std::mem::replace(window, rest)
 }

@@ -162,10 +162,22 @@ impl Credentials {
         !self.is_empty() && self.detector.scrub(bytes)
     }
 
-    /// How many bytes at the end of `bytes` a stream must hold back: those
-    /// that could begin a secret.
-    pub fn pending(&self, bytes: &[u8]) -> usize {
-        self.detector.pending(bytes)
+    /// How many bytes at the end of `bytes` a stream holds back until more
+    /// arrive: always the same window, as long as any encoded secret can
+    /// be in any view, whatever the bytes are. (Holding back only what
+    /// could begin a secret would be exact, but its timing would tell an
+    /// agent that watches an echoing server whether the bytes it sent
+    /// begin a secret: an oracle, byte by byte.)
+    pub fn hold_back(&self, bytes: &[u8]) -> usize {
+        let window = self.detector.longest() * super::leak::MAX_EXPANSION + 8;
+        debug_assert!(self.detector.pending(bytes) <= window.max(bytes.len()));
+        window.min(bytes.len())
+    }
+
+    /// Whether `bytes` hold a secret in any case (for names that arrive
+    /// folded: header names).
+    pub fn holds_any_case(&self, bytes: &[u8]) -> bool {
+        !self.is_empty() && !self.detector.hits_any_case(bytes).is_empty()
     }
 
     /// Length of the longest encoded secret searched for.

@@ -266,6 +266,9 @@ impl Egress {
         self.audit.record("egress", "request", fields);
         let body: Body = if scanning {
             body::scrub_headers(&credentials, &mut parts.headers);
+            // A reason phrase is the upstream's text too (`401 bad token
+            // …`): the agent gets the status's standard one instead.
+            parts.extensions.remove::<hyper::ext::ReasonPhrase>();
             body::scrubbed(body, Arc::clone(&credentials)).boxed()
         } else {
             body.map_err(BoxError::from).boxed()
@@ -287,6 +290,10 @@ impl Egress {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             reason: what,
         };
+        // One compressed body is read and inflated at a time in a gate: its
+        // bounds are then the gate's peak, and parallel uploads queue
+        // rather than take the gate past its memory.
+        let _turn = inflating().acquire().await;
         let collected = Limited::new(body, MAX_COMPRESSED_BODY)
             .collect()
             .await
@@ -361,6 +368,12 @@ fn leaked_in_request(
         .or_else(|| {
             body::leak_in_headers(credentials, req.headers(), &target.host, replaced, "header")
         })
+}
+
+/// The one permit to read and inflate a compressed body.
+fn inflating() -> &'static tokio::sync::Semaphore {
+    static PERMIT: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMIT.get_or_init(|| tokio::sync::Semaphore::new(1))
 }
 
 /// Most of a refused request's body read and dropped, so the client is

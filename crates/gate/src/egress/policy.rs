@@ -136,8 +136,8 @@ impl Policy {
 
     /// Checks an address the gate is about to connect to for `allowed`.
     ///
-    /// Public addresses pass. Loopback, unspecified, multicast and
-    /// broadcast never do. Metadata services pass only for a rule naming
+    /// The host's own addresses never pass. Public addresses pass.
+    /// Loopback, unspecified, multicast and broadcast never do. Metadata services pass only for a rule naming
     /// that exact address: no `allow_private` range or trusted subnet
     /// covers them. The host's side of the gate's network never passes.
     /// Every other special range passes for an exact rule, an
@@ -151,18 +151,19 @@ impl Policy {
             })
         };
         let canonical = canonical_ip(address);
-        let Some(kind) = ranges::classify(canonical) else {
-            return Ok(());
-        };
-        if kind.never() {
-            return deny(kind.as_str());
-        }
+        // The host's own addresses, public ones too, before anything else.
         if self
             .refused_addresses
             .iter()
             .any(|a| canonical_ip(*a) == canonical)
         {
-            return deny("the host's side of the gate's network");
+            return deny("the host itself");
+        }
+        let Some(kind) = ranges::classify(canonical) else {
+            return Ok(());
+        };
+        if kind.never() {
+            return deny(kind.as_str());
         }
         if allowed.explicit_ip {
             return Ok(());
@@ -289,6 +290,30 @@ mod tests {
         assert!(p.check_address(&allowed, ip("10.20.3.4")).is_ok());
         assert!(p.check_address(&allowed, ip("10.21.3.4")).is_err());
         assert!(p.check_address(&allowed, ip("127.0.0.1")).is_err());
+    }
+
+    /// Found by review: the host's addresses were refused only inside
+    /// special ranges, so a public address of the host passed.
+    #[test]
+    fn the_hosts_own_addresses_never_pass() {
+        let config = EgressConfig {
+            refused_addresses: vec![ip("203.0.113.9"), ip("93.184.216.34")],
+            allow_private: vec!["10.0.0.0/8".parse().unwrap_or_else(|_| IpNet::default())],
+            ..EgressConfig::default()
+        };
+        let p = policy(&["allowed.test", "93.184.216.34"], config);
+        let allowed = p
+            .check_target("allowed.test", 443, 443)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.check_address(&allowed, ip("93.184.216.34")).is_err());
+        let exact = p
+            .check_target("93.184.216.34", 443, 443)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            p.check_address(&exact, ip("93.184.216.34")).is_err(),
+            "not even by an exact rule"
+        );
+        assert!(p.check_address(&allowed, ip("93.184.216.35")).is_ok());
     }
 
     #[test]

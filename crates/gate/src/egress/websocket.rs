@@ -138,7 +138,7 @@ impl Scanner {
                         }
                     }
                     let hold = if *remaining > 0 {
-                        self.credentials.pending(&window).min(raw.len())
+                        self.credentials.hold_back(&window).min(raw.len())
                     } else {
                         0
                     };

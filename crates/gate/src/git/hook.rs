@@ -40,8 +40,26 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
         eprintln!("bot-bottle: no upstream named {entry}; nothing was pushed");
         return 1;
     };
+    // Every line is read as bytes and must be one update: a line that is
+    // not UTF-8 (git allows such ref names) or a read error refuses the
+    // whole push rather than ending the list early, which would let the
+    // updates after it through unchecked.
     let mut claimed = Vec::new();
-    for line in input.lines().map_while(Result::ok) {
+    for line in input.split(b'\n') {
+        let line = match line {
+            Ok(line) => line,
+            Err(err) => {
+                eprintln!("bot-bottle: cannot read the push's updates ({err}); nothing was pushed");
+                return 1;
+            }
+        };
+        let Ok(line) = String::from_utf8(line) else {
+            eprintln!("bot-bottle: a ref name in the push is not UTF-8; nothing was pushed");
+            return 1;
+        };
+        if line.is_empty() {
+            continue;
+        }
         if claimed.len() == MAX_UPDATES {
             eprintln!(
                 "bot-bottle: a push may update at most {MAX_UPDATES} refs; nothing was pushed"
@@ -57,6 +75,10 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
                 return 1;
             }
         }
+    }
+    if claimed.is_empty() {
+        eprintln!("bot-bottle: a push without updates; nothing was pushed");
+        return 1;
     }
     let current = match current_refs() {
         Ok(refs) => refs,
@@ -77,7 +99,7 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
         })
         .collect();
     let deleted_path = deleted_record(&config.git.dir, &entry.name);
-    let mut deleted = match read_deleted(&deleted_path) {
+    let deleted = match read_deleted(&deleted_path) {
         Ok(map) => map,
         Err(err) => {
             eprintln!("bot-bottle: {err}; nothing was pushed");
@@ -126,17 +148,32 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
         return 1;
     }
 
+    // Deletions are recorded before they go upstream, and a push whose
+    // record cannot be written goes nowhere: a delete the gate forgot
+    // would let the ref be re-created anywhere later. (A record of a delete
+    // the upstream then refuses only makes a later create stricter.)
+    let mut after = deleted.clone();
+    for update in updates.iter().filter(|u| u.is_delete()) {
+        after.insert(update.refname.clone(), update.old.clone());
+    }
+    if after != deleted
+        && let Err(err) = crate::files::write_json_atomic(&deleted_path, &after)
+    {
+        eprintln!("bot-bottle: cannot record the deleted refs ({err}); nothing was pushed");
+        audit(
+            "deny",
+            Some("internal"),
+            "the record of deleted refs cannot be written",
+        );
+        return 1;
+    }
     match forward(&updates) {
         Ok(()) => {
-            for update in &updates {
-                if update.is_delete() {
-                    deleted.insert(update.refname.clone(), update.old.clone());
-                } else {
-                    deleted.remove(&update.refname);
-                }
+            for update in updates.iter().filter(|u| !u.is_delete()) {
+                after.remove(&update.refname);
             }
-            if let Err(err) = crate::files::write_json_atomic(&deleted_path, &deleted) {
-                eprintln!("bot-bottle: warning: cannot record deleted refs: {err}");
+            if let Err(err) = crate::files::write_json_atomic(&deleted_path, &after) {
+                eprintln!("bot-bottle: warning: cannot update the record of deleted refs: {err}");
             }
             audit("allow", None, "");
             0
@@ -190,6 +227,10 @@ fn is_ancestor(old: &str, new: &str) -> bool {
 /// Pushes the updates upstream with the gate's key, atomically, each with
 /// a lease on the value the policy judged it from.
 fn forward(updates: &[Update]) -> Result<(), String> {
+    if updates.is_empty() {
+        // `git push` without a refspec would push what push.default says.
+        return Err("nothing to push".to_owned());
+    }
     let mut args: Vec<String> = Vec::new();
     for u in updates {
         let expect = if is_zero(&u.old) { "" } else { u.old.as_str() };

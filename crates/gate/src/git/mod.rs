@@ -233,6 +233,9 @@ impl Git {
             // Every object the agent sends, and every object fetched, is
             // checked before it is taken: a malformed object is a refusal,
             // not input for the git that reads it next.
+            // The hook names every ref it pushes; a push without one must
+            // push nothing, whatever git's default would be.
+            ("push.default", "nothing".to_owned()),
             ("receive.fsckObjects", "true".to_owned()),
             ("fetch.fsckObjects", "true".to_owned()),
             ("transfer.fsckObjects", "true".to_owned()),
