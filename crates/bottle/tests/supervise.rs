@@ -739,7 +739,9 @@ fn a_build_reaches_out_only_through_its_gate_and_within_its_limits() {
         "{build:?}"
     );
     assert!(
-        decision("localhost").iter().any(|d| d.contains("loopback")),
+        decision("localhost")
+            .iter()
+            .any(|d| d.contains("(loopback), which the gate never connects to")),
         "{build:?}"
     );
     let meta_log = Command::new("docker")

@@ -40,6 +40,14 @@ pub enum Denial {
         address: IpAddr,
         kind: &'static str,
     },
+    /// An address no range opens: loopback, the host itself, metadata
+    /// services (those only for a rule naming the exact address).
+    #[error("{host} resolves to {address} ({kind}), which the gate never connects to")]
+    Closed {
+        host: String,
+        address: IpAddr,
+        kind: &'static str,
+    },
 }
 
 /// What an allowed target was allowed by.
@@ -150,26 +158,34 @@ impl Policy {
                 kind,
             })
         };
+        let closed = |kind| {
+            Err(Denial::Closed {
+                host: allowed.host.to_string(),
+                address,
+                kind,
+            })
+        };
         let canonical = canonical_ip(address);
-        // The host's own addresses, public ones too, before anything else.
+        let kind = ranges::classify(canonical);
+        if let Some(kind) = kind.filter(|k| k.never()) {
+            return closed(kind.as_str());
+        }
+        // The host's own addresses, public ones too, before any rule.
         if self
             .refused_addresses
             .iter()
             .any(|a| canonical_ip(*a) == canonical)
         {
-            return deny("the host itself");
+            return closed("the host itself");
         }
-        let Some(kind) = ranges::classify(canonical) else {
+        let Some(kind) = kind else {
             return Ok(());
         };
-        if kind.never() {
-            return deny(kind.as_str());
-        }
         if allowed.explicit_ip {
             return Ok(());
         }
         if kind == Kind::Metadata {
-            return deny(kind.as_str());
+            return closed(kind.as_str());
         }
         let listed = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&canonical));
         if listed(&self.allow_private) || listed(&self.trusted_subnets) {
@@ -349,7 +365,7 @@ mod tests {
             assert!(
                 matches!(
                     &err,
-                    Err(Denial::Address {
+                    Err(Denial::Closed {
                         kind: "metadata service",
                         ..
                     })
