@@ -114,6 +114,12 @@ async fn load(target: &Target, clients: usize, duration: Duration) -> anyhow::Re
             let mut latencies = Vec::new();
             let end = Instant::now() + duration;
             while Instant::now() < end {
+                // nginx closes a keep-alive connection after 100 000
+                // requests, which a fast path reaches within a load: open
+                // another, as a client would.
+                if sender.ready().await.is_err() {
+                    sender = target.connect().await?;
+                }
                 let started = Instant::now();
                 get(&mut sender, "/small").await?;
                 latencies.push(started.elapsed());

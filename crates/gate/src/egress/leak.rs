@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 /// Shortest encoded form worth searching for: shorter ones match by chance.
 const MIN_PATTERN_LEN: usize = 8;
@@ -90,10 +90,22 @@ impl Detector {
             if ids.is_empty() {
                 return None;
             }
-            AhoCorasickBuilder::new()
+            // A DFA without a prefilter: the patterns' first bytes are
+            // common letters, so a prefilter only churns (measured: 40 MB/s
+            // on text of the letter `x`); the plain DFA scans ~500 MB/s
+            // whatever the bytes. (A very large set falls back to what the
+            // crate picks.)
+            let texts = || ids.iter().map(|&i| &patterns[i].bytes);
+            let mut builder = AhoCorasickBuilder::new();
+            builder
                 .ascii_case_insensitive(folded)
                 .match_kind(MatchKind::Standard)
-                .build(ids.iter().map(|&i| &patterns[i].bytes))
+                .prefilter(false);
+            builder
+                .clone()
+                .kind(Some(AhoCorasickKind::DFA))
+                .build(texts())
+                .or_else(|_| builder.build(texts()))
                 .ok()
                 .map(|ac| (ac, ids))
         };
@@ -209,6 +221,14 @@ impl Detector {
     }
 
     fn search(&self, view: &View<'_>, out: &mut Vec<Hit>) {
+        // One pass of every pattern in any case first: nearly all bytes
+        // hold no secret, and a match of the exact or folded patterns is
+        // a match of these.
+        if let Some((any_case, _)) = &self.any_case
+            && !any_case.is_match(view.bytes.as_ref())
+        {
+            return;
+        }
         for automaton in [&self.exact, &self.folded].into_iter().flatten() {
             self.search_with(view, automaton, out);
         }
