@@ -5,8 +5,10 @@
 
 pub mod build;
 pub mod capability;
+mod engine;
 mod images;
 pub mod inventory;
+mod network;
 mod provision;
 mod runtime;
 mod session;
@@ -17,23 +19,21 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::NetworkCreateRequest;
-use bollard::query_parameters::{
-    InspectNetworkOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
-    WaitContainerOptions,
-};
+use bollard::query_parameters::{RemoveContainerOptions, StopContainerOptions};
 use bottle_gate::ca::{MintedCa, mint_ca};
-use bottle_gate::config::{GateConfig, Secrets};
+use bottle_gate::config::GateConfig;
 use bottle_manifest::plan::Plan;
-use futures_util::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::state::{BottleDir, BottleState, Metadata};
 use crate::{Backend, BackendError, Outcome, Reporter};
 use bottle_manifest::plan::WorkspacePlan;
 use bytes::Bytes;
+pub use engine::remove_image;
+use engine::{create_container, exit_status, is_conflict, is_not_found, log_tail, start_gate};
 pub use images::{INPUTS_LABEL, MANAGED_LABEL};
 use images::{ImageKind, ImageSpec, SelfBinary};
+use network::{create_network, create_volume, network_addresses, refused_addresses};
 pub use runtime::describe_runtime;
 use runtime::resolve_runtime;
 use teardown::spawn_guardian;
@@ -508,82 +508,6 @@ async fn copy_in(
     Ok(copied)
 }
 
-/// Starts the gate; with routes, hands it their secrets on its standard
-/// input, which is then closed. Secrets never touch a file, the
-/// environment or argv.
-async fn start_gate(docker: &Docker, gate: &str, secrets: Vec<String>) -> Result<(), BackendError> {
-    let failed = |e: &dyn std::fmt::Display| BackendError::GateFailed(e.to_string());
-    if secrets.is_empty() {
-        return docker
-            .start_container(gate, None)
-            .await
-            .map_err(|e| failed(&e));
-    }
-    let attach = docker
-        .attach_container(
-            gate,
-            Some(
-                bollard::query_parameters::AttachContainerOptionsBuilder::new()
-                    .stream(true)
-                    .stdin(true)
-                    .build(),
-            ),
-        )
-        .await
-        .map_err(|e| failed(&e))?;
-    docker
-        .start_container(gate, None)
-        .await
-        .map_err(|e| failed(&e))?;
-    let mut input = attach.input;
-    let payload = serde_json::to_vec(&Secrets { secrets }).map_err(|e| failed(&e))?;
-    use tokio::io::AsyncWriteExt;
-    input.write_all(&payload).await?;
-    input.shutdown().await?;
-    Ok(())
-}
-
-/// Waits for `container` to stop; describes how it ended.
-pub(super) async fn exit_status(docker: &Docker, container: &str) -> String {
-    let mut wait = docker.wait_container(container, None::<WaitContainerOptions>);
-    match wait.next().await {
-        Some(Ok(r)) => format!("exit {}", r.status_code),
-        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
-            format!("exit {code}")
-        }
-        Some(Err(e)) => e.to_string(),
-        None => "no status".to_owned(),
-    }
-}
-
-/// The last lines `container` logged, indented, for a message.
-async fn log_tail(docker: &Docker, container: &str) -> String {
-    let options = LogsOptions {
-        stdout: true,
-        stderr: true,
-        tail: "10".into(),
-        ..Default::default()
-    };
-    let lines: Vec<String> = docker
-        .logs(container, Some(options))
-        .filter_map(|item| async move { item.ok().map(|l| l.to_string()) })
-        .collect()
-        .await;
-    let text = lines.concat();
-    if text.trim().is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; it said:\n{}",
-            text.trim_end()
-                .lines()
-                .map(|l| format!("  {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    }
-}
-
 /// The tag of the image derived from a person's own `image`.
 pub(super) fn derived_tag(image: &str) -> String {
     let name: String = image
@@ -597,165 +521,6 @@ pub(super) fn derived_tag(image: &str) -> String {
         })
         .collect();
     format!("bot-bottle/derived-{}:latest", name.trim_matches('-'))
-}
-
-async fn create_network(
-    docker: &Docker,
-    name: &str,
-    labels: &HashMap<String, String>,
-) -> Result<(), BackendError> {
-    let mut labels = labels.clone();
-    labels.insert(ROLE_LABEL.into(), "egress".into());
-    docker
-        .create_network(NetworkCreateRequest {
-            name: name.to_owned(),
-            driver: Some("bridge".into()),
-            internal: Some(false),
-            labels: Some(labels),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BackendError::docker(format!("create network {name}"), e))?;
-    Ok(())
-}
-
-/// What the gate never connects to, whatever `allow_private` says: the
-/// gateways of its network and every address of the host's own
-/// interfaces (its LAN address, the Docker bridges): the host is never a
-/// destination.
-pub(super) fn refused_addresses(gateways: Vec<std::net::IpAddr>) -> Vec<std::net::IpAddr> {
-    let mut out = gateways;
-    if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
-        for interface in interfaces {
-            let Some(address) = interface.address else {
-                continue;
-            };
-            let ip = if let Some(v4) = address.as_sockaddr_in() {
-                std::net::IpAddr::V4(v4.ip())
-            } else if let Some(v6) = address.as_sockaddr_in6() {
-                std::net::IpAddr::V6(v6.ip())
-            } else {
-                continue;
-            };
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-    }
-    out
-}
-
-/// Subnets and gateways of a network. A network that puts the gate in the
-/// host's namespace, or in none, is refused (`gate_network` may name one
-/// by its id).
-async fn network_addresses(
-    docker: &Docker,
-    name: &str,
-) -> Result<(Vec<ipnet::IpNet>, Vec<std::net::IpAddr>), BackendError> {
-    let network = match docker
-        .inspect_network(name, None::<InspectNetworkOptions>)
-        .await
-    {
-        Ok(n) => n,
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {
-            return Err(BackendError::NetworkMissing {
-                name: name.to_owned(),
-            });
-        }
-        Err(e) => return Err(BackendError::docker(format!("inspect network {name}"), e)),
-    };
-    if let Some(driver @ ("host" | "null")) = network.driver.as_deref() {
-        return Err(BackendError::docker(
-            format!("gate network {name}"),
-            format!(
-                "its driver is {driver}: the gate would share the host's namespace or have none; name a bridge network"
-            ),
-        ));
-    }
-    let configs = network.ipam.and_then(|i| i.config).unwrap_or_default();
-    let subnets = configs
-        .iter()
-        .filter_map(|c| c.subnet.as_deref()?.parse().ok())
-        .collect();
-    let gateways = configs
-        .iter()
-        .filter_map(|c| c.gateway.as_deref()?.parse().ok())
-        .collect();
-    Ok((subnets, gateways))
-}
-
-async fn create_volume(
-    docker: &Docker,
-    name: &str,
-    labels: &HashMap<String, String>,
-    role: &str,
-) -> Result<(), BackendError> {
-    let mut labels = labels.clone();
-    labels.insert(ROLE_LABEL.into(), role.into());
-    docker
-        .create_volume(bollard::models::VolumeCreateRequest {
-            name: Some(name.to_owned()),
-            labels: Some(labels),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BackendError::docker(format!("create volume {name}"), e))?;
-    Ok(())
-}
-
-pub(super) async fn create_container(
-    docker: &Docker,
-    name: &str,
-    body: bollard::models::ContainerCreateBody,
-) -> Result<(), BackendError> {
-    let options = bollard::query_parameters::CreateContainerOptionsBuilder::new()
-        .name(name)
-        .build();
-    match docker.create_container(Some(options), body).await {
-        Err(e) if is_conflict(&e) => {
-            return Err(BackendError::NameTaken {
-                name: name.to_owned(),
-            });
-        }
-        other => other.map_err(|e| BackendError::docker(format!("create container {name}"), e))?,
-    };
-    Ok(())
-}
-
-/// Removes an image bot-bottle built.
-pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), BackendError> {
-    docker
-        .remove_image(
-            id,
-            None::<bollard::query_parameters::RemoveImageOptions>,
-            None,
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| BackendError::docker(format!("remove image {id}"), e))
-}
-
-/// A removal already under way (by the guardian, or a concurrent cleanup).
-pub(super) fn is_conflict(err: &bollard::errors::Error) -> bool {
-    matches!(
-        err,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 409,
-            ..
-        }
-    )
-}
-
-pub(super) fn is_not_found(err: &bollard::errors::Error) -> bool {
-    matches!(
-        err,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
 }
 
 /// SIGINT, SIGTERM and SIGHUP of the launcher, as one stream.
