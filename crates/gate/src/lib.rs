@@ -172,7 +172,7 @@ fn serve_egress(
     let upstream_tls = egress::upstream::UpstreamTls::new(tls.upstream_ca.as_deref())?;
     let live = Arc::new(egress::Live::new(
         policy,
-        Credentials::new(routes(config, secrets)?),
+        Credentials::new(routes(config, secrets)?).map_err(GateError::Routes)?,
     ));
     let listener = bind(&config.socket_dir, config::EGRESS_SOCKET, 0o666)?;
     // Half the cores: the gate shares the machine with its agent, the

@@ -132,7 +132,7 @@ proptest! {
         how in encoding(),
         cut in any::<prop::sample::Index>(),
     ) {
-        let d = Detector::new(&[secret.as_bytes()]);
+        let d = Detector::new(&[secret.as_bytes()]).unwrap();
         // Spaces around the encoded secret: an escape cut off at the end of
         // `before` would otherwise swallow its first character, and what
         // any decoder then reads is no longer the secret.
@@ -157,7 +157,7 @@ proptest! {
 
     #[test]
     fn the_detector_never_panics(secret in ".{1,40}", input in prop::collection::vec(any::<u8>(), 0..400)) {
-        let d = Detector::new(&[secret.as_bytes()]);
+        let d = Detector::new(&[secret.as_bytes()]).unwrap();
         let _ = d.hits(&input);
         let held = d.pending(&input);
         prop_assert!(held <= input.len());
@@ -308,7 +308,8 @@ fn gate_with_a_route(dir: &std::path::Path) -> Arc<bottle_gate::egress::Egress> 
             header: http::header::AUTHORIZATION,
             scheme: "Bearer".into(),
             secret: Secret::new("bbtest-secret-zz-0042".into()),
-        }]),
+        }])
+        .unwrap(),
     ));
     let audit = Arc::new(bottle_gate::audit::Audit::open(&dir.join("audit.jsonl")).unwrap());
     let ca = bottle_gate::ca::mint_ca("props").unwrap();
@@ -332,7 +333,7 @@ fn the_supervise_server_survives_any_body() {
         let socket = dir.path().join("supervise.sock");
         let live = Arc::new(bottle_gate::egress::Live::new(
             bottle_gate::egress::Policy::new(Vec::new(), &bottle_gate::config::EgressConfig::default()),
-            bottle_gate::egress::credentials::Credentials::new(Vec::new()),
+            bottle_gate::egress::credentials::Credentials::none(),
         ));
         let shared = Arc::new(Shared {
             identity: "props-x".into(),

@@ -29,7 +29,7 @@ impl Gate {
         let rules = allow.iter().map(|r| HostRule::parse(r).unwrap()).collect();
         let live = Arc::new(Live::new(
             Policy::new(rules, &EgressConfig::default()),
-            Credentials::new(Vec::new()),
+            Credentials::none(),
         ));
         let audit = Arc::new(Audit::open(&dir.path().join("audit.jsonl")).unwrap());
         let ca = mint_ca("test-gate").unwrap();

@@ -318,12 +318,15 @@ mod tests {
     const SECRET: &str = "bbtest-unit-secret-42";
 
     fn creds() -> Arc<Credentials> {
-        Arc::new(Credentials::new(vec![Route {
-            host: Host::Name("route.test".into()),
-            header: header::AUTHORIZATION,
-            scheme: "Bearer".into(),
-            secret: Secret::new(SECRET.into()),
-        }]))
+        Arc::new(
+            Credentials::new(vec![Route {
+                host: Host::Name("route.test".into()),
+                header: header::AUTHORIZATION,
+                scheme: "Bearer".into(),
+                secret: Secret::new(SECRET.into()),
+            }])
+            .unwrap(),
+        )
     }
 
     type Chunks = StreamBody<

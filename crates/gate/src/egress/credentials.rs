@@ -93,13 +93,23 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn new(routes: Vec<Route>) -> Credentials {
+    /// The routes and their leak check, or why the check could not be
+    /// compiled (then no route is held at all: fail closed).
+    pub fn new(routes: Vec<Route>) -> Result<Credentials, String> {
         let secrets: Vec<&[u8]> = routes
             .iter()
             .map(|r| r.secret.expose().as_bytes())
             .collect();
-        let detector = Detector::new(&secrets);
-        Credentials { routes, detector }
+        let detector = Detector::new(&secrets)?;
+        Ok(Credentials { routes, detector })
+    }
+
+    /// No routes, nothing to watch for.
+    pub fn none() -> Credentials {
+        Credentials {
+            routes: Vec::new(),
+            detector: Detector::empty(),
+        }
     }
 
     /// Every route.
@@ -187,6 +197,7 @@ impl Credentials {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 mod tests {
     use super::*;
 
@@ -199,6 +210,7 @@ mod tests {
             scheme: "Bearer".into(),
             secret: Secret::new(SECRET.into()),
         }])
+        .unwrap()
     }
 
     fn other() -> Host {
@@ -239,7 +251,8 @@ mod tests {
             header: HeaderName::from_static("authorization"),
             scheme: "Bearer".into(),
             secret: Secret::new("Tok3nWithCaps-AbcXyz".into()),
-        }]);
+        }])
+        .unwrap();
         let leak = c.find_leak_in_host("tok3nwithcaps-abcxyz.allowed.test", &other());
         assert_eq!(leak.map(|l| l.encoding), Some("verbatim".to_owned()));
         assert!(

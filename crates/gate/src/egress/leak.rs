@@ -63,8 +63,10 @@ pub struct Detector {
 }
 
 impl Detector {
-    /// A detector for `secrets` (in order: hits name them by index).
-    pub fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Detector {
+    /// A detector for `secrets` (in order: hits name them by index), or
+    /// why one could not be compiled: the gate then refuses to hold the
+    /// secrets rather than hold them unwatched.
+    pub fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Result<Detector, String> {
         let mut patterns: Vec<Pattern> = Vec::new();
         for (index, secret) in secrets.iter().enumerate() {
             let secret = secret.as_ref();
@@ -88,7 +90,7 @@ impl Detector {
                 .filter(|&i| which(&patterns[i]))
                 .collect();
             if ids.is_empty() {
-                return None;
+                return Ok(None);
             }
             // A DFA without a prefilter: the patterns' first bytes are
             // common letters, so a prefilter only churns (measured: 40 MB/s
@@ -106,19 +108,30 @@ impl Detector {
                 .kind(Some(AhoCorasickKind::DFA))
                 .build(texts())
                 .or_else(|_| builder.build(texts()))
-                .ok()
-                .map(|ac| (ac, ids))
+                .map(|ac| Some((ac, ids)))
+                .map_err(|e| format!("the leak check could not be compiled for these secrets ({e}); use fewer or shorter secrets"))
         };
-        let exact = build(&|p| !p.folded, false);
-        let folded = build(&|p| p.folded, true);
-        let any_case = build(&|_| true, true);
+        let exact = build(&|p| !p.folded, false)?;
+        let folded = build(&|p| p.folded, true)?;
+        let any_case = build(&|_| true, true)?;
         let longest = patterns.iter().map(|p| p.bytes.len()).max().unwrap_or(0);
-        Detector {
+        Ok(Detector {
             patterns,
             exact,
             folded,
             any_case,
             longest,
+        })
+    }
+
+    /// A detector with nothing to find.
+    pub fn empty() -> Detector {
+        Detector {
+            patterns: Vec::new(),
+            exact: None,
+            folded: None,
+            any_case: None,
+            longest: 0,
         }
     }
 
@@ -568,7 +581,7 @@ mod tests {
     const SECRET: &str = "s3cr3t-T0ken/with+chars=";
 
     fn detector() -> Detector {
-        Detector::new(&[SECRET])
+        Detector::new(&[SECRET]).unwrap()
     }
 
     fn found(text: impl AsRef<[u8]>) -> bool {

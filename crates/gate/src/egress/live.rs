@@ -58,8 +58,10 @@ impl Live {
         }
     }
 
-    /// Adds a credential route (replacing one to the same host).
-    pub fn add_route(&self, route: Route) {
+    /// Adds a credential route (replacing one to the same host), or
+    /// leaves the routes as they were when the new set's leak check cannot
+    /// be compiled.
+    pub fn add_route(&self, route: Route) -> Result<(), String> {
         let mut routes: Vec<Route> = self
             .credentials()
             .routes()
@@ -68,6 +70,7 @@ impl Live {
             .cloned()
             .collect();
         routes.push(route);
-        self.credentials.store(Arc::new(Credentials::new(routes)));
+        self.credentials.store(Arc::new(Credentials::new(routes)?));
+        Ok(())
     }
 }

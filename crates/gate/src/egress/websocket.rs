@@ -265,6 +265,7 @@ where
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 mod tests {
     use super::*;
     use crate::egress::credentials::{Route, Secret};
@@ -272,12 +273,15 @@ mod tests {
     const SECRET: &str = "bbtest-ws-secret-0042";
 
     fn creds() -> Arc<Credentials> {
-        Arc::new(Credentials::new(vec![Route {
-            host: Host::Name("route.test".into()),
-            header: http::header::AUTHORIZATION,
-            scheme: "Bearer".into(),
-            secret: Secret::new(SECRET.into()),
-        }]))
+        Arc::new(
+            Credentials::new(vec![Route {
+                host: Host::Name("route.test".into()),
+                header: http::header::AUTHORIZATION,
+                scheme: "Bearer".into(),
+                secret: Secret::new(SECRET.into()),
+            }])
+            .unwrap(),
+        )
     }
 
     fn frame(payload: &[u8], mask: Option<[u8; 4]>, fin: bool) -> Vec<u8> {

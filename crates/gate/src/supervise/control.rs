@@ -179,11 +179,11 @@ fn apply(live: &Live, audit: &Audit, change: Change) -> Reply {
             fields.insert("decided_by".into(), decided_by.into());
             fields.insert("route".into(), host.clone().into());
             fields.insert("header".into(), header.clone().into());
-            route(host, header, scheme, secret).map(|(route, rule)| {
+            route(host, header, scheme, secret).and_then(|(route, rule)| {
                 let host = route.host.to_string();
+                live.add_route(route)?;
                 live.allow(rule);
-                live.add_route(route);
-                format!("route to {host} in force")
+                Ok(format!("route to {host} in force"))
             })
         }
         Change::Image {
@@ -254,7 +254,7 @@ mod tests {
         let listener = UnixListener::bind(&short).unwrap();
         let live = Arc::new(Live::new(
             Policy::new(Vec::new(), &crate::config::EgressConfig::default()),
-            Credentials::new(Vec::new()),
+            Credentials::none(),
         ));
         let audit = Arc::new(Audit::open(&root.path().join("audit.jsonl")).unwrap());
         tokio::spawn(serve(listener, Arc::clone(&live), audit));
