@@ -391,7 +391,29 @@ fn every_encoding_and_compressed_body_is_refused_before_the_origin() {
         b64(&bomb)
     );
     let (label_a, label_b) = hex.split_at(40);
+    // Line-wrapped base64 inside a JSON string (`\n` escapes), and JSON
+    // escapes of URL-encoding.
+    let wrapped: Vec<String> = b64(format!("id:{secret}").as_bytes())
+        .as_bytes()
+        .chunks(12)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let json_wrapped = serde_json::to_string(&wrapped.join("\n")).unwrap();
+    let json_pct: String = secret.bytes().map(|b| format!("\\u0025{b:02x}")).collect();
+    let files = format!("{files}printf '%s' '{secret}' | base64 -w 8 > /tmp/wrapped\n");
     let cases = [
+        (
+            "wrapped_base64",
+            "--data-binary @/tmp/wrapped https://allowed.test/wb".to_owned(),
+        ),
+        (
+            "json_wrapped_base64",
+            format!("--data '{{\"v\":{json_wrapped}}}' https://allowed.test/jw"),
+        ),
+        (
+            "json_then_url",
+            format!("--data '{{\"v\":\"{json_pct}\"}}' https://allowed.test/jp"),
+        ),
         (
             "header_name",
             format!("-H 'X-{secret}: 1' https://allowed.test/hn"),

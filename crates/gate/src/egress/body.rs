@@ -2,10 +2,11 @@
 //! requests scanned for secrets before a byte of one goes out, responses
 //! scrubbed of them before the agent reads a byte.
 //!
-//! Both stream. A chunk is passed on except for its last bytes — a fixed
-//! window as long as any encoded secret ([`Credentials::hold_back`]) —
+//! Both stream. A chunk is passed on except for its last bytes — as many
+//! as any encoded secret needs in any view ([`Credentials::hold_back`]) —
 //! which wait for the next chunk, so no part of a secret that would later
-//! be found ever leaves, and the timing says nothing about the bytes. Compressed request bodies (`gzip`, `deflate`, `br`) are
+//! be found ever leaves, and the timing says nothing about whether the
+//! bytes begin one. Compressed request bodies (`gzip`, `deflate`, `br`) are
 //! read whole, up to a bound, and inflated, up to a bound, so what they
 //! carry is scanned too; an encoding the gate cannot read is refused.
 

@@ -173,15 +173,16 @@ impl Credentials {
     }
 
     /// How many bytes at the end of `bytes` a stream holds back until more
-    /// arrive: always the same window, as long as any encoded secret can
-    /// be in any view, whatever the bytes are. (Holding back only what
-    /// could begin a secret would be exact, but its timing would tell an
-    /// agent that watches an echoing server whether the bytes it sent
-    /// begin a secret: an oracle, byte by byte.)
+    /// arrive (see [`super::leak::Detector::hold_back`]: enough for any
+    /// encoded secret in any view, never telling whether the bytes begin
+    /// one).
     pub fn hold_back(&self, bytes: &[u8]) -> usize {
-        let window = self.detector.longest() * super::leak::MAX_EXPANSION + 8;
-        debug_assert!(self.detector.pending(bytes) <= window.max(bytes.len()));
-        window.min(bytes.len())
+        if self.is_empty() {
+            return 0;
+        }
+        let hold = self.detector.hold_back(bytes);
+        debug_assert!(self.detector.pending(bytes) <= hold);
+        hold
     }
 
     /// Whether `bytes` hold a secret in any case (for names that arrive

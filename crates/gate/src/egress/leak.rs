@@ -3,15 +3,19 @@
 //! Each secret is searched as a set of *patterns* — verbatim, base64 and
 //! base64url at each of the three alignments, hex and base32 (at each of
 //! the five alignments) — in a set of *views* of the bytes: as they are,
-//! percent-decoded once and twice (URL- and double-URL-encoding, any mix
-//! of encoded and plain characters, either case of hex digit), JSON
-//! string escapes undone (`\u0073`, `\/`), and JSON escapes of
-//! percent-decoded bytes. Hex and base32 patterns match in any case.
+//! percent-decoded (URL-encoding: any mix of encoded and plain characters,
+//! either case of hex digit), JSON string escapes undone (`\u0073`, `\/`),
+//! and both of those composed two deep in every order (double URL, double
+//! JSON, URL then JSON, JSON then URL). Every view leaves line breaks out,
+//! raw or escaped (`\n`, `%0A`): encoders wrap their lines (`base64` at 76
+//! columns, PEM at 64) and no pattern holds one. Hex and base32 patterns
+//! match in any case.
 //!
 //! Every match in a view maps back to the bytes it came from, so a
-//! response can be scrubbed where the secret really was, and a stream can
-//! hold back exactly the bytes that could be the start of a secret
-//! ([`Detector::pending`]) rather than a fixed window.
+//! response can be scrubbed where the secret really was, and a stream
+//! knows how many bytes at its end to hold back ([`Detector::hold_back`]):
+//! as many as the longest pattern needs in every view, counted in decoded
+//! bytes, with the cut moved to where no view's escape is split.
 
 use std::ops::Range;
 
@@ -19,9 +23,6 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 /// Shortest encoded form worth searching for: shorter ones match by chance.
 const MIN_PATTERN_LEN: usize = 8;
-/// Most bytes of input one byte of a view can stand for: a JSON
-/// `\\u0041` (JSON inside JSON) is seven.
-pub const MAX_EXPANSION: usize = 7;
 
 const BASE64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const BASE64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -233,6 +234,47 @@ impl Detector {
         input.len() - from
     }
 
+    /// How many bytes at the end of `input` a stream holds back until more
+    /// arrive: in every view, the last `longest - 1` decoded bytes and any
+    /// escape cut off at the end, then further back until the cut splits
+    /// no view's escape (so the next chunk decodes the held bytes as this
+    /// one did). It depends on the escapes in the bytes and the length of
+    /// the longest pattern, never on whether the bytes begin a secret:
+    /// holding back only those ([`Detector::pending`]) would be exact, but
+    /// its timing would tell an agent watching an echoing server, byte by
+    /// byte, whether what it sent begins one.
+    pub fn hold_back(&self, input: &[u8]) -> usize {
+        if self.is_empty() || input.is_empty() {
+            return 0;
+        }
+        let keep = self.longest.saturating_sub(1);
+        let views = views(input);
+        let mut from = input.len();
+        for view in &views {
+            let n = view.bytes.len();
+            let mut start = n.saturating_sub(keep);
+            if let Some(cut) = view.incomplete {
+                start = start.min(cut);
+            }
+            if start < n {
+                from = from.min(view.raw_start(start));
+            } else if view.incomplete.is_some() {
+                from = from.min(view.raw_incomplete());
+            }
+        }
+        // Each move lands on the start of an escape; a handful settle it.
+        for _ in 0..4 * views.len() {
+            let aligned = views
+                .iter()
+                .fold(from, |at, view| view.boundary_at_or_before(at));
+            if aligned == from {
+                break;
+            }
+            from = aligned;
+        }
+        input.len() - from
+    }
+
     fn search(&self, view: &View<'_>, out: &mut Vec<Hit>) {
         // One pass of every pattern in any case first: nearly all bytes
         // hold no secret, and a match of the exact or folded patterns is
@@ -341,6 +383,8 @@ struct View<'a> {
     incomplete: Option<usize>,
     /// The input offset of that cut-off escape.
     incomplete_raw: usize,
+    /// The input span of every escape this view decoded, in order.
+    escapes: Vec<(u32, u32)>,
 }
 
 impl View<'_> {
@@ -367,47 +411,61 @@ impl View<'_> {
     fn raw_incomplete(&self) -> usize {
         self.incomplete_raw
     }
+
+    /// `at`, or the start of this view's escape that `at` would split.
+    fn boundary_at_or_before(&self, at: usize) -> usize {
+        let at32 = at as u32;
+        // The last escape starting before `at`.
+        let i = self.escapes.partition_point(|e| e.0 < at32);
+        match i.checked_sub(1).map(|i| self.escapes[i]) {
+            Some((start, end)) if end > at32 => start as usize,
+            _ => at,
+        }
+    }
 }
 
-/// The input as it is, percent-decoded (once and twice), JSON-unescaped,
-/// and percent-decoded then JSON-unescaped: each view only when it differs.
+/// The input without line breaks; percent-decoded; JSON-unescaped; and
+/// each of those decoded once more either way: each view only when it
+/// differs.
 fn views(input: &[u8]) -> Vec<View<'_>> {
-    let mut out = vec![View {
-        name: "",
-        bytes: std::borrow::Cow::Borrowed(input),
-        origin: None,
-        incomplete: None,
-        incomplete_raw: input.len(),
-    }];
-    let percent = input
-        .contains(&b'%')
-        .then(|| decode(input, None, "url-encoded", percent_step));
-    if input.contains(&b'\\') {
-        let json = decode(input, None, "json-escaped", json_step);
-        // JSON inside a JSON string: `\\u0073` is `\u0073` once decoded.
-        if json.bytes.contains(&b'\\') {
-            let twice = decode(&json.bytes, Some(&json), "double-json-escaped", json_step);
-            out.push(twice);
+    let base = if input.iter().any(|&b| is_line_break(b)) {
+        decode(input, None, "", |_, _| Step::Plain)
+    } else {
+        View {
+            name: "",
+            bytes: std::borrow::Cow::Borrowed(input),
+            origin: None,
+            incomplete: None,
+            incomplete_raw: input.len(),
+            escapes: Vec::new(),
         }
-        out.push(json);
-    }
-    if let Some(once) = percent {
-        if once.bytes.contains(&b'%') {
-            let twice = decode(&once.bytes, Some(&once), "double-url-encoded", percent_step);
-            out.push(twice);
+    };
+    let layer = |view: &View<'_>, names: [&'static str; 2]| -> Vec<View<'static>> {
+        let mut out = Vec::new();
+        if view.bytes.contains(&b'%') {
+            out.push(decode(&view.bytes, Some(view), names[0], percent_step));
         }
-        if once.bytes.contains(&b'\\') {
-            let json = decode(
-                &once.bytes,
-                Some(&once),
-                "url-encoded json-escaped",
-                json_step,
-            );
-            out.push(json);
+        if view.bytes.contains(&b'\\') {
+            out.push(decode(&view.bytes, Some(view), names[1], json_step));
         }
-        out.push(once);
+        out
+    };
+    let first = layer(&base, ["url-encoded", "json-escaped"]);
+    let mut out = vec![base];
+    for view in first {
+        let names = if view.name == "url-encoded" {
+            ["double-url-encoded", "url-encoded json-escaped"]
+        } else {
+            ["json-escaped url-encoded", "double-json-escaped"]
+        };
+        out.extend(layer(&view, names));
+        out.push(view);
     }
     out
+}
+
+fn is_line_break(b: u8) -> bool {
+    b == b'\n' || b == b'\r'
 }
 
 /// What one decoding step made of the bytes at an index.
@@ -438,12 +496,14 @@ fn decode<'a>(
     let mut origin = Vec::with_capacity(input.len());
     let mut incomplete = None;
     let mut incomplete_raw = parent.map_or(input.len(), |p| p.incomplete_raw);
+    let mut escapes = Vec::new();
     let mut i = 0;
     while i < input.len() {
         match step(input, i) {
             Step::Decoded(used, out) => {
                 let from = origin_of(i..i + used);
-                for b in out {
+                escapes.push(from);
+                for b in out.into_iter().filter(|&b| !is_line_break(b)) {
                     bytes.push(b);
                     origin.push(from);
                 }
@@ -455,8 +515,10 @@ fn decode<'a>(
                 break;
             }
             Step::Plain => {
-                bytes.push(input[i]);
-                origin.push(origin_of(i..i + 1));
+                if !is_line_break(input[i]) {
+                    bytes.push(input[i]);
+                    origin.push(origin_of(i..i + 1));
+                }
                 i += 1;
             }
         }
@@ -471,6 +533,7 @@ fn decode<'a>(
         origin: Some(origin),
         incomplete,
         incomplete_raw,
+        escapes,
     }
 }
 
@@ -755,6 +818,80 @@ mod tests {
                 String::from_utf8_lossy(&rest)
             );
         }
+    }
+
+    /// Line-wrapped encodings and the second layer in either order.
+    #[test]
+    fn wrapped_and_composed_encodings_are_found() {
+        let long = format!("{SECRET}{SECRET}{SECRET}");
+        let d = Detector::new(&[long.as_bytes()]).unwrap();
+        let wrapped = |text: &str, width: usize, sep: &str| -> String {
+            let chars: Vec<char> = text.chars().collect();
+            chars
+                .chunks(width)
+                .map(|c| c.iter().collect::<String>())
+                .collect::<Vec<_>>()
+                .join(sep)
+        };
+        let b64 = STANDARD.encode(format!("key: {long}\n"));
+        let json_u: String = long
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let cases = [
+            wrapped(&b64, 76, "\n"),
+            wrapped(&b64, 64, "\r\n"),
+            wrapped(&b64, 1, "\n"),
+            // Wrapped base64 inside a JSON string.
+            serde_json::to_string(&wrapped(&b64, 76, "\n")).unwrap(),
+            url(&wrapped(&b64, 76, "\n"), false),
+            wrapped(&base32(long.as_bytes()), 10, "\n"),
+            // JSON, then URL-encoding, and the other way round.
+            url(&json_u, true),
+            json_u.replace('\\', "\\u005c"),
+            long.bytes().map(|b| format!("\\u0025{b:02x}")).collect(),
+        ];
+        for case in cases {
+            assert!(d.first(case.as_bytes()).is_some(), "missed {case}");
+        }
+    }
+
+    /// However deep the escapes, a stream cut anywhere holds back enough
+    /// (found by an attacker's review: percent-encoded JSON escapes are
+    /// 18 bytes a byte, more than any fixed factor allowed for).
+    #[test]
+    fn the_hold_back_covers_every_view() {
+        let d = detector();
+        let json_u: String = SECRET
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let deep = url(&json_u, true);
+        let doubled = json_u.replace('\\', "\\u005c");
+        for encoded in [deep, doubled, url(&url(&hex(SECRET), true), true)] {
+            let body = format!("{{\"q\": \"{encoded}\"}}");
+            for cut in 0..body.len() {
+                let (a, b) = body.as_bytes().split_at(cut);
+                let held = d.hold_back(a);
+                assert!(d.pending(a) <= held);
+                if d.first(a).is_some() {
+                    continue;
+                }
+                let mut rest = a[a.len() - held..].to_vec();
+                rest.extend_from_slice(b);
+                assert!(d.first(&rest).is_some(), "cut {cut} of {body}");
+            }
+        }
+        // Plain text holds back the longest pattern less one, whatever it is.
+        let plain = vec![b'q'; 4096];
+        assert_eq!(d.hold_back(&plain), d.longest() - 1);
+        let mut other = plain.clone();
+        other[4000..].copy_from_slice(&SECRET.as_bytes().repeat(4)[..96]);
+        assert_eq!(d.hold_back(&other), d.longest() - 1);
+    }
+
+    fn hex(s: &str) -> String {
+        s.bytes().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]

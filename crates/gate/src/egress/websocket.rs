@@ -7,12 +7,20 @@
 //! Frames are parsed as RFC 6455 lays them out (the agent's are masked).
 //! Extensions are not negotiated (the gate removes
 //! `Sec-WebSocket-Extensions` from the upgrade), so every payload is
-//! plain; a frame with a reserved bit set cannot be read and ends the
-//! connection. Within a frame, bytes that could begin a secret wait for
-//! the rest of the frame. A frame ends what it holds back — bytes of the
-//! next frame may not overtake it — but the end of each frame is kept and
-//! searched with the next, so a secret split across frames ends the
-//! connection when its last part arrives.
+//! plain; a frame with a reserved bit or opcode set cannot be read and
+//! ends the connection.
+//!
+//! The gate re-fragments messages as it passes them on (RFC 6455 §5.4
+//! allows an intermediary to when no extension is in use): what arrives
+//! goes out as a fragment of the same message, except the bytes at the
+//! end that could still be part of a secret ([`Credentials::hold_back`]),
+//! which go out with what follows — so a secret split across the frames
+//! of a message is whole before any of it leaves. The end of a message
+//! goes out with it, and its tail is searched with the next message, so a
+//! secret split across messages ends the connection when its last part
+//! arrives. Control frames (at most 125 bytes, never fragmented) are read
+//! whole and checked on their own. Frames to the upstream are masked with
+//! a fresh key.
 
 use std::sync::Arc;
 
@@ -20,7 +28,6 @@ use bottle_manifest::host::Host;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::credentials::{Credentials, Leak};
-use super::leak::MAX_EXPANSION;
 
 /// Which way frames go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,17 +46,43 @@ pub enum Ended {
     Unreadable(String),
 }
 
+fn unreadable<T>(why: &str) -> Result<T, Ended> {
+    Err(Ended::Unreadable(why.to_owned()))
+}
+
+const OP_CONTINUATION: u8 = 0;
+const OP_TEXT: u8 = 1;
+const OP_BINARY: u8 = 2;
+/// Largest control frame payload (RFC 6455 §5.5).
+const MAX_CONTROL: u64 = 125;
+
 enum State {
     /// Reading a frame header (its bytes so far).
     Header(Vec<u8>),
-    Payload {
+    /// Reading a data frame's payload.
+    Data {
         remaining: u64,
         mask: Option<[u8; 4]>,
         /// Offset in the payload of the next byte (for the mask).
         offset: u64,
-        /// Payload bytes (as sent) held back within the frame.
-        held: Vec<u8>,
+        fin: bool,
     },
+    /// Reading a control frame's payload, kept whole.
+    Control {
+        opcode: u8,
+        remaining: u64,
+        mask: Option<[u8; 4]>,
+        payload: Vec<u8>,
+    },
+}
+
+/// The message being passed on.
+struct Message {
+    opcode: u8,
+    /// A fragment of it went out already (the next is a continuation).
+    started: bool,
+    /// Payload bytes (unmasked) that arrived but wait for more.
+    held: Vec<u8>,
 }
 
 /// Reads one direction's frames and passes them on.
@@ -58,6 +91,7 @@ pub struct Scanner {
     credentials: Arc<Credentials>,
     host: Host,
     state: State,
+    message: Option<Message>,
     /// The end of the payloads passed on, unmasked.
     tail: Vec<u8>,
 }
@@ -69,6 +103,7 @@ impl Scanner {
             credentials,
             host,
             state: State::Header(Vec::new()),
+            message: None,
             tail: Vec::new(),
         }
     }
@@ -86,78 +121,208 @@ impl Scanner {
                         continue;
                     }
                     let header = std::mem::take(bytes);
-                    if header[0] & 0x70 != 0 {
-                        return Err(Ended::Unreadable(
-                            "a WebSocket frame with a reserved bit set (a compressed or extended frame)"
-                                .to_owned(),
-                        ));
-                    }
-                    let (length, mask) = parse_header(&header);
-                    out.extend_from_slice(&header);
-                    self.state = State::Payload {
-                        remaining: length,
-                        mask,
-                        offset: 0,
-                        held: Vec::new(),
-                    };
-                    if length == 0 {
-                        self.state = State::Header(Vec::new());
-                    }
+                    self.begin(&header, out)?;
                 }
-                State::Payload {
+                State::Data {
                     remaining,
                     mask,
                     offset,
-                    held,
+                    fin,
                 } => {
                     let take = (*remaining).min(input.len() as u64) as usize;
-                    let mut raw = std::mem::take(held);
-                    let start = *offset - raw.len() as u64;
-                    raw.extend_from_slice(&input[..take]);
+                    let mut plain = input[..take].to_vec();
+                    apply_mask(&mut plain, *mask, *offset);
                     input = &input[take..];
                     *remaining -= take as u64;
-                    let mut plain = raw.clone();
-                    apply_mask(&mut plain, *mask, start);
-                    let mut window = self.tail.clone();
-                    let before = window.len();
-                    window.extend_from_slice(&plain);
-                    match self.direction {
-                        Direction::ToUpstream => {
-                            if let Some(leak) =
-                                self.credentials
-                                    .find_leak(&window, &self.host, "WebSocket frame")
-                            {
-                                return Err(Ended::Leak(leak));
-                            }
-                        }
-                        Direction::ToAgent => {
-                            if self.credentials.scrub(&mut window) {
-                                raw = window[before..].to_vec();
-                                apply_mask(&mut raw, *mask, start);
-                            }
-                        }
-                    }
-                    let hold = if *remaining > 0 {
-                        self.credentials.hold_back(&window).min(raw.len())
-                    } else {
-                        0
-                    };
-                    let release = raw.len() - hold;
-                    out.extend_from_slice(&raw[..release]);
-                    *held = raw[release..].to_vec();
-                    *offset = start + raw.len() as u64;
-                    // What was passed on is kept, as long as a secret in
-                    // any view can be, to search with what comes next.
-                    let mut passed = window[..before + release].to_vec();
-                    let keep = self.credentials.longest() * MAX_EXPANSION;
-                    self.tail = passed.split_off(passed.len().saturating_sub(keep));
+                    *offset += take as u64;
+                    let last = *fin && *remaining == 0;
                     if *remaining == 0 {
                         self.state = State::Header(Vec::new());
+                    }
+                    self.data(plain, last, out)?;
+                }
+                State::Control {
+                    opcode,
+                    remaining,
+                    mask,
+                    payload,
+                } => {
+                    let take = (*remaining).min(input.len() as u64) as usize;
+                    payload.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    *remaining -= take as u64;
+                    if *remaining == 0 {
+                        let opcode = *opcode;
+                        let mut payload = std::mem::take(payload);
+                        apply_mask(&mut payload, *mask, 0);
+                        self.state = State::Header(Vec::new());
+                        self.control(opcode, payload, out)?;
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// A whole header read: what its frame is, and what reading it means.
+    fn begin(&mut self, header: &[u8], out: &mut Vec<u8>) -> Result<(), Ended> {
+        if header[0] & 0x70 != 0 {
+            return unreadable(
+                "a WebSocket frame with a reserved bit set (a compressed or extended frame)",
+            );
+        }
+        let fin = header[0] & 0x80 != 0;
+        let opcode = header[0] & 0x0f;
+        let (length, mask) = parse_header(header);
+        match opcode {
+            OP_CONTINUATION if self.message.is_none() => {
+                return unreadable("a WebSocket continuation frame outside a message");
+            }
+            OP_TEXT | OP_BINARY if self.message.is_some() => {
+                return unreadable("a WebSocket message begun inside another");
+            }
+            OP_TEXT | OP_BINARY => {
+                self.message = Some(Message {
+                    opcode,
+                    started: false,
+                    held: Vec::new(),
+                });
+            }
+            OP_CONTINUATION => {}
+            8..=15 => {
+                if !fin || length > MAX_CONTROL {
+                    return unreadable("a fragmented or oversized WebSocket control frame");
+                }
+                self.state = State::Control {
+                    opcode,
+                    remaining: length,
+                    mask,
+                    payload: Vec::new(),
+                };
+                if length == 0 {
+                    self.state = State::Header(Vec::new());
+                    self.control(opcode, Vec::new(), out)?;
+                }
+                return Ok(());
+            }
+            _ => return unreadable("a WebSocket frame with a reserved opcode"),
+        }
+        self.state = State::Data {
+            remaining: length,
+            mask,
+            offset: 0,
+            fin,
+        };
+        if length == 0 {
+            self.state = State::Header(Vec::new());
+            self.data(Vec::new(), fin, out)?;
+        }
+        Ok(())
+    }
+
+    /// Checks (or scrubs) `plain` with what is held and what went before;
+    /// passes on all but what must wait. `last`: the message ends here.
+    fn data(&mut self, plain: Vec<u8>, last: bool, out: &mut Vec<u8>) -> Result<(), Ended> {
+        let Some(message) = &mut self.message else {
+            return unreadable("a WebSocket continuation frame outside a message");
+        };
+        let mut window = self.tail.clone();
+        let before = window.len();
+        window.extend_from_slice(&message.held);
+        window.extend_from_slice(&plain);
+        match self.direction {
+            Direction::ToUpstream => {
+                if let Some(leak) =
+                    self.credentials
+                        .find_leak(&window, &self.host, "WebSocket frame")
+                {
+                    return Err(Ended::Leak(leak));
+                }
+            }
+            Direction::ToAgent => {
+                self.credentials.scrub(&mut window);
+            }
+        }
+        let fresh = window.len() - before;
+        let hold = if last {
+            0
+        } else {
+            self.credentials.hold_back(&window).min(fresh)
+        };
+        let release = window.len() - hold;
+        let payload = &window[before..release];
+        if last || !payload.is_empty() {
+            let opcode = if message.started {
+                OP_CONTINUATION
+            } else {
+                message.opcode
+            };
+            write_frame(out, last, opcode, payload, self.direction);
+            message.started = true;
+        }
+        message.held = window[release..].to_vec();
+        if last {
+            self.message = None;
+        }
+        // What was passed on is kept, as much as any view needs, to search
+        // with what comes next.
+        let mut passed = window;
+        passed.truncate(release);
+        let keep = self.credentials.hold_back(&passed);
+        self.tail = passed.split_off(passed.len() - keep);
+        Ok(())
+    }
+
+    /// A control frame, checked (or scrubbed) on its own and passed on.
+    fn control(
+        &mut self,
+        opcode: u8,
+        mut payload: Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Ended> {
+        match self.direction {
+            Direction::ToUpstream => {
+                if let Some(leak) =
+                    self.credentials
+                        .find_leak(&payload, &self.host, "WebSocket control frame")
+                {
+                    return Err(Ended::Leak(leak));
+                }
+            }
+            Direction::ToAgent => {
+                self.credentials.scrub(&mut payload);
+            }
+        }
+        write_frame(out, true, opcode, &payload, self.direction);
+        Ok(())
+    }
+}
+
+/// Appends one frame: masked with a fresh key toward the upstream (a
+/// client's frames are masked), plain toward the agent.
+fn write_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8], direction: Direction) {
+    out.push(if fin { 0x80 } else { 0 } | opcode);
+    let masked = direction == Direction::ToUpstream;
+    let bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(bit | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let start = out.len();
+    if masked {
+        let key: [u8; 4] = rand::random();
+        out.extend_from_slice(&key);
+        out.extend_from_slice(payload);
+        apply_mask(&mut out[start + 4..], Some(key), 0);
+    } else {
+        out.extend_from_slice(payload);
     }
 }
 
@@ -318,16 +483,79 @@ mod tests {
         (out, Ok(()))
     }
 
+    /// The frames on the wire: (fin, opcode, unmasked payload, masked).
+    fn frames(mut wire: &[u8]) -> Vec<(bool, u8, Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        while !wire.is_empty() {
+            let len = header_len(&wire[..2]);
+            let (length, mask) = parse_header(&wire[..len]);
+            let mut payload = wire[len..len + length as usize].to_vec();
+            apply_mask(&mut payload, mask, 0);
+            out.push((wire[0] & 0x80 != 0, wire[0] & 0x0f, payload, mask.is_some()));
+            wire = &wire[len + length as usize..];
+        }
+        out
+    }
+
+    /// The messages on the wire, each (opcode, payload), checking that
+    /// fragments follow the rules and every frame is masked or not.
+    fn messages(wire: &[u8], masked: bool) -> Vec<(u8, Vec<u8>)> {
+        let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut open = false;
+        for (fin, opcode, payload, is_masked) in frames(wire) {
+            assert_eq!(is_masked, masked);
+            if opcode >= 8 {
+                out.push((opcode, payload));
+                continue;
+            }
+            if open {
+                assert_eq!(opcode, 0, "a continuation");
+                out.last_mut().unwrap().1.extend(payload);
+            } else {
+                assert_ne!(opcode, 0, "a message begins");
+                out.push((opcode, payload));
+            }
+            open = !fin;
+        }
+        assert!(!open, "every message ends");
+        out
+    }
+
+    fn frame_op(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>, fin: bool) -> Vec<u8> {
+        let mut wire = frame(payload, mask, fin);
+        wire[0] = (wire[0] & 0x80) | opcode;
+        wire
+    }
+
     #[test]
-    fn clean_frames_pass_unchanged_however_they_arrive() {
+    fn clean_messages_pass_unchanged_however_they_arrive() {
+        let big = vec![b'a'; 70_000];
         let mut wire = frame(b"hello", Some([1, 2, 3, 4]), true);
-        wire.extend(frame(&vec![b'a'; 70_000], Some([9, 8, 7, 6]), true));
+        wire.extend(frame(&big, Some([9, 8, 7, 6]), true));
         wire.extend(frame(b"", Some([0, 0, 0, 0]), true));
+        // A fragmented binary message with a ping inside it.
+        wire.extend(frame_op(2, b"part one, ", Some([5, 5, 5, 5]), false));
+        wire.extend(frame_op(9, b"ping", Some([6, 6, 6, 6]), true));
+        wire.extend(frame_op(0, b"part two", Some([7, 7, 7, 7]), true));
+        let expected = vec![
+            (1, b"hello".to_vec()),
+            (1, big.clone()),
+            (1, Vec::new()),
+            (9, b"ping".to_vec()),
+            (2, b"part one, part two".to_vec()),
+        ];
         for piece in [1, 3, 7, 1000, 1 << 20] {
             let (out, ended) = scan(Direction::ToUpstream, &wire, piece);
             assert_eq!(ended, Ok(()));
-            assert_eq!(out, wire, "piece {piece}");
+            assert_eq!(messages(&out, true), expected, "piece {piece}");
         }
+        let plain: Vec<u8> = frames(&wire)
+            .into_iter()
+            .flat_map(|(fin, op, payload, _)| frame_op(op, &payload, None, fin))
+            .collect();
+        let (out, ended) = scan(Direction::ToAgent, &plain, 4096);
+        assert_eq!(ended, Ok(()));
+        assert_eq!(messages(&out, false), expected);
     }
 
     #[test]
@@ -337,9 +565,7 @@ mod tests {
         for piece in [1, 2, 5, 9, 64] {
             let (out, ended) = scan(Direction::ToUpstream, &wire, piece);
             assert!(matches!(ended, Err(Ended::Leak(_))), "piece {piece}");
-            let header = 6;
-            let mut sent = out[header.min(out.len())..].to_vec();
-            apply_mask(&mut sent, Some([0x11, 0x22, 0x33, 0x44]), 0);
+            let sent: Vec<u8> = frames(&out).into_iter().flat_map(|f| f.2).collect();
             assert!(
                 !String::from_utf8_lossy(&sent).contains("bbtest"),
                 "piece {piece}: {sent:?}"
@@ -348,12 +574,51 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_split_across_frames_is_found() {
-        let (a, b) = SECRET.split_at(9);
-        let mut wire = frame(a.as_bytes(), Some([1, 1, 1, 1]), false);
-        wire.extend(frame(b.as_bytes(), Some([2, 2, 2, 2]), true));
-        let (_, ended) = scan(Direction::ToUpstream, &wire, 4096);
+    fn no_part_of_a_secret_split_across_frames_goes_out() {
+        for at in 1..SECRET.len() {
+            let (a, b) = SECRET.split_at(at);
+            let mut wire = frame(format!("id={a}").as_bytes(), Some([1, 1, 1, 1]), false);
+            let first = wire.len();
+            wire.extend(frame_op(0, b.as_bytes(), Some([2, 2, 2, 2]), true));
+            // The first frame alone: nothing of the secret leaves yet.
+            let (out, ended) = scan(Direction::ToUpstream, &wire[..first], 4096);
+            assert_eq!(ended, Ok(()));
+            let sent: Vec<u8> = frames(&out).into_iter().flat_map(|f| f.2).collect();
+            assert!(
+                !String::from_utf8_lossy(&sent).contains(&a[..1]),
+                "split at {at}: {sent:?}"
+            );
+            let (_, ended) = scan(Direction::ToUpstream, &wire, 4096);
+            assert!(matches!(ended, Err(Ended::Leak(_))), "split at {at}");
+        }
+    }
+
+    #[test]
+    fn a_secret_split_across_frames_from_the_upstream_is_overwritten_whole() {
+        for at in 1..SECRET.len() {
+            let (a, b) = SECRET.split_at(at);
+            let mut wire = frame(format!("you sent {a}").as_bytes(), None, false);
+            wire.extend(frame_op(0, format!("{b}!").as_bytes(), None, true));
+            let (out, ended) = scan(Direction::ToAgent, &wire, 4096);
+            assert_eq!(ended, Ok(()));
+            let got = messages(&out, false);
+            assert_eq!(
+                String::from_utf8_lossy(&got[0].1),
+                format!("you sent {}!", "x".repeat(SECRET.len())),
+                "split at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_in_a_control_frame_is_caught() {
+        let wire = frame_op(9, SECRET.as_bytes(), Some([3, 3, 3, 3]), true);
+        let (out, ended) = scan(Direction::ToUpstream, &wire, 4096);
         assert!(matches!(ended, Err(Ended::Leak(_))));
+        assert!(out.is_empty());
+        let wire = frame_op(10, SECRET.as_bytes(), None, true);
+        let (out, _) = scan(Direction::ToAgent, &wire, 4096);
+        assert_eq!(messages(&out, false)[0].1, vec![b'x'; SECRET.len()]);
     }
 
     #[test]
@@ -363,10 +628,9 @@ mod tests {
         for piece in [1, 4, 4096] {
             let (out, ended) = scan(Direction::ToAgent, &wire, piece);
             assert_eq!(ended, Ok(()));
-            assert_eq!(out.len(), wire.len());
-            let text = String::from_utf8_lossy(&out[2..]);
+            let got = messages(&out, false);
             assert_eq!(
-                text,
+                String::from_utf8_lossy(&got[0].1),
                 format!("you sent {}!", "x".repeat(SECRET.len())),
                 "piece {piece}"
             );
@@ -374,10 +638,17 @@ mod tests {
     }
 
     #[test]
-    fn compressed_frames_are_refused() {
-        let mut wire = frame(b"x", None, true);
-        wire[0] |= 0x40;
-        let (_, ended) = scan(Direction::ToAgent, &wire, 4096);
-        assert!(matches!(ended, Err(Ended::Unreadable(_))));
+    fn unreadable_frames_are_refused() {
+        let mut compressed = frame(b"x", None, true);
+        compressed[0] |= 0x40;
+        let reserved = frame_op(3, b"x", None, true);
+        let stray = frame_op(0, b"x", None, true);
+        let mut nested = frame_op(1, b"x", None, false);
+        nested.extend(frame_op(1, b"y", None, true));
+        let big_ping = frame_op(9, &[b'p'; 126], None, true);
+        for wire in [compressed, reserved, stray, nested, big_ping] {
+            let (_, ended) = scan(Direction::ToAgent, &wire, 4096);
+            assert!(matches!(ended, Err(Ended::Unreadable(_))), "{wire:?}");
+        }
     }
 }
