@@ -470,7 +470,7 @@ fn every_encoding_and_compressed_body_is_refused_before_the_origin() {
         "bomb",
         "-H 'Content-Encoding: gzip' --data-binary @/tmp/bomb https://allowed.test/bomb",
     ));
-    let probe = world.probe("probe", &script);
+    let probe = world.probe_keeping_state("probe", &script);
     for (name, _) in &cases {
         let body = probe.get(&format!("{name}_body"));
         if *name == "host_label" {
@@ -517,6 +517,19 @@ fn every_encoding_and_compressed_body_is_refused_before_the_origin() {
         !logs.contains(&secret) && !logs.contains(&hex),
         "the origin saw the secret"
     );
+    // Nor does the audit log hold it, though the refused method and paths
+    // carried it: every field is scrubbed before it is written.
+    let mut audited = 0;
+    for entry in std::fs::read_dir(world.state_root()).unwrap().flatten() {
+        let Ok(audit) = std::fs::read_to_string(entry.path().join("audit.jsonl")) else {
+            continue;
+        };
+        audited += audit.matches("credential_leak").count();
+        for form in [&secret, &hex, &secret.replace('-', "%2d")] {
+            assert!(!audit.contains(form.as_str()), "the audit log holds {form}");
+        }
+    }
+    assert!(audited >= cases.len(), "{audited} leak refusals audited");
 }
 
 /// A secret streamed in two chunks a second apart: the first half never

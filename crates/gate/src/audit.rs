@@ -1,6 +1,9 @@
 //! The audit log: one JSON object per line for every decision the gate
 //! makes. It never holds a secret: callers pass hosts, rules, header names
-//! and paths with their query values removed.
+//! and paths with their query values removed, and a gate that holds
+//! secrets gives the log a [`Scrubber`] that overwrites any of them in
+//! every text field before it is cut to length or queued (a refused
+//! request's path is the agent's to fill with one).
 //!
 //! Lines are queued in memory and a writer thread appends them every few
 //! milliseconds, so a line reaches the file promptly without a system call
@@ -30,7 +33,7 @@ const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 /// Most distinct refusals counted at once; past it every count is written
 /// out and counting starts over (the agent cannot grow the gate's memory).
 const MAX_COUNTED: usize = 4096;
-/// Refusals of one kind (role, event, who refused) written one by one
+/// Refusals of one kind (role, event, who refused, class) written one by one
 /// within a window, however they differ (another host, another path);
 /// the rest are counted, with a few of their hosts named, and written as
 /// one line when the window ends. Refusals are the agent's to make as fast
@@ -73,12 +76,16 @@ struct Repeats {
     fields: Map<String, Value>,
 }
 
+/// Overwrites, in place, every secret the gate holds.
+pub type Scrubber = Box<dyn Fn(&mut [u8]) + Send + Sync>;
+
 /// Appends decision records to the bottle's audit log.
 pub struct Audit {
     queue: Arc<(Mutex<Queue>, Condvar)>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Fields every record of this log carries (`phase: build`).
     context: Map<String, Value>,
+    scrubber: std::sync::OnceLock<Scrubber>,
 }
 
 impl Audit {
@@ -102,7 +109,13 @@ impl Audit {
             queue,
             writer: Mutex::new(Some(writer)),
             context,
+            scrubber: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Has every record's text scrubbed by `scrub` from now on (once).
+    pub fn set_scrubber(&self, scrub: Scrubber) {
+        let _ = self.scrubber.set(scrub);
     }
 
     /// Queues one record: `ts`, `role`, `event` and the given fields, each
@@ -116,6 +129,11 @@ impl Audit {
     pub fn record(&self, role: &str, event: &str, mut fields: Map<String, Value>) {
         for (key, value) in &self.context {
             fields.insert(key.clone(), value.clone());
+        }
+        if let Some(scrub) = self.scrubber.get() {
+            for value in fields.values_mut() {
+                scrub_value(value, scrub);
+            }
         }
         let fields = cap_fields(fields);
         let mut queue = lock(&self.queue.0);
@@ -142,7 +160,8 @@ impl Audit {
             }
             repeats.seen += 1;
             let origin = fields.get("origin").and_then(Value::as_str).unwrap_or("");
-            let kind_key = format!("{role}\0{event}\0{origin}");
+            let class = fields.get("class").and_then(Value::as_str).unwrap_or("");
+            let kind_key = format!("{role}\0{event}\0{origin}\0{class}");
             if queue.kinds.len() >= MAX_COUNTED && !queue.kinds.contains_key(&kind_key) {
                 let all = std::mem::take(&mut queue.kinds);
                 for kind in all.into_values() {
@@ -151,7 +170,7 @@ impl Audit {
             }
             let kind = queue.kinds.entry(kind_key).or_insert_with(|| {
                 let mut kept = Map::new();
-                for key in ["decision", "origin", "phase"] {
+                for key in ["decision", "origin", "class", "phase"] {
                     if let Some(v) = fields.get(key) {
                         kept.insert(key.to_owned(), v.clone());
                     }
@@ -201,6 +220,21 @@ impl Audit {
 impl Drop for Audit {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// `value`'s text with every secret overwritten (a string that is no
+/// longer UTF-8 after it is kept as far as it is).
+fn scrub_value(value: &mut Value, scrub: &Scrubber) {
+    match value {
+        Value::String(text) => {
+            let mut bytes = std::mem::take(text).into_bytes();
+            scrub(&mut bytes);
+            *text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub_value(v, scrub)),
+        Value::Object(map) => map.values_mut().for_each(|v| scrub_value(v, scrub)),
+        _ => {}
     }
 }
 
@@ -455,6 +489,65 @@ mod tests {
             summary["hosts"].as_array().map(Vec::len),
             Some(SAMPLE_HOSTS)
         );
+    }
+
+    /// Found by review: a flood of ordinary refusals used up the budget
+    /// that credential leak refusals shared with them.
+    #[test]
+    fn a_class_of_refusal_has_its_own_budget() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let refusal = |i: usize, class: Option<&str>| {
+            let mut fields = Map::new();
+            fields.insert("host".into(), format!("h{i}.invalid").into());
+            fields.insert("decision".into(), "deny".into());
+            fields.insert("origin".into(), "policy".into());
+            if let Some(class) = class {
+                fields.insert("class".into(), class.into());
+            }
+            fields
+        };
+        for i in 0..500 {
+            audit.record("egress", "request", refusal(i, None));
+        }
+        for i in 0..3 {
+            audit.record("egress", "request", refusal(i, Some("credential_leak")));
+        }
+        drop(audit);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let leaks = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["class"] == "credential_leak" && l.get("host").is_some())
+            .count();
+        assert_eq!(leaks, 3, "{text}");
+    }
+
+    /// Found by review: the path of a request refused for carrying a
+    /// secret was written as it was, secret and all.
+    #[test]
+    fn secrets_are_scrubbed_before_fields_are_cut() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let secret = "bbtest-audit-secret-77";
+        audit.set_scrubber(Box::new(move |bytes: &mut [u8]| {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            if let Some(at) = text.find(secret) {
+                bytes[at..at + secret.len()].fill(b'x');
+            }
+        }));
+        let mut fields = Map::new();
+        // The secret straddles the length cap: cut first, its start would stay.
+        let pad = "p".repeat(MAX_FIELD_BYTES - 6);
+        fields.insert("path".into(), format!("/{pad}{secret}").into());
+        fields.insert("refs".into(), Value::Array(vec![secret.into()]));
+        audit.record("egress", "request", fields);
+        drop(audit);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(!text.contains("bbtest"), "{text}");
+        assert!(text.contains("xxxxx"), "{text}");
     }
 
     #[test]

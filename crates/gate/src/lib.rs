@@ -174,6 +174,12 @@ fn serve_egress(
         policy,
         Credentials::new(routes(config, secrets)?).map_err(GateError::Routes)?,
     ));
+    // No record of this gate's holds a secret, whatever the agent put in
+    // a refused request: routes approved later are scrubbed too.
+    let held = Arc::clone(&live);
+    audit.set_scrubber(Box::new(move |bytes| {
+        held.credentials().scrub(bytes);
+    }));
     let listener = bind(&config.socket_dir, config::EGRESS_SOCKET, 0o666)?;
     // Half the cores: the gate shares the machine with its agent, the
     // upstreams it talks to and other bottles. (On 2 cores one worker

@@ -304,6 +304,17 @@ impl World {
         let out = self.bottle(agent, &["bash", "-c", script]);
         Probe::new(out)
     }
+
+    /// [`World::probe`], keeping the bottle's state (its audit log) for
+    /// the test to read; the world removes its volumes when dropped.
+    pub fn probe_keeping_state(&self, agent: &str, script: &str) -> Probe {
+        let out = self
+            .command()
+            .args(["start", agent, "-y", "--", "bash", "-c", script])
+            .output()
+            .expect("run bottle");
+        Probe::new(out)
+    }
 }
 
 impl Drop for World {

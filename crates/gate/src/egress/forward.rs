@@ -243,7 +243,10 @@ impl Egress {
                             websocket::relay(agent, upstream, credentials, host).await
                         {
                             let reason = match ended {
-                                websocket::Ended::Leak(leak) => format!("credential leak: {leak}"),
+                                websocket::Ended::Leak(leak) => {
+                                    fields.insert("class".into(), LEAK_CLASS.into());
+                                    format!("credential leak: {leak}")
+                                }
                                 websocket::Ended::Unreadable(what) => what,
                             };
                             fields.insert("decision".into(), "deny".into());
@@ -289,6 +292,7 @@ impl Egress {
             origin: Origin::Policy,
             status: StatusCode::PAYLOAD_TOO_LARGE,
             reason: what,
+            class: None,
         };
         // One compressed body is read and inflated at a time in a gate: its
         // bounds are then the gate's peak, and parallel uploads queue
@@ -347,6 +351,9 @@ impl Egress {
         fields.insert("origin".into(), refusal.origin.as_str().into());
         fields.insert("status".into(), refusal.status.as_u16().into());
         fields.insert("reason".into(), refusal.reason.clone().into());
+        if let Some(class) = refusal.class {
+            fields.insert("class".into(), class.into());
+        }
         self.audit.record("egress", event, fields);
         refusal_response(&refusal)
     }
@@ -419,8 +426,14 @@ pub(crate) fn request_fields(method: &str, target: &Target, path: &str) -> Map<S
 }
 
 pub(crate) fn leak_refusal(leak: &Leak) -> Refusal {
-    Refusal::policy(format!("credential leak: {leak}"))
+    Refusal {
+        class: Some(LEAK_CLASS),
+        ..Refusal::policy(format!("credential leak: {leak}"))
+    }
 }
+
+/// The audit class of a refusal for a credential leak.
+pub(crate) const LEAK_CLASS: &str = "credential_leak";
 
 /// A client error, said without hyper's internals where possible.
 fn describe(err: &(dyn std::error::Error + 'static)) -> String {

@@ -66,6 +66,9 @@ pub struct Refusal {
     pub origin: Origin,
     pub status: StatusCode,
     pub reason: String,
+    /// A class of refusal the audit log counts on its own
+    /// (`credential_leak`), so ordinary refusals cannot crowd it out.
+    pub class: Option<&'static str>,
 }
 
 impl Refusal {
@@ -74,6 +77,7 @@ impl Refusal {
             origin: Origin::Policy,
             status: StatusCode::FORBIDDEN,
             reason: reason.to_string(),
+            class: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl Refusal {
             origin: Origin::Agent,
             status: StatusCode::BAD_REQUEST,
             reason: reason.to_string(),
+            class: None,
         }
     }
 
@@ -90,6 +95,7 @@ impl Refusal {
             origin: Origin::Upstream,
             status: StatusCode::BAD_GATEWAY,
             reason: reason.to_string(),
+            class: None,
         }
     }
 }
