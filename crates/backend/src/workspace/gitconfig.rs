@@ -5,10 +5,18 @@
 //! Removed: `credential.*` (helpers, usernames, per-URL settings),
 //! `http.extraHeader` (any URL), `http.cookieFile`, `core.askPass`, the
 //! include directives themselves (their entries are read in and filtered
-//! like the rest), `url.*` rewrites whose base carries user information,
-//! and any key whose name says it holds a secret (`*token*`, `*password*`,
-//! `*secret*`, `*pass`, …). Kept, with `user:password@` removed: remote,
-//! submodule, LFS and proxy URLs.
+//! like the rest); every entry whose section names a URL with user
+//! information (`url."https://tok@host/".insteadOf`,
+//! `http."https://u:p@host/".sslVerify`); the commands git runs on the
+//! person's behalf, which may carry a credential inline and have nothing
+//! to run in the bottle (`core.sshCommand`, `core.gitProxy`,
+//! `core.fsmonitor`, shell aliases `!…`, filter, diff and merge drivers);
+//! any key whose name says it holds a secret (`*token*`, `*password*`,
+//! `*secret*`, `*pass`, …); and any entry whose key or value holds what
+//! looks like a credential wherever it is ([`super::secrets::secret_in_text`]:
+//! a token of a well-known format, an authorization header, a URL
+//! parameter named for a secret). Kept, with `user:password@` removed:
+//! remote, submodule, LFS and proxy URLs.
 
 use std::path::Path;
 use std::process::Command;
@@ -67,21 +75,21 @@ pub fn filter(listing: &[u8]) -> Sanitized {
         let name = name.to_ascii_lowercase();
         // The key itself may name a credential (a rewrite's base URL):
         // what the preflight says must not.
-        let shown = strip_userinfo(&key);
-        if let Some(why) = dropped(&section, subsection.as_deref(), &name) {
+        let shown = match &subsection {
+            Some(sub) if super::secrets::secret_in_text(sub).is_some() => {
+                format!("{section}.<a URL>.{name}")
+            }
+            _ => strip_userinfo(&key),
+        };
+        let clean = value.as_deref().map(strip_userinfo);
+        if let Some(why) = dropped(&section, subsection.as_deref(), &name, clean.as_deref()) {
             changes.push(format!("removed {shown} ({why})"));
             continue;
         }
-        let value = match value {
-            Some(v) => {
-                let clean = strip_userinfo(&v);
-                if clean != v {
-                    changes.push(format!("removed user information from {shown}"));
-                }
-                Some(clean)
-            }
-            None => None,
-        };
+        if clean != value {
+            changes.push(format!("removed user information from {shown}"));
+        }
+        let value = clean;
         let header = match &subsection {
             Some(sub) => format!("[{section} \"{}\"]", escape_subsection(sub)),
             None => format!("[{section}]"),
@@ -107,7 +115,34 @@ pub fn filter(listing: &[u8]) -> Sanitized {
 }
 
 /// Why an entry is left out, if it is.
-fn dropped(section: &str, subsection: Option<&str>, name: &str) -> Option<&'static str> {
+fn dropped(
+    section: &str,
+    subsection: Option<&str>,
+    name: &str,
+    value: Option<&str>,
+) -> Option<&'static str> {
+    if subsection.is_some_and(|sub| strip_userinfo(sub) != sub) {
+        return Some("its section names a URL with user information");
+    }
+    let command = match (section, name) {
+        ("core", "sshcommand" | "gitproxy" | "fsmonitor") => {
+            value.is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "true" | "false"))
+        }
+        ("alias", _) => value.is_some_and(|v| v.trim_start().starts_with('!')),
+        ("filter", "clean" | "smudge" | "process")
+        | ("diff", "textconv" | "command")
+        | ("merge", "driver") => true,
+        _ => false,
+    };
+    if command {
+        return Some("a command run on the person's behalf may carry a credential");
+    }
+    let key_text = subsection.unwrap_or_default();
+    if let Some(why) = super::secrets::secret_in_text(key_text)
+        .or_else(|| value.and_then(super::secrets::secret_in_text))
+    {
+        return Some(why);
+    }
     match (section, name) {
         ("credential", _) => return Some("credential settings"),
         ("http", "extraheader") => return Some("an extra header may carry a credential"),
@@ -115,11 +150,6 @@ fn dropped(section: &str, subsection: Option<&str>, name: &str) -> Option<&'stat
         ("core", "askpass") => return Some("a credential prompt"),
         ("include", "path") | ("includeif", "path") => {
             return Some("its entries are read in and filtered");
-        }
-        ("url", "insteadof" | "pushinsteadof")
-            if subsection.is_some_and(|base| strip_userinfo(base) != base) =>
-        {
-            return Some("the rewrite's base carries user information");
         }
         _ => {}
     }
@@ -249,6 +279,33 @@ mod tests {
                 Some("https://user:pw@git.example.com/lib.git"),
             ),
             ("user.name", Some("A \"quoted\" name")),
+            ("http.https://u:tok@example.com/.sslverify", Some("false")),
+            ("core.sshcommand", Some("sshpass -p hunter3 ssh")),
+            (
+                "alias.pr",
+                Some("!curl -s https://api.example.com -u me:hunter4"),
+            ),
+            ("alias.st", Some("status -sb")),
+            ("filter.crypt.smudge", Some("decrypt --key hunter5")),
+            (
+                "lfs.url",
+                Some("https://lfs.example.com/r?access_token=hunter6"),
+            ),
+            (
+                "remote.origin.pushurl",
+                Some(&format!(
+                    "https://github.com/me/r?t=ghp_{}",
+                    "a1".repeat(18)
+                )),
+            ),
+            (
+                "remote.mirror.url",
+                Some(&format!(
+                    "https://x:ghp_{}@github.com/me/r",
+                    "b2".repeat(18)
+                )),
+            ),
+            ("gitlab.note", Some("header Authorization: hunter7")),
         ]);
         let out = filter(&input);
         for gone in [
@@ -261,6 +318,15 @@ mod tests {
             "hunter2",
             "pw@",
             "other",
+            "hunter3",
+            "hunter4",
+            "hunter5",
+            "hunter6",
+            "hunter7",
+            "a1a1",
+            "b2b2",
+            "tok@",
+            "sslverify",
         ] {
             assert!(!out.text.contains(gone), "{gone} in:\n{}", out.text);
         }
@@ -272,6 +338,8 @@ mod tests {
             "url = \"https://git.example.com/lib.git\"",
             "name = \"A \\\"quoted\\\" name\"",
             "\tlogallrefupdates\n",
+            "[alias]\n\tst = \"status -sb\"",
+            "[remote \"mirror\"]\n\turl = \"https://github.com/me/r\"",
         ] {
             assert!(
                 out.text.contains(kept),

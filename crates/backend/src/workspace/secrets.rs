@@ -112,6 +112,101 @@ fn by_content(name: &str, content: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// Well-known token formats: a prefix and the fewest characters of the
+/// token alphabet (`A-Z a-z 0-9 _ -`) that follow it.
+const TOKEN_SHAPES: &[(&str, usize)] = &[
+    ("ghp_", 30),
+    ("gho_", 30),
+    ("ghu_", 30),
+    ("ghs_", 30),
+    ("ghr_", 30),
+    ("github_pat_", 30),
+    ("glpat-", 20),
+    ("xoxb-", 10),
+    ("xoxp-", 10),
+    ("xoxa-", 10),
+    ("xoxr-", 10),
+    ("xoxs-", 10),
+    ("sk-", 20),
+    ("AKIA", 16),
+    ("ASIA", 16),
+    ("AIza", 30),
+    ("npm_", 30),
+    ("pypi-", 40),
+    ("hf_", 30),
+    ("glsa_", 30),
+    ("dop_v1_", 40),
+];
+
+/// What in `text` looks like a credential wherever it is, if anything: a
+/// token of a well-known format, an authorization header's value, a URL
+/// parameter named for a secret, a private key block. Aimed at what a
+/// configuration value or a log line may carry; a file's content is judged
+/// by [`why_secret`].
+pub fn secret_in_text(text: &str) -> Option<&'static str> {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("-----begin") && lower.contains("private key") {
+        return Some("it holds a private key");
+    }
+    if [
+        "authorization:",
+        "private-token:",
+        "x-api-key:",
+        "api-key:",
+        "cookie:",
+        "bearer ",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+    {
+        return Some("it holds an authorization header");
+    }
+    for (prefix, min) in TOKEN_SHAPES {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(prefix) {
+            let start = from + at;
+            let boundary = text[..start]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_ascii_alphanumeric());
+            let run: Vec<char> = text[start + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            // Random tokens this long hold a digit; words joined by
+            // hyphens (`sk-learn-…`) do not.
+            if boundary && run.len() >= *min && run.iter().any(char::is_ascii_digit) {
+                return Some("it holds a token of a well-known format");
+            }
+            from = start + prefix.len();
+        }
+    }
+    // A word of the parameter's name (`private_token`, `X-Amz-Signature`).
+    const SECRET_PARAMS: &[&str] = &[
+        "token",
+        "key",
+        "apikey",
+        "secret",
+        "password",
+        "passwd",
+        "signature",
+        "sig",
+        "auth",
+        "credential",
+    ];
+    for param in lower.split(['?', '&', ';']).skip(1) {
+        if let Some((name, value)) = param.split_once('=')
+            && !value.is_empty()
+            && name
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|word| SECRET_PARAMS.contains(&word))
+        {
+            return Some("a URL parameter holds a secret");
+        }
+    }
+    None
+}
+
 /// The first bytes of a regular file.
 fn head(path: &Path) -> Option<Vec<u8>> {
     let meta = std::fs::symlink_metadata(path).ok()?;
@@ -177,6 +272,34 @@ mod tests {
             "environment.yml",
         ] {
             assert_eq!(named(ordinary), None, "{ordinary}");
+        }
+    }
+
+    #[test]
+    fn secrets_in_text() {
+        for secret in [
+            "!curl -H 'Authorization: token abc' https://x",
+            "Bearer eyJhbGciOi",
+            &format!("https://h/r.git?private_token={}", "z".repeat(12)),
+            &format!("x ghp_{}", "a1".repeat(18)),
+            &format!("github_pat_{}", "B2".repeat(20)),
+            &format!("sshpass -p AKIA{} ssh", "Q3".repeat(8)),
+            &format!("glpat-{}", "c4".repeat(10)),
+            "-----BEGIN RSA PRIVATE KEY-----",
+        ] {
+            assert!(secret_in_text(secret).is_some(), "{secret}");
+        }
+        for ordinary in [
+            "https://github.com/me/repo.git",
+            "+refs/heads/*:refs/remotes/origin/*",
+            "ghp_short",
+            "task-list: ask-about-it",
+            "commit (amend): fix the key lookup",
+            "git@github.com:me/repo.git",
+            "https://h/search?q=keyboard&design=1",
+            "sk-learn-model-selection-and-more",
+        ] {
+            assert_eq!(secret_in_text(ordinary), None, "{ordinary}");
         }
     }
 
