@@ -247,3 +247,64 @@ fn a_ref_name_that_is_not_utf8_refuses_the_whole_push() {
     assert!(!empty.status.success(), "an empty push is refused");
     assert_eq!(repos.upstream_ref("agent/x"), repos.c1);
 }
+
+/// Found by review: two pushes at once each read the record of deleted
+/// refs, added their own and wrote it back, so one delete was forgotten
+/// and its ref could later be re-created anywhere. Hooks of one mirror
+/// take turns now; every delete is remembered.
+#[test]
+fn concurrent_deletes_are_all_remembered() {
+    let repos = Repos::new();
+    let config_path = repos.dir.path().join("git.json");
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("\"delete\":false", "\"delete\":true");
+    assert!(config.contains("\"delete\":true"), "{config}");
+    std::fs::write(&config_path, config).unwrap();
+    const N: usize = 8;
+    for i in 0..N {
+        for repo in [repos.upstream(), repos.mirror()] {
+            git(
+                &repo,
+                &["update-ref", &format!("refs/heads/agent/d{i}"), &repos.c1],
+            );
+        }
+    }
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_bottle"))
+                .args(["git-hook", "pre-receive"])
+                .current_dir(repos.mirror())
+                .env("BOTTLE_GATE_CONFIG", &config_path)
+                .env("BOTTLE_GIT_ENTRY", "origin")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let line = format!("{} {ZERO} refs/heads/agent/d{i}\n", repos.c1);
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), line.as_bytes()).unwrap();
+            child
+        })
+        .collect();
+    for child in handles {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let record: std::collections::BTreeMap<String, String> = serde_json::from_slice(
+        &std::fs::read(repos.dir.path().join("origin.deleted.json")).unwrap(),
+    )
+    .unwrap();
+    for i in 0..N {
+        assert_eq!(
+            record.get(&format!("refs/heads/agent/d{i}")),
+            Some(&repos.c1),
+            "delete {i} forgotten: {record:?}"
+        );
+    }
+}

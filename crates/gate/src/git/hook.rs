@@ -80,6 +80,16 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
         eprintln!("bot-bottle: a push without updates; nothing was pushed");
         return 1;
     }
+    // One push of a mirror at a time, whatever started it: the gate holds
+    // the mirror's lock while receive-pack runs, and this lock keeps the
+    // record of deleted refs read, judged and written by one hook alone.
+    let _turn = match take_turn(&config.git.dir, &entry.name) {
+        Ok(lock) => lock,
+        Err(err) => {
+            eprintln!("bot-bottle: cannot lock the mirror ({err}); nothing was pushed");
+            return 1;
+        }
+    };
     let current = match current_refs() {
         Ok(refs) => refs,
         Err(err) => {
@@ -184,6 +194,19 @@ pub fn pre_receive(config: &Path, entry: &str, input: impl BufRead) -> i32 {
             1
         }
     }
+}
+
+/// An exclusive lock on `DIR/NAME.lock`, held until it is dropped.
+fn take_turn(dir: &Path, remote: &str) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let path = dir.join(format!("{remote}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| format!("{}: {errno}", path.display()))
 }
 
 /// Where the values of refs deleted through the gate are kept.

@@ -39,6 +39,9 @@ type Body = BoxBody<Bytes, std::io::Error>;
 
 /// How long fetching from an upstream may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a git service on a mirror may run (it holds the mirror's lock
+/// meanwhile): a client that stops sending frees the mirror after this.
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The gate's configuration inside the gate container (for the hook).
 pub const CONFIG_ENV: &str = "BOTTLE_GATE_CONFIG";
 /// Which entry a hook runs for.
@@ -85,8 +88,9 @@ pub struct Git {
     config: GitConfig,
     gate_config: PathBuf,
     audit: Arc<Audit>,
-    /// One lock per mirror: fetches and pushes of a mirror take turns.
-    locks: HashMap<String, Mutex<bool>>,
+    /// One lock per mirror: fetches and pushes of a mirror take turns, and
+    /// a push holds it until receive-pack (and its hook) has exited.
+    locks: HashMap<String, Arc<Mutex<bool>>>,
 }
 
 impl Git {
@@ -94,7 +98,7 @@ impl Git {
         let locks = config
             .entries
             .iter()
-            .map(|e| (e.name.clone(), Mutex::new(false)))
+            .map(|e| (e.name.clone(), Arc::new(Mutex::new(false))))
             .collect();
         Git {
             config,
@@ -185,7 +189,7 @@ impl Git {
             Some(lock) => lock,
             None => return plain(StatusCode::INTERNAL_SERVER_ERROR, "no lock\n"),
         };
-        let mut ready = lock.lock().await;
+        let mut ready = Arc::clone(lock).lock_owned().await;
         if !*ready {
             if let Err(err) = self.init(entry).await {
                 return plain(
@@ -206,9 +210,10 @@ impl Git {
                 &format!("bottle git gate: cannot fetch from the upstream of {name}: {err}\n"),
             );
         }
-        let response = self.run(entry, service, req.into_body()).await;
-        drop(ready);
-        response
+        // The lock goes with the git process, and is released when it
+        // exits: the answer streams after this returns, and the hook runs
+        // while it does.
+        self.run(entry, service, req.into_body(), ready).await
     }
 
     /// Creates the bare mirror of `entry` if it is missing, and sets its
@@ -294,6 +299,7 @@ impl Git {
         entry: &GitEntryConfig,
         service: Service,
         body: Incoming,
+        lock: tokio::sync::OwnedMutexGuard<bool>,
     ) -> Response<Body> {
         let mirror = self.mirror(&entry.name);
         let (name, advertise) = match service {
@@ -340,14 +346,22 @@ impl Git {
         };
         let stderr = child.stderr.take();
         tokio::spawn(async move {
-            if let Some(mut stderr) = stderr {
-                let mut sink = Vec::new();
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut sink).await;
-                if !sink.is_empty() {
-                    tracing::debug!(stderr = %String::from_utf8_lossy(&sink), "git");
+            let ran = tokio::time::timeout(SERVICE_TIMEOUT, async {
+                if let Some(mut stderr) = stderr {
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut sink).await;
+                    if !sink.is_empty() {
+                        tracing::debug!(stderr = %String::from_utf8_lossy(&sink), "git");
+                    }
                 }
+                child.wait().await
+            })
+            .await;
+            if ran.is_err() {
+                tracing::warn!("git service ran past its time limit; stopped");
+                let _ = child.kill().await;
             }
-            let _ = child.wait().await;
+            drop(lock);
         });
         let stream = ReaderStream::with_capacity(stdout, 64 << 10).map_ok(Frame::data);
         let mut prefix = Vec::new();
