@@ -25,6 +25,7 @@ fn allowlist_decides_what_leaves() {
         curl("tunnel_bad_port", "https://allowed.test:8443/"),
         curl("tunnel_forbidden", "https://forbidden.test/"),
         curl("explicit_port", "http://other.allowed.test:8080/"),
+        curl("transfer_coding", "http://allowed.test:8081/te"),
         curl(
             "origin_form",
             "--noproxy '*' --connect-to ::127.0.0.1:3128 http://allowed.test/",
@@ -87,6 +88,17 @@ fn allowlist_decides_what_leaves() {
         probe
             .get("explicit_port_body")
             .starts_with("bottle gate: upstream error:")
+    );
+
+    // A body still under a transfer coding is not passed on as if it
+    // were plain.
+    assert_eq!(probe.get("transfer_coding"), "502");
+    assert!(
+        probe
+            .get("transfer_coding_body")
+            .contains("transfer-coding \"gzip\""),
+        "{}",
+        probe.get("transfer_coding_body")
     );
 
     assert_eq!(

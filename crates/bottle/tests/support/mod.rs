@@ -354,13 +354,15 @@ pub const SECRET_VAR: &str = "BBTEST_ROUTE_TOKEN";
 
 /// The default test manifest: agent `probe` (and `sigint`, `killgate`) in
 /// a bottle that allows `allowed.test` on the default ports (and 80 for
-/// CONNECT, 8444 where the certificate is untrusted), `route.test` with a
+/// CONNECT, 8444 where the certificate is untrusted, 8081 where the origin
+/// answers in raw HTTP/1.1 of its own), `route.test` with a
 /// credential route, the gate on the test's network trusting the test CA.
 pub fn default_manifest(network: &str, ca: &Path, extra_allow: &[&str]) -> serde_json::Value {
     let mut allow = vec![
         "allowed.test",
         "allowed.test:80",
         "allowed.test:8444",
+        "allowed.test:8081",
         "other.allowed.test:8080",
         "route.test",
     ];

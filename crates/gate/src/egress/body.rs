@@ -59,6 +59,30 @@ pub fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, String> {
     Ok(out)
 }
 
+/// The transfer codings of an HTTP/1 message, lowercased, in order;
+/// anything that is not text counts as one the gate cannot read.
+pub fn transfer_codings(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| match value.to_str() {
+            Ok(text) => text
+                .split(',')
+                .map(|c| {
+                    // Parameters (`;q=…`) do not change the coding.
+                    c.split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>(),
+            Err(_) => vec!["(not text)".to_owned()],
+        })
+        .collect()
+}
+
 /// Why a compressed body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inflate {

@@ -206,6 +206,20 @@ impl Egress {
             }
         };
 
+        // A transfer coding other than chunked (`gzip, chunked`) would
+        // reach the agent still applied, past the scan and under no header
+        // that says so: the response is not passed on.
+        if let Some(coding) = body::transfer_codings(response.headers())
+            .into_iter()
+            .find(|c| c != "chunked")
+        {
+            return self.refuse(
+                fields,
+                Refusal::upstream(format!(
+                    "the upstream sent the response with transfer-coding {coding:?}; the gate passes on chunked only"
+                )),
+            );
+        }
         let unreadable = !matches!(body::codings(response.headers()), Ok(c) if c.is_empty());
         if scanning && unreadable && !response.body().is_end_stream() {
             return self.refuse(

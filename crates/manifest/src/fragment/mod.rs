@@ -163,7 +163,22 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, FragmentError> {
                 run(rest, &lines, &mut i, first)?
             }
             "ENV" => Op::Env(pairs(rest, first, true)?),
-            "LABEL" => Op::Label(pairs(rest, first, false)?),
+            "LABEL" => {
+                let labels = pairs(rest, first, false)?;
+                // bot-bottle's own labels name a bottle's image and its
+                // inputs; a fragment may not set them, by any spelling.
+                if let Some((key, _)) = labels.iter().find(|(k, _)| {
+                    k.contains('$') || k.to_ascii_lowercase().starts_with("bot-bottle.")
+                }) {
+                    return refuse(
+                        Some(first),
+                        format!(
+                            "LABEL {key:?}: names starting with bot-bottle. are bot-bottle's own, and a label's name is written out, not expanded"
+                        ),
+                    );
+                }
+                Op::Label(labels)
+            }
             "ARG" => {
                 let words = words(rest, first)?;
                 match words.as_slice() {
@@ -675,6 +690,10 @@ mod tests {
             "WORKDIR",
             "RUN",
             "RUN echo 'unclosed",
+            "LABEL bot-bottle.inputs=x",
+            "LABEL a=b \"BOT-BOTTLE.managed\"=true",
+            "LABEL bot\\-bottle.identity=x",
+            "LABEL ${P}.inputs=x",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }
