@@ -96,7 +96,7 @@ fn allowlist_decides_what_leaves() {
     assert!(
         probe
             .get("transfer_coding_body")
-            .contains("transfer-coding \"gzip\""),
+            .contains("transfer-coding \"gzip, chunked\""),
         "{}",
         probe.get("transfer_coding_body")
     );

@@ -130,8 +130,10 @@ fn dropped(
         }
         ("alias", _) => value.is_some_and(|v| v.trim_start().starts_with('!')),
         ("filter", "clean" | "smudge" | "process")
-        | ("diff", "textconv" | "command")
-        | ("merge", "driver") => true,
+        | ("diff", "textconv" | "command" | "external")
+        | ("merge", "driver")
+        | ("mergetool" | "difftool", "cmd")
+        | ("gpg", "program") => true,
         _ => false,
     };
     if command {
@@ -161,8 +163,14 @@ fn dropped(
         "apikey",
         "api-key",
         "privatekey",
+        "accesskey",
+        "credential",
+        "auth",
     ];
-    if SECRET_WORDS.iter().any(|w| name.contains(w)) || name.ends_with("pass") {
+    if SECRET_WORDS.iter().any(|w| name.contains(w))
+        || name.ends_with("pass")
+        || matches!(name, "pat" | "key")
+    {
         return Some("its name says it holds a secret");
     }
     None
@@ -306,6 +314,9 @@ mod tests {
                 )),
             ),
             ("gitlab.note", Some("header Authorization: hunter7")),
+            ("azure.pat", Some("hunter8")),
+            ("cloud.accesskey", Some("hunter9")),
+            ("diff.external", Some("differ --token hunter10")),
         ]);
         let out = filter(&input);
         for gone in [
@@ -323,6 +334,9 @@ mod tests {
             "hunter5",
             "hunter6",
             "hunter7",
+            "hunter8",
+            "hunter9",
+            "hunter10",
             "a1a1",
             "b2b2",
             "tok@",

@@ -16,6 +16,7 @@
 //! information of the URLs they mention.
 
 pub mod gitconfig;
+pub mod objects;
 pub mod secrets;
 pub mod tracked;
 
@@ -43,6 +44,9 @@ pub struct Selection {
     pub left_out: Vec<LeftOut>,
     /// What was removed from the git configuration, for the preflight.
     pub changes: Vec<String>,
+    /// Git directories (`.git`, `.git/modules/NAME`) whose objects are
+    /// packed anew for the copy.
+    pub git_dirs: BTreeSet<PathBuf>,
 }
 
 /// Chooses what a copy of `workspace.source` takes.
@@ -52,8 +56,10 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
     let mut selection = Selection::default();
     let mut candidates = BTreeSet::new();
     let mut tracked = BTreeSet::new();
-    if workspace.mode == "git" {
-        refuse_linked_checkout(source)?;
+    if workspace.mode == "git" || workspace.mode == "git-subdir" {
+        if workspace.mode == "git" {
+            refuse_linked_checkout(source)?;
+        }
         let listed = tracked::list(source)?;
         tracked = tracked::paths(&listed);
         let choice = tracked::choose(source, &listed, &included)?;
@@ -67,10 +73,12 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
             selection.rewritten.insert(rel, bytes);
         }
         candidates = git_files(source, &["--others", "--exclude-standard"])?;
-        let mut git_dir = BTreeSet::new();
-        walk(source, Path::new(".git"), &mut git_dir)?;
-        for rel in git_dir {
-            git_internal(source, rel, &included, &mut selection)?;
+        if workspace.mode == "git" {
+            let mut git_dir = BTreeSet::new();
+            walk(source, Path::new(".git"), &mut git_dir)?;
+            for rel in git_dir {
+                git_internal(source, rel, &included, &mut selection)?;
+            }
         }
     } else {
         let mut all = BTreeSet::new();
@@ -86,6 +94,19 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
             }
         }
     }
+    // A path through a symbolic link to a directory would be read from
+    // wherever the link points: the link goes in, never what is behind it.
+    for rel in tracked.iter().chain(&candidates) {
+        if through_link(source, rel) {
+            selection.left_out.push(LeftOut {
+                path: rel.clone(),
+                reason: "it is reached through a symbolic link (the link goes in, not what it points to)".to_owned(),
+            });
+        }
+    }
+    let linked: BTreeSet<PathBuf> = selection.left_out.iter().map(|l| l.path.clone()).collect();
+    tracked.retain(|rel| !linked.contains(rel));
+    candidates.retain(|rel| !linked.contains(rel));
     let mut files: BTreeSet<PathBuf> = tracked;
     for rel in candidates {
         if files.contains(&rel) {
@@ -130,6 +151,17 @@ fn refuse_linked_checkout(source: &Path) -> io::Result<()> {
     ))
 }
 
+/// Whether a directory on the way to `rel` (under `source`) is a symbolic
+/// link.
+fn through_link(source: &Path, rel: &Path) -> bool {
+    rel.ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .any(|a| {
+            std::fs::symlink_metadata(source.join(a)).is_ok_and(|m| m.file_type().is_symlink())
+        })
+}
+
 /// What a plan's preflight says about a copy: left out and changed.
 pub fn survey(workspace: &mut WorkspacePlan) -> io::Result<()> {
     let selection = select(workspace)?;
@@ -166,66 +198,91 @@ fn git_files(source: &Path, args: &[&str]) -> io::Result<BTreeSet<PathBuf>> {
 
 /// Where `rel` (a file under a `.git`) is in the git directory that holds
 /// it — the repository's, a submodule's (`modules/NAME/`) or a worktree's
-/// (`worktrees/NAME/`) — if it is a part git needs: `None` for anything
-/// else.
-fn git_part(source: &Path, rel: &Path) -> Option<PathBuf> {
+/// (`worktrees/NAME/`): `Ok(part)` if it is a part git needs, else
+/// `Err(top)`, the top of what it is in (`.git/hooks`, `.git/config.bak`),
+/// so that what is left out is reported once per directory.
+fn git_part(source: &Path, rel: &Path) -> Result<PathBuf, PathBuf> {
     let parts: Vec<_> = rel.components().collect();
-    let mut root = parts.iter().position(|p| p.as_os_str() == ".git")? + 1;
+    let Some(dot_git) = parts.iter().position(|p| p.as_os_str() == ".git") else {
+        return Err(rel.to_owned());
+    };
+    let mut root = dot_git + 1;
+    let top = |end: usize| -> PathBuf { parts[..(end + 1).min(parts.len())].iter().collect() };
     // Into nested git directories: the shortest path under `modules/` or
     // `worktrees/` that has a `HEAD` of its own.
     while let Some("modules" | "worktrees") = parts.get(root).and_then(|p| p.as_os_str().to_str()) {
-        let nested = (root + 2..parts.len()).find(|&end| {
+        let Some(nested) = (root + 2..parts.len()).find(|&end| {
             let dir: PathBuf = parts[..end].iter().collect();
             source.join(dir).join("HEAD").is_file()
-        })?;
+        }) else {
+            return Err(top(root));
+        };
         root = nested;
     }
     let rest: PathBuf = parts[root..].iter().collect();
-    let first = rest.components().next()?.as_os_str().to_str()?.to_owned();
-    let needed = matches!(
-        first.as_str(),
+    let Some(first) = rest
+        .components()
+        .next()
+        .and_then(|c| c.as_os_str().to_str())
+        .map(str::to_owned)
+    else {
+        return Err(top(root));
+    };
+    let second = rest
+        .components()
+        .nth(1)
+        .and_then(|c| c.as_os_str().to_str())
+        .unwrap_or_default();
+    let needed = match first.as_str() {
         "HEAD"
-            | "ORIG_HEAD"
-            | "FETCH_HEAD"
-            | "MERGE_HEAD"
-            | "MERGE_MSG"
-            | "MERGE_MODE"
-            | "MERGE_RR"
-            | "AUTO_MERGE"
-            | "CHERRY_PICK_HEAD"
-            | "REVERT_HEAD"
-            | "REBASE_HEAD"
-            | "BISECT_LOG"
-            | "BISECT_START"
-            | "BISECT_TERMS"
-            | "BISECT_NAMES"
-            | "BISECT_EXPECTED_REV"
-            | "BISECT_ANCESTORS_OK"
-            | "COMMIT_EDITMSG"
-            | "SQUASH_MSG"
-            | "TAG_EDITMSG"
-            | "description"
-            | "index"
-            | "sharedindex"
-            | "packed-refs"
-            | "shallow"
-            | "config"
-            | "config.worktree"
-            | "commondir"
-            | "gitdir"
-            | "objects"
-            | "refs"
-            | "logs"
-            | "info"
-            | "remotes"
-            | "branches"
-            | "rr-cache"
-            | "sequencer"
-            | "rebase-merge"
-            | "rebase-apply"
-            | "lfs"
-    ) || first.starts_with("sharedindex.");
-    needed.then_some(rest)
+        | "MERGE_HEAD"
+        | "MERGE_MSG"
+        | "MERGE_MODE"
+        | "MERGE_RR"
+        | "AUTO_MERGE"
+        | "CHERRY_PICK_HEAD"
+        | "REVERT_HEAD"
+        | "REBASE_HEAD"
+        | "BISECT_LOG"
+        | "BISECT_START"
+        | "BISECT_TERMS"
+        | "BISECT_NAMES"
+        | "BISECT_EXPECTED_REV"
+        | "BISECT_ANCESTORS_OK"
+        | "COMMIT_EDITMSG"
+        | "SQUASH_MSG"
+        | "TAG_EDITMSG"
+        | "description"
+        | "index"
+        | "packed-refs"
+        | "shallow"
+        | "config"
+        | "config.worktree"
+        | "commondir"
+        | "gitdir"
+        | "objects"
+        | "refs"
+        | "remotes"
+        | "branches"
+        | "rr-cache"
+        | "sequencer"
+        | "rebase-merge"
+        | "rebase-apply" => true,
+        "info" => matches!(second, "exclude" | "attributes" | "sparse-checkout"),
+        // LFS's own objects; not its logs (a crash log names endpoints
+        // and environment).
+        "lfs" => second == "objects",
+        name => name.starts_with("sharedindex."),
+    };
+    let top = |end: usize| -> PathBuf {
+        let depth = if matches!(first.as_str(), "info" | "lfs") {
+            2
+        } else {
+            1
+        };
+        parts[..(end + depth).min(parts.len())].iter().collect()
+    };
+    if needed { Ok(rest) } else { Err(top(root)) }
 }
 
 /// One file under `.git`: left out, rewritten or copied.
@@ -240,31 +297,91 @@ fn git_internal(
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     let full = source.join(&rel);
-    let Some(part) = git_part(source, &rel) else {
-        if included(&rel) {
+    let part = match git_part(source, &rel) {
+        Ok(part) => part,
+        Err(_) if included(&rel) => {
             selection.files.push(rel);
-        } else {
+            return Ok(());
+        }
+        Err(top) => {
+            let top_name = top
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let reason = if name.contains("credentials") {
                 "git's credential store"
+            } else if matches!(top_name.as_str(), "logs" | "ORIG_HEAD" | "FETCH_HEAD") {
+                "it reaches commits no branch does (what a reset, an amend or a fetch left behind)"
             } else {
                 "not part of what git needs (hooks, backups, a tool's own files)"
             };
-            selection.left_out.push(LeftOut {
-                path: rel,
-                reason: reason.to_owned(),
-            });
+            // Once per directory left out (`.git/hooks`), not per file.
+            if !selection.left_out.iter().any(|l| l.path == top) {
+                selection.left_out.push(LeftOut {
+                    path: top,
+                    reason: reason.to_owned(),
+                });
+            }
+            return Ok(());
         }
-        return Ok(());
     };
-    // Files that record URLs as text: the reflogs, FETCH_HEAD, and the
-    // legacy `remotes/` and `branches/` remote definitions.
     let first = part
         .components()
         .next()
         .and_then(|c| c.as_os_str().to_str())
         .unwrap_or_default();
-    let names_urls = matches!(first, "logs" | "remotes" | "branches" | "FETCH_HEAD");
-    if part == Path::new("config") || part == Path::new("config.worktree") {
+    let git_dir: PathBuf = {
+        let depth = rel.components().count() - part.components().count();
+        rel.components().take(depth).collect()
+    };
+    // The object store is packed anew from what the copy keeps
+    // ([`objects`]); no file of it is copied as it is.
+    if first == "objects" {
+        selection.git_dirs.insert(git_dir);
+        return Ok(());
+    }
+    let ref_name = part.to_string_lossy().replace('\\', "/");
+    if objects::is_dropped_ref(&ref_name) {
+        let top = git_dir.join(if ref_name.starts_with("refs/stash") {
+            "refs/stash"
+        } else {
+            "refs/original"
+        });
+        if !selection.left_out.iter().any(|l| l.path == top) {
+            selection.left_out.push(LeftOut {
+                path: top,
+                reason: DROPPED_REFS.to_owned(),
+            });
+        }
+        return Ok(());
+    }
+    // The legacy `remotes/` and `branches/` remote definitions record URLs.
+    let names_urls = matches!(first, "remotes" | "branches");
+    if part == Path::new("packed-refs") {
+        let text = fs_err::read_to_string(&full)?;
+        let mut kept = String::with_capacity(text.len());
+        let mut dropping = false;
+        for line in text.split_inclusive('\n') {
+            // `^ID` lines peel the tag on the line before.
+            if line.starts_with('^') {
+                if !dropping {
+                    kept.push_str(line);
+                }
+                continue;
+            }
+            let name = line.split_whitespace().nth(1).unwrap_or_default();
+            dropping = objects::is_dropped_ref(name);
+            if !dropping {
+                kept.push_str(line);
+            }
+        }
+        if kept != text {
+            selection
+                .changes
+                .push(format!("{}: {DROPPED_REFS}; left out", rel.display()));
+        }
+        selection.rewritten.insert(rel, kept.into_bytes());
+    } else if part == Path::new("config") || part == Path::new("config.worktree") {
         let sanitized = gitconfig::sanitize(source, &full)?;
         for change in sanitized.changes {
             selection
@@ -300,11 +417,28 @@ fn git_internal(
                 reason: "a git log that is not text (it may name URLs with credentials)".to_owned(),
             }),
         }
+    } else if !matches!(first, "index" | "refs" | "rr-cache" | "lfs")
+        && !first.starts_with("sharedindex.")
+        && let Some(why) = secrets::why_secret(&rel, &full).or_else(|| {
+            fs_err::read(&full)
+                .ok()
+                .and_then(|b| secrets::secret_in_text(&String::from_utf8_lossy(&b)))
+        })
+    {
+        // Free text git keeps (a merge message naming the URL pulled, a
+        // rebase's todo list with its `exec` lines).
+        selection.left_out.push(LeftOut {
+            path: rel,
+            reason: format!("git's own text, but {why}"),
+        });
     } else {
         selection.files.push(rel);
     }
     Ok(())
 }
+
+/// Why the stash and `refs/original` stay out.
+const DROPPED_REFS: &str = "the stash and filter-branch's backup keep what the branches do not (ignored files, rewritten-away history)";
 
 fn walk(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) -> io::Result<()> {
     for entry in fs_err::read_dir(root.join(rel))? {
@@ -350,6 +484,21 @@ pub fn write_tar(workspace: &WorkspacePlan, tx: Sender<Bytes>) -> io::Result<Cop
         })
         .filter(|d| !d.as_os_str().is_empty())
         .collect();
+    let mut dirs = dirs;
+    for git_dir in &selection.git_dirs {
+        // git knows a repository by these, empty or not (refs may all be
+        // packed).
+        for sub in [
+            "objects",
+            "objects/pack",
+            "objects/info",
+            "refs",
+            "refs/heads",
+            "refs/tags",
+        ] {
+            dirs.insert(git_dir.join(sub));
+        }
+    }
     for dir in &dirs {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Directory);
@@ -382,6 +531,22 @@ pub fn write_tar(workspace: &WorkspacePlan, tx: Sender<Bytes>) -> io::Result<Cop
         tar.append_data(&mut header, rel, &bytes[..])?;
         copied.bytes += bytes.len() as u64;
         copied.files += 1;
+    }
+    for git_dir in &selection.git_dirs {
+        let scratch = tempfile::tempdir()?;
+        for file in objects::pack(&source.join(git_dir), scratch.path())? {
+            let meta = fs_err::metadata(&file)?;
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o444);
+            header.set_size(meta.len());
+            own(&mut header);
+            let name = git_dir
+                .join("objects/pack")
+                .join(file.file_name().unwrap_or_default());
+            tar.append_data(&mut header, name, fs_err::File::open(&file)?)?;
+            copied.bytes += meta.len();
+            copied.files += 1;
+        }
     }
     copied.left_out = selection.left_out.len();
     let mut writer = tar.into_inner()?;
@@ -600,6 +765,170 @@ mod git_tests {
         );
     }
 
+    /// The copy as the bottle gets it, unpacked into a directory.
+    fn copy_of(source: &Path) -> tempfile::TempDir {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let plan = plan(source, &[]);
+        let writer = std::thread::spawn(move || write_tar(&plan, tx).unwrap());
+        let mut tar = Vec::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            tar.extend_from_slice(&chunk);
+        }
+        writer.join().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        tar::Archive::new(&tar[..]).unpack(out.path()).unwrap();
+        out
+    }
+
+    fn git_out(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Found by review: the object store went in as it was, and with it a
+    /// stash of ignored files, a blob added and unstaged, the history
+    /// filter-branch kept, and commits only a reflog reaches.
+    #[test]
+    fn only_reachable_objects_go_in() {
+        let dir = repo();
+        let root = dir.path();
+        std::fs::write(root.join(".gitignore"), ".env\n").unwrap();
+        git(root, &["add", ".gitignore"]);
+        git(root, &["commit", "-q", "-m", "ignore"]);
+        // A stash of the ignored .env.
+        std::fs::write(root.join(".env"), "TOKEN=stashed-s3cret\n").unwrap();
+        git(root, &["stash", "-q", "-a"]);
+        // A blob added and then unstaged.
+        std::fs::write(root.join("oops.txt"), "TOKEN=unstaged-s3cret\n").unwrap();
+        git(root, &["add", "oops.txt"]);
+        git(root, &["rm", "-q", "--cached", "oops.txt"]);
+        std::fs::remove_file(root.join("oops.txt")).unwrap();
+        // A commit reset away: only the reflog and ORIG_HEAD reach it.
+        std::fs::write(root.join("README"), "TOKEN=reset-s3cret\n").unwrap();
+        git(root, &["commit", "-q", "-am", "oops"]);
+        git(root, &["reset", "-q", "--hard", "HEAD~1"]);
+        // A backup ref as filter-branch leaves it.
+        git(
+            root,
+            &["update-ref", "refs/original/refs/heads/main", "HEAD"],
+        );
+        git(root, &["pack-refs", "--all"]);
+        // A staged change, which the copy must keep.
+        std::fs::write(root.join("new.txt"), "staged\n").unwrap();
+        git(root, &["add", "new.txt"]);
+
+        let copy = copy_of(root);
+        let all = git_out(
+            copy.path(),
+            &["cat-file", "--batch-all-objects", "--batch", "--unordered"],
+        );
+        assert!(!all.contains("s3cret"), "{all}");
+        assert!(!copy.path().join(".git/logs").exists());
+        assert!(!copy.path().join(".git/ORIG_HEAD").exists());
+        let packed = std::fs::read_to_string(copy.path().join(".git/packed-refs")).unwrap();
+        assert!(!packed.contains("refs/original"), "{packed}");
+        assert!(packed.contains("refs/heads/main"), "{packed}");
+        // The copy is a whole repository: history, the staged file.
+        git_out(copy.path(), &["fsck", "--no-dangling"]);
+        assert!(git_out(copy.path(), &["log", "--oneline"]).contains("ignore"));
+        let status = git_out(copy.path(), &["status", "--porcelain"]);
+        assert_eq!(status.trim(), "A  new.txt", "{status}");
+    }
+
+    /// Found by review: a tracked directory replaced by a link to
+    /// elsewhere was read through the link, and a tracked link replaced
+    /// by a file skipped every check.
+    #[test]
+    fn links_are_not_followed_out_and_a_replaced_link_is_looked_at() {
+        let dir = repo();
+        let root = dir.path();
+        std::fs::create_dir(root.join("config")).unwrap();
+        std::fs::write(root.join("config/settings.yml"), "db: placeholder\n").unwrap();
+        std::os::unix::fs::symlink("settings.env", root.join("link.env")).unwrap();
+        git(root, &["add", "."]);
+        git(root, &["commit", "-q", "-m", "links"]);
+        let private = tempfile::tempdir().unwrap();
+        std::fs::write(private.path().join("settings.yml"), "db: real-s3cret\n").unwrap();
+        std::fs::remove_dir_all(root.join("config")).unwrap();
+        std::os::unix::fs::symlink(private.path(), root.join("config")).unwrap();
+        std::fs::remove_file(root.join("link.env")).unwrap();
+        std::fs::write(root.join("link.env"), "TOKEN=real-s3cret\n").unwrap();
+        let selection = select(&plan(root, &[])).unwrap();
+        let left_out: Vec<&Path> = selection
+            .left_out
+            .iter()
+            .map(|l| l.path.as_path())
+            .collect();
+        assert!(
+            left_out.contains(&Path::new("config/settings.yml")),
+            "{left_out:?}"
+        );
+        assert!(left_out.contains(&Path::new("link.env")), "{left_out:?}");
+        let copy = copy_of(root);
+        let mut found = Vec::new();
+        let mut stack = vec![copy.path().to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let kind = entry.file_type().unwrap();
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else if kind.is_file()
+                    && String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap())
+                        .contains("real-s3cret")
+                {
+                    found.push(entry.path());
+                }
+            }
+        }
+        assert!(found.is_empty(), "{found:?}");
+    }
+
+    /// Found by review: `--cwd` at a directory inside a repository copied
+    /// every file, ignored ones and hidden local values included.
+    #[test]
+    fn a_directory_inside_a_repository_is_copied_by_git_rules() {
+        let dir = repo();
+        let root = dir.path();
+        std::fs::create_dir(root.join("app")).unwrap();
+        std::fs::write(root.join("app/.gitignore"), "local.yml\n").unwrap();
+        std::fs::write(root.join("app/main.rs"), "fn main() {}\n").unwrap();
+        std::fs::write(root.join("app/tracked.cfg"), "v=placeholder\n").unwrap();
+        git(root, &["add", "."]);
+        git(root, &["commit", "-q", "-m", "app"]);
+        git(
+            root,
+            &["update-index", "--skip-worktree", "app/tracked.cfg"],
+        );
+        std::fs::write(root.join("app/tracked.cfg"), "v=real-s3cret\n").unwrap();
+        std::fs::write(root.join("app/local.yml"), "password: real\n").unwrap();
+        std::fs::write(root.join("app/new.rs"), "// new\n").unwrap();
+        let mut plan = plan(&root.join("app"), &[]);
+        plan.mode = "git-subdir";
+        let selection = select(&plan).unwrap();
+        let copied: Vec<&Path> = selection.files.iter().map(PathBuf::as_path).collect();
+        assert!(copied.contains(&Path::new("main.rs")), "{copied:?}");
+        assert!(copied.contains(&Path::new("new.rs")), "{copied:?}");
+        assert!(!copied.contains(&Path::new("local.yml")), "{copied:?}");
+        assert_eq!(
+            selection.rewritten.get(Path::new("tracked.cfg")).unwrap(),
+            b"v=placeholder\n"
+        );
+        assert!(selection.git_dirs.is_empty());
+    }
+
     #[test]
     fn a_linked_worktree_is_refused_with_the_way_round() {
         let dir = repo();
@@ -654,8 +983,8 @@ mod git_tests {
             .collect();
         for path in [
             ".git/config.bak",
-            ".git/git-crypt/keys/default",
-            ".git/hooks/pre-push",
+            ".git/git-crypt",
+            ".git/hooks",
             ".git/modules/lib/notes.bak",
             ".git/FETCH_HEAD",
         ] {

@@ -109,6 +109,9 @@ fn by_content(name: &str, content: &[u8]) -> Option<&'static str> {
     if text.contains("aws_secret_access_key") {
         return Some("it holds an AWS secret key");
     }
+    if holds_token(&text) {
+        return Some("it holds a token of a well-known format");
+    }
     None
 }
 
@@ -161,25 +164,8 @@ pub fn secret_in_text(text: &str) -> Option<&'static str> {
     {
         return Some("it holds an authorization header");
     }
-    for (prefix, min) in TOKEN_SHAPES {
-        let mut from = 0;
-        while let Some(at) = text[from..].find(prefix) {
-            let start = from + at;
-            let boundary = text[..start]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !c.is_ascii_alphanumeric());
-            let run: Vec<char> = text[start + prefix.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                .collect();
-            // Random tokens this long hold a digit; words joined by
-            // hyphens (`sk-learn-…`) do not.
-            if boundary && run.len() >= *min && run.iter().any(char::is_ascii_digit) {
-                return Some("it holds a token of a well-known format");
-            }
-            from = start + prefix.len();
-        }
+    if holds_token(text) {
+        return Some("it holds a token of a well-known format");
     }
     // A word of the parameter's name (`private_token`, `X-Amz-Signature`).
     const SECRET_PARAMS: &[&str] = &[
@@ -205,6 +191,31 @@ pub fn secret_in_text(text: &str) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Whether `text` holds a token of a well-known format.
+pub fn holds_token(text: &str) -> bool {
+    for (prefix, min) in TOKEN_SHAPES {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(prefix) {
+            let start = from + at;
+            let boundary = text[..start]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_ascii_alphanumeric());
+            let run: Vec<char> = text[start + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            // Random tokens this long hold a digit; words joined by
+            // hyphens (`sk-learn-…`) do not.
+            if boundary && run.len() >= *min && run.iter().any(char::is_ascii_digit) {
+                return true;
+            }
+            from = start + prefix.len();
+        }
+    }
+    false
 }
 
 /// The first bytes of a regular file.

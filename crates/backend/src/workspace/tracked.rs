@@ -90,7 +90,25 @@ pub fn choose(
     let filtered = filtered(source, files)?;
     let mut second_look: Vec<(&Tracked, String)> = Vec::new();
     for file in files {
-        if file.mode == "120000" || file.mode == "160000" || included(&file.rel) {
+        if included(&file.rel) {
+            continue;
+        }
+        // What the work tree holds decides, not what the index says it
+        // was: a tracked link replaced by a file is a file.
+        let here = std::fs::symlink_metadata(source.join(&file.rel));
+        let kind_changed = match file.mode.as_str() {
+            "120000" => !here.as_ref().is_ok_and(|m| m.file_type().is_symlink()),
+            "160000" => !here.as_ref().is_ok_and(|m| m.is_dir()),
+            _ => !here.as_ref().is_ok_and(|m| m.is_file()),
+        };
+        if kind_changed {
+            choice.left_out.push((
+                file.rel.clone(),
+                "the work tree holds another kind of file than git tracks here (a link replaced by a file, or a directory)".to_owned(),
+            ));
+            continue;
+        }
+        if file.mode == "120000" || file.mode == "160000" {
             continue;
         }
         let why = if file.hidden {
@@ -161,33 +179,27 @@ fn filtered(source: &Path, files: &[Tracked]) -> io::Result<BTreeMap<PathBuf, St
     Ok(result)
 }
 
-/// The blob id of each work-tree file as it is, no filter applied.
+/// The blob id of each work-tree file as it is, no filter applied. Each
+/// file's bytes go to git on its standard input, so no path is ever
+/// quoted or split.
 fn work_tree_blobs(source: &Path, paths: &[&Path]) -> io::Result<Vec<String>> {
-    let mut input = Vec::new();
-    for path in paths {
-        input.extend_from_slice(path.as_os_str().as_encoded_bytes());
-        input.push(b'\n');
-    }
-    let out = git(
-        source,
-        &["hash-object", "--no-filters", "--stdin-paths"],
-        Some(&input),
-    )?;
-    let hashes: Vec<String> = String::from_utf8_lossy(&out)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    if hashes.len() != paths.len() {
-        return Err(io::Error::other(
-            "git hash-object gave fewer ids than files asked for",
-        ));
-    }
-    Ok(hashes)
+    paths
+        .iter()
+        .map(|path| {
+            let bytes = fs_err::read(source.join(path))?;
+            let out = git(
+                source,
+                &["hash-object", "--no-filters", "--stdin"],
+                Some(&bytes),
+            )?;
+            Ok(String::from_utf8_lossy(&out).trim().to_owned())
+        })
+        .collect()
 }
 
 /// Runs `git -C source ARGS`, with `input` on its standard input, and
 /// returns what it printed; a failure names the command.
-fn git(source: &Path, args: &[&str], input: Option<&[u8]>) -> io::Result<Vec<u8>> {
+pub(super) fn git(source: &Path, args: &[&str], input: Option<&[u8]>) -> io::Result<Vec<u8>> {
     let mut child = Command::new("git")
         .arg("-C")
         .arg(source)

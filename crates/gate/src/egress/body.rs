@@ -76,7 +76,8 @@ pub fn transfer_codings(headers: &HeaderMap) -> Vec<String> {
                         .trim()
                         .to_ascii_lowercase()
                 })
-                .filter(|c| !c.is_empty())
+                // `identity` (an obsolete spelling of none) changes nothing.
+                .filter(|c| !c.is_empty() && c != "identity")
                 .collect::<Vec<_>>(),
             Err(_) => vec!["(not text)".to_owned()],
         })
@@ -336,6 +337,18 @@ where
 #[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfer_codings_are_read_whole() {
+        let mut headers = HeaderMap::new();
+        for value in ["gzip, Chunked", "chunked;ext=1"] {
+            headers.append(header::TRANSFER_ENCODING, value.parse().unwrap());
+        }
+        assert_eq!(transfer_codings(&headers), ["gzip", "chunked", "chunked"]);
+        let mut plain = HeaderMap::new();
+        plain.insert(header::TRANSFER_ENCODING, "identity".parse().unwrap());
+        assert!(transfer_codings(&plain).is_empty());
+    }
     use crate::egress::credentials::{Route, Secret};
     use http_body_util::{BodyExt, StreamBody};
     use std::io::Write;

@@ -209,14 +209,14 @@ impl Egress {
         // A transfer coding other than chunked (`gzip, chunked`) would
         // reach the agent still applied, past the scan and under no header
         // that says so: the response is not passed on.
-        if let Some(coding) = body::transfer_codings(response.headers())
-            .into_iter()
-            .find(|c| c != "chunked")
-        {
+        // `chunked, chunked` likewise: the client undoes one.
+        let transfer = body::transfer_codings(response.headers());
+        if !transfer.is_empty() && transfer != ["chunked"] {
             return self.refuse(
                 fields,
                 Refusal::upstream(format!(
-                    "the upstream sent the response with transfer-coding {coding:?}; the gate passes on chunked only"
+                    "the upstream sent the response with transfer-coding {:?}; the gate passes on chunked only",
+                    transfer.join(", ")
                 )),
             );
         }

@@ -205,9 +205,30 @@ fn take_turn(dir: &Path, remote: &str) -> Result<nix::fcntl::Flock<std::fs::File
         .write(true)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, errno)| format!("{}: {errno}", path.display()))
+    // Waited for, but not for ever: a push stuck upstream must not stop
+    // every later one.
+    let deadline = std::time::Instant::now() + TURN_WAIT;
+    let mut file = file;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(format!(
+                    "another push of this mirror has run for over {} s",
+                    TURN_WAIT.as_secs()
+                ));
+            }
+            Err((_, errno)) => return Err(format!("{}: {errno}", path.display())),
+        }
+    }
 }
+
+/// Longest a hook waits for another push of its mirror to finish.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Where the values of refs deleted through the gate are kept.
 pub fn deleted_record(dir: &Path, remote: &str) -> PathBuf {

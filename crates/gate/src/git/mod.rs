@@ -59,6 +59,7 @@ pub fn ssh_command(entry: &GitEntryConfig, dir: &Path) -> String {
     format!(
         "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile={} \
          -o StrictHostKeyChecking={checking} -o ConnectTimeout=10 \
+         -o ServerAliveInterval=15 -o ServerAliveCountMax=4 \
          -o ControlMaster=auto -o ControlPath={} -o ControlPersist=120",
         shell_quote(&entry.identity_file.to_string_lossy()),
         shell_quote(&known_hosts.to_string_lossy()),
@@ -315,7 +316,10 @@ impl Git {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Its own process group, so a time limit stops the hook and
+            // the push it runs with it.
+            .process_group(0);
         git_env(&mut cmd, &self.config.dir);
         let mut child = match cmd.spawn() {
             Ok(child) => child,
@@ -359,6 +363,12 @@ impl Git {
             .await;
             if ran.is_err() {
                 tracing::warn!("git service ran past its time limit; stopped");
+                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
                 let _ = child.kill().await;
             }
             drop(lock);

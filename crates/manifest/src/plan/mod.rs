@@ -591,6 +591,10 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             source: dir.to_owned(),
             mode: if dir.join(".git").exists() {
                 "git"
+            } else if dir.ancestors().skip(1).any(|a| a.join(".git").exists()) {
+                // Inside a repository's work tree: git's rules (ignored
+                // files stay out, hidden local values stay out), no `.git`.
+                "git-subdir"
             } else {
                 "all"
             },

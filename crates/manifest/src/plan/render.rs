@@ -188,6 +188,13 @@ impl Plan {
                     w.source.display()
                 ),
             ),
+            Some(w) if w.mode == "git-subdir" => line(
+                "workspace",
+                &format!(
+                    "a copy of {} (inside a git repository: files git tracks and untracked files it does not ignore; no .git)",
+                    w.source.display()
+                ),
+            ),
             Some(w) => line(
                 "workspace",
                 &format!("a copy of every file in {}", w.source.display()),
