@@ -127,6 +127,13 @@ impl Repos {
     }
 
     fn hook(&self, input: &str) -> Output {
+        self.spawn_hook(input.as_bytes())
+            .wait_with_output()
+            .unwrap()
+    }
+
+    /// The hook, running in the mirror with `input` written to it.
+    fn spawn_hook(&self, input: &[u8]) -> std::process::Child {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bottle"))
             .args(["git-hook", "pre-receive"])
             .current_dir(self.mirror())
@@ -138,8 +145,8 @@ impl Repos {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        child
     }
 
     fn upstream_ref(&self, name: &str) -> String {
@@ -228,19 +235,7 @@ fn a_ref_name_that_is_not_utf8_refuses_the_whole_push() {
     let mut input = format!("{ZERO} {} refs/heads/", repos.c2).into_bytes();
     input.push(0xff);
     input.extend_from_slice(format!("\n{} {} refs/heads/master\n", repos.c1, repos.c2).as_bytes());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bottle"))
-        .args(["git-hook", "pre-receive"])
-        .current_dir(repos.mirror())
-        .env("BOTTLE_GATE_CONFIG", repos.dir.path().join("git.json"))
-        .env("BOTTLE_GIT_ENTRY", "origin")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &input).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = repos.spawn_hook(&input).wait_with_output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not UTF-8"));
     let empty = repos.hook("");
@@ -272,20 +267,8 @@ fn concurrent_deletes_are_all_remembered() {
     }
     let handles: Vec<_> = (0..N)
         .map(|i| {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_bottle"))
-                .args(["git-hook", "pre-receive"])
-                .current_dir(repos.mirror())
-                .env("BOTTLE_GATE_CONFIG", &config_path)
-                .env("BOTTLE_GIT_ENTRY", "origin")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
             let line = format!("{} {ZERO} refs/heads/agent/d{i}\n", repos.c1);
-            std::io::Write::write_all(&mut child.stdin.take().unwrap(), line.as_bytes()).unwrap();
-            child
+            repos.spawn_hook(line.as_bytes())
         })
         .collect();
     for child in handles {

@@ -49,6 +49,19 @@ pub struct Selection {
     pub git_dirs: BTreeSet<PathBuf>,
 }
 
+impl Selection {
+    /// Leaves `path` out once: a directory left out (`.git/hooks`) is
+    /// reported once, not per file.
+    fn leave_out_once(&mut self, path: PathBuf, reason: &str) {
+        if !self.left_out.iter().any(|l| l.path == path) {
+            self.left_out.push(LeftOut {
+                path,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+}
+
 /// Chooses what a copy of `workspace.source` takes.
 pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
     let source = &workspace.source;
@@ -315,13 +328,7 @@ fn git_internal(
             } else {
                 "not part of what git needs (hooks, backups, a tool's own files)"
             };
-            // Once per directory left out (`.git/hooks`), not per file.
-            if !selection.left_out.iter().any(|l| l.path == top) {
-                selection.left_out.push(LeftOut {
-                    path: top,
-                    reason: reason.to_owned(),
-                });
-            }
+            selection.leave_out_once(top, reason);
             return Ok(());
         }
     };
@@ -347,12 +354,7 @@ fn git_internal(
         } else {
             "refs/original"
         });
-        if !selection.left_out.iter().any(|l| l.path == top) {
-            selection.left_out.push(LeftOut {
-                path: top,
-                reason: DROPPED_REFS.to_owned(),
-            });
-        }
+        selection.leave_out_once(top, DROPPED_REFS);
         return Ok(());
     }
     // The legacy `remotes/` and `branches/` remote definitions record URLs.
