@@ -59,6 +59,10 @@ enum Bench {
         /// Seconds per load measurement.
         #[arg(long, default_value = "4")]
         seconds: u64,
+        /// Rounds of every measurement; each figure is the median over
+        /// them, and the two gates swap places from round to round.
+        #[arg(long, default_value = "3")]
+        rounds: usize,
         /// Give the bottle a credential route (to another host), so the
         /// gate reads every request and response for its secret.
         #[arg(long)]
@@ -115,6 +119,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Proxy {
             seconds,
+            rounds,
             route,
             baseline,
             bottle,
@@ -122,7 +127,10 @@ fn main() -> anyhow::Result<()> {
         } => proxy::run(
             &bottle_path(bottle)?,
             &repo,
-            seconds,
+            proxy::Schedule {
+                seconds,
+                rounds: rounds.max(1),
+            },
             route,
             baseline.as_deref(),
         ),

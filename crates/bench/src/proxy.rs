@@ -104,6 +104,30 @@ struct Load {
     latency: Stats,
 }
 
+/// The median of each figure over the rounds: req/s with 1 and with 8
+/// clients, the 1-client latency (median and p90) and the download.
+fn median_round(mut rounds: Vec<(Load, Load, f64)>) -> (Load, Load, f64) {
+    fn mid<T: Copy>(mut values: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+        values.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        values[values.len() / 2]
+    }
+    let one_rps = mid(rounds.iter().map(|r| r.0.rps).collect(), |v| *v);
+    let eight_rps = mid(rounds.iter().map(|r| r.1.rps).collect(), |v| *v);
+    let median = mid(rounds.iter().map(|r| r.0.latency.median).collect(), |d| {
+        d.as_secs_f64()
+    });
+    let p90 = mid(rounds.iter().map(|r| r.0.latency.p90).collect(), |d| {
+        d.as_secs_f64()
+    });
+    let mib = mid(rounds.iter().map(|r| r.2).collect(), |v| *v);
+    let (mut one, mut eight, _) = rounds.swap_remove(0);
+    one.rps = one_rps;
+    one.latency.median = median;
+    one.latency.p90 = p90;
+    eight.rps = eight_rps;
+    (one, eight, mib)
+}
+
 /// `clients` connections each sending small requests for `duration`.
 async fn load(target: &Target, clients: usize, duration: Duration) -> anyhow::Result<Load> {
     let mut tasks = Vec::new();
@@ -398,10 +422,16 @@ fn start_bottle(
     })
 }
 
+/// How long each load runs, and how many times each is measured.
+pub struct Schedule {
+    pub seconds: u64,
+    pub rounds: usize,
+}
+
 pub fn run(
     bottle: &Path,
     repo: &Path,
-    seconds: u64,
+    schedule: Schedule,
     route: bool,
     baseline: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -512,6 +542,7 @@ pub fn run(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let Schedule { seconds, rounds } = schedule;
     let duration = Duration::from_secs(seconds);
     runtime.block_on(async {
         // Warm up every path (leaf minting, pools, mitmproxy's imports).
@@ -523,21 +554,43 @@ pub fn run(
         anyhow::Ok(())
     })?;
 
-    eprintln!("gate with 100 concurrent connections…");
-    runtime.block_on(load(&targets[1], 100, Duration::from_secs(3)))?;
+    // Every gate gets the same history: 100 connections at once, before
+    // any measurement.
+    eprintln!("gates with 100 concurrent connections…");
+    for t in &targets[1..=gates.len()] {
+        runtime.block_on(load(t, 100, Duration::from_secs(3)))?;
+    }
     let (peak_100, _) = memory(&gate)?;
 
-    let mut rows = Vec::new();
-    for t in &targets {
-        eprintln!("measuring {}…", t.name);
-        let (one, eight, mib) = runtime.block_on(async {
-            let one = load(t, 1, duration).await?;
-            let eight = load(t, 8, duration).await?;
-            let mib = download(t).await?;
-            anyhow::Ok((one, eight, mib))
-        })?;
-        rows.push((t.name, one, eight, mib));
+    // Rounds, with the gates in turn measured first (the path measured
+    // first after direct ran slower in an A/A run of one build against
+    // itself); each figure is the median over the rounds.
+    let mut samples: Vec<Vec<(Load, Load, f64)>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order[1..=gates.len()].reverse();
+        }
+        for i in order {
+            let t = &targets[i];
+            eprintln!("round {}/{rounds}: measuring {}…", round + 1, t.name);
+            let measured = runtime.block_on(async {
+                let one = load(t, 1, duration).await?;
+                let eight = load(t, 8, duration).await?;
+                let mib = download(t).await?;
+                anyhow::Ok((one, eight, mib))
+            })?;
+            samples[i].push(measured);
+        }
     }
+    let rows: Vec<_> = targets
+        .iter()
+        .zip(samples)
+        .map(|(t, s)| {
+            let (one, eight, mib) = median_round(s);
+            (t.name, one, eight, mib)
+        })
+        .collect();
     let (peak_end, rss_end) = memory(&gate)?;
     drop(gates);
 
@@ -598,7 +651,7 @@ pub fn run(
         );
     }
     table += &format!(
-        "\n{seconds} s per load, HTTP/1.1 keep-alive to nginx over TLS; the gate and mitmproxy intercept TLS and \
+        "\nMedians of {rounds} rounds (the gates swap places each round), {seconds} s per load, HTTP/1.1 keep-alive to nginx over TLS; the gate and mitmproxy intercept TLS and \
          verify the origin; latency p90 direct {} / gate {} / mitmproxy {}{}.\n",
         ms(direct.1.latency.p90),
         ms(gate_row.1.latency.p90),
