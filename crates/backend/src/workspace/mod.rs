@@ -47,6 +47,8 @@ pub struct Selection {
     /// Git directories (`.git`, `.git/modules/NAME`) whose objects are
     /// packed anew for the copy.
     pub git_dirs: BTreeSet<PathBuf>,
+    /// Rewritten files that are executable (a script taken from the index).
+    pub executable: BTreeSet<PathBuf>,
 }
 
 impl Selection {
@@ -80,8 +82,11 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
             tracked.remove(&rel);
             selection.left_out.push(LeftOut { path: rel, reason });
         }
-        for (rel, (bytes, why)) in choice.from_index {
+        for (rel, (bytes, why, executable)) in choice.from_index {
             tracked.remove(&rel);
+            if executable {
+                selection.executable.insert(rel.clone());
+            }
             selection.changes.push(format!("{}: {why}", rel.display()));
             selection.rewritten.insert(rel, bytes);
         }
@@ -145,7 +150,8 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
 /// with the way round it, rather than copied into a broken repository.
 fn refuse_linked_checkout(source: &Path) -> io::Result<()> {
     let dot_git = source.join(".git");
-    if fs_err::symlink_metadata(&dot_git)?.is_dir() {
+    // A link to a git directory is that directory.
+    if fs_err::metadata(&dot_git)?.is_dir() {
         return Ok(());
     }
     let text = fs_err::read_to_string(&dot_git).unwrap_or_default();
@@ -527,7 +533,11 @@ pub fn write_tar(workspace: &WorkspacePlan, tx: Sender<Bytes>) -> io::Result<Cop
     }
     for (rel, bytes) in &selection.rewritten {
         let mut header = tar::Header::new_gnu();
-        header.set_mode(0o644);
+        header.set_mode(if selection.executable.contains(rel) {
+            0o755
+        } else {
+            0o644
+        });
         header.set_size(bytes.len() as u64);
         own(&mut header);
         tar.append_data(&mut header, rel, &bytes[..])?;
@@ -929,6 +939,31 @@ mod git_tests {
             b"v=placeholder\n"
         );
         assert!(selection.git_dirs.is_empty());
+    }
+
+    /// A script taken from the index keeps its executable bit.
+    #[test]
+    fn a_script_from_the_index_stays_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = repo();
+        let root = dir.path();
+        std::fs::write(root.join("run.sh"), "#!/bin/sh\necho placeholder\n").unwrap();
+        std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        git(root, &["add", "run.sh"]);
+        git(root, &["commit", "-q", "-m", "script"]);
+        git(root, &["update-index", "--skip-worktree", "run.sh"]);
+        std::fs::write(root.join("run.sh"), "#!/bin/sh\necho real-s3cret\n").unwrap();
+        let copy = copy_of(root);
+        let script = copy.path().join("run.sh");
+        assert_eq!(
+            std::fs::read_to_string(&script).unwrap(),
+            "#!/bin/sh\necho placeholder\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&script).unwrap().permissions().mode() & 0o111,
+            0o111
+        );
     }
 
     #[test]

@@ -72,8 +72,9 @@ pub fn list(source: &Path) -> io::Result<Vec<Tracked>> {
 /// What a copy does with tracked files that need a second look.
 #[derive(Debug, Default)]
 pub struct Choice {
-    /// Copied from the index instead of the work tree.
-    pub from_index: BTreeMap<PathBuf, (Vec<u8>, String)>,
+    /// Copied from the index instead of the work tree: the bytes, why, and
+    /// whether git records the file as executable.
+    pub from_index: BTreeMap<PathBuf, (Vec<u8>, String, bool)>,
     /// Left out entirely (a secret in conflict: no one version to take).
     pub left_out: Vec<(PathBuf, String)>,
 }
@@ -146,6 +147,7 @@ pub fn choose(
             (
                 bytes,
                 format!("the working copy differs from the index and {why}; the index's version is copied"),
+                file.mode == "100755",
             ),
         );
     }
