@@ -45,8 +45,9 @@ pub struct Selection {
     /// What was removed from the git configuration, for the preflight.
     pub changes: Vec<String>,
     /// Git directories (`.git`, `.git/modules/NAME`) whose objects are
-    /// packed anew for the copy.
-    pub git_dirs: BTreeSet<PathBuf>,
+    /// packed anew for the copy, each with the files the person named
+    /// (`--include .git/logs`) whose commits the pack must hold too.
+    pub git_dirs: BTreeMap<PathBuf, Vec<PathBuf>>,
     /// Rewritten files that are executable (a script taken from the index).
     pub executable: BTreeSet<PathBuf>,
 }
@@ -318,7 +319,18 @@ fn git_internal(
     let full = source.join(&rel);
     let part = match git_part(source, &rel) {
         Ok(part) => part,
-        Err(_) if included(&rel) => {
+        Err(top) if included(&rel) => {
+            // Named by the person: what it reaches is packed too.
+            let names_commits = top
+                .file_name()
+                .is_some_and(|n| matches!(n.to_str(), Some("logs" | "ORIG_HEAD" | "FETCH_HEAD")));
+            if let (true, Some(git_dir)) = (names_commits, top.parent()) {
+                selection
+                    .git_dirs
+                    .entry(git_dir.to_owned())
+                    .or_default()
+                    .push(rel.clone());
+            }
             selection.files.push(rel);
             return Ok(());
         }
@@ -350,10 +362,19 @@ fn git_internal(
     // The object store is packed anew from what the copy keeps
     // ([`objects`]); no file of it is copied as it is.
     if first == "objects" {
-        selection.git_dirs.insert(git_dir);
+        selection.git_dirs.entry(git_dir).or_default();
         return Ok(());
     }
     let ref_name = part.to_string_lossy().replace('\\', "/");
+    if objects::is_dropped_ref(&ref_name) && included(&rel) {
+        selection
+            .git_dirs
+            .entry(git_dir)
+            .or_default()
+            .push(rel.clone());
+        selection.files.push(rel);
+        return Ok(());
+    }
     if objects::is_dropped_ref(&ref_name) {
         let top = git_dir.join(if ref_name.starts_with("refs/stash") {
             "refs/stash"
@@ -378,9 +399,18 @@ fn git_internal(
                 continue;
             }
             let name = line.split_whitespace().nth(1).unwrap_or_default();
-            dropping = objects::is_dropped_ref(name);
+            let named = included(&git_dir.join(name));
+            dropping = objects::is_dropped_ref(name) && !named;
             if !dropping {
                 kept.push_str(line);
+            }
+            if named && objects::is_dropped_ref(name) {
+                // What the person named must be in the pack too.
+                selection
+                    .git_dirs
+                    .entry(git_dir.clone())
+                    .or_default()
+                    .push(rel.clone());
             }
         }
         if kept != text {
@@ -493,7 +523,7 @@ pub fn write_tar(workspace: &WorkspacePlan, tx: Sender<Bytes>) -> io::Result<Cop
         .filter(|d| !d.as_os_str().is_empty())
         .collect();
     let mut dirs = dirs;
-    for git_dir in &selection.git_dirs {
+    for git_dir in selection.git_dirs.keys() {
         // git knows a repository by these, empty or not (refs may all be
         // packed).
         for sub in [
@@ -544,9 +574,10 @@ pub fn write_tar(workspace: &WorkspacePlan, tx: Sender<Bytes>) -> io::Result<Cop
         copied.bytes += bytes.len() as u64;
         copied.files += 1;
     }
-    for git_dir in &selection.git_dirs {
+    for (git_dir, named) in &selection.git_dirs {
         let scratch = tempfile::tempdir()?;
-        for file in objects::pack(&source.join(git_dir), scratch.path())? {
+        let named: Vec<PathBuf> = named.iter().map(|n| source.join(n)).collect();
+        for file in objects::pack(&source.join(git_dir), &named, scratch.path())? {
             let meta = fs_err::metadata(&file)?;
             let mut header = tar::Header::new_gnu();
             header.set_mode(0o444);
@@ -779,8 +810,12 @@ mod git_tests {
 
     /// The copy as the bottle gets it, unpacked into a directory.
     fn copy_of(source: &Path) -> tempfile::TempDir {
+        copy_including(source, &[])
+    }
+
+    fn copy_including(source: &Path, include: &[&str]) -> tempfile::TempDir {
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let plan = plan(source, &[]);
+        let plan = plan(source, include);
         let writer = std::thread::spawn(move || write_tar(&plan, tx).unwrap());
         let mut tar = Vec::new();
         while let Some(chunk) = rx.blocking_recv() {
@@ -857,6 +892,15 @@ mod git_tests {
         assert!(git_out(copy.path(), &["log", "--oneline"]).contains("ignore"));
         let status = git_out(copy.path(), &["status", "--porcelain"]);
         assert_eq!(status.trim(), "A  new.txt", "{status}");
+
+        // Named by the person, the stash and the reflogs go in whole, with
+        // what they reach.
+        let copy = copy_including(root, &[".git/refs/stash", ".git/logs"]);
+        git_out(copy.path(), &["fsck", "--no-dangling"]);
+        let stash = git_out(copy.path(), &["show", "stash@{0}^3:.env"]);
+        assert_eq!(stash, "TOKEN=stashed-s3cret\n");
+        let reflog = git_out(copy.path(), &["log", "-g", "--format=%s", "HEAD"]);
+        assert!(reflog.contains("oops"), "{reflog}");
     }
 
     /// Found by review: a tracked directory replaced by a link to

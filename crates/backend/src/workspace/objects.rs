@@ -74,10 +74,42 @@ fn tips(git_dir: &Path) -> io::Result<Vec<String>> {
     Ok(tips)
 }
 
+/// The object ids the `files` name (every hex word of the right length)
+/// that the repository has.
+fn existing(git_dir: &Path, files: &[PathBuf]) -> io::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for file in files {
+        let text = fs_err::read_to_string(file).unwrap_or_default();
+        ids.extend(
+            text.split_whitespace()
+                .filter(|w| matches!(w.len(), 40 | 64) && w.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_owned),
+        );
+    }
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let mut input = ids.join("\n").into_bytes();
+    input.push(b'\n');
+    let out = git(
+        git_dir,
+        &["--git-dir=.", "cat-file", "--batch-check=%(objectname)"],
+        Some(&input),
+    )?;
+    // Missing ids come back as `ID missing`.
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| !l.ends_with(" missing") && !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Packs what the copy of `git_dir` keeps into `out` (`pack-ID.pack` and
-/// its `.idx`), and returns the files written.
-pub fn pack(git_dir: &Path, out: &Path) -> io::Result<Vec<PathBuf>> {
-    let tips = tips(git_dir)?;
+/// its `.idx`), and returns the files written. `named`: files the person
+/// named to be copied (a reflog, the stash) whose commits go in too.
+pub fn pack(git_dir: &Path, named: &[PathBuf], out: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut tips = tips(git_dir)?;
+    tips.extend(existing(git_dir, named)?);
     let mut input = tips.join("\n").into_bytes();
     input.push(b'\n');
     let base = out.join("pack");
