@@ -22,8 +22,8 @@ pub mod tracked;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use bottle_manifest::plan::{LeftOut, WorkspacePlan};
 use bytes::Bytes;
@@ -143,7 +143,35 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
     }
     selection.files.extend(files);
     selection.files.sort();
+    clean_indexes(source, &mut selection)?;
     Ok(selection)
+}
+
+/// Every git directory's own index, rewritten as the copy gets it
+/// ([`objects::clean_index`]); the top repository's loses the entries of
+/// the tracked files left out.
+fn clean_indexes(source: &Path, selection: &mut Selection) -> io::Result<()> {
+    let left_out: Vec<PathBuf> = selection
+        .left_out
+        .iter()
+        .map(|l| l.path.clone())
+        .filter(|p| !p.components().any(|c| c.as_os_str() == ".git"))
+        .collect();
+    for git_dir in selection.git_dirs.keys().cloned().collect::<Vec<_>>() {
+        let index = git_dir.join("index");
+        let Some(at) = selection.files.iter().position(|f| *f == index) else {
+            continue;
+        };
+        let remove: &[PathBuf] = if git_dir == Path::new(".git") {
+            &left_out
+        } else {
+            &[]
+        };
+        let cleaned = objects::clean_index(&source.join(&git_dir), &source.join(&index), remove)?;
+        selection.files.remove(at);
+        selection.rewritten.insert(index, cleaned);
+    }
+    Ok(())
 }
 
 /// A linked worktree or a submodule's checkout has a `.git` file naming a
@@ -192,21 +220,9 @@ pub fn survey(workspace: &mut WorkspacePlan) -> io::Result<()> {
 
 /// Files git lists (`git ls-files ARGS`) that exist in the work tree.
 fn git_files(source: &Path, args: &[&str]) -> io::Result<BTreeSet<PathBuf>> {
-    let listed = Command::new("git")
-        .arg("-C")
-        .arg(source)
-        .args(["ls-files", "-z"])
-        .args(args)
-        .output()?;
-    if !listed.status.success() {
-        return Err(io::Error::other(format!(
-            "git ls-files failed in {}: {}",
-            source.display(),
-            String::from_utf8_lossy(&listed.stderr).trim()
-        )));
-    }
+    let listed = tracked::git(source, &[&["ls-files", "-z"], args].concat(), None)?;
     let mut out = BTreeSet::new();
-    for name in listed.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for name in listed.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let rel = PathBuf::from(String::from_utf8_lossy(name).into_owned());
         // Tracked but deleted in the work tree: nothing to copy.
         if source.join(&rel).symlink_metadata().is_ok() {
@@ -269,7 +285,6 @@ fn git_part(source: &Path, rel: &Path) -> Result<PathBuf, PathBuf> {
         | "BISECT_NAMES"
         | "BISECT_EXPECTED_REV"
         | "BISECT_ANCESTORS_OK"
-        | "COMMIT_EDITMSG"
         | "SQUASH_MSG"
         | "TAG_EDITMSG"
         | "description"
@@ -284,22 +299,18 @@ fn git_part(source: &Path, rel: &Path) -> Result<PathBuf, PathBuf> {
         | "refs"
         | "remotes"
         | "branches"
-        | "rr-cache"
         | "sequencer"
         | "rebase-merge"
         | "rebase-apply" => true,
         "info" => matches!(second, "exclude" | "attributes" | "sparse-checkout"),
-        // LFS's own objects; not its logs (a crash log names endpoints
-        // and environment).
-        "lfs" => second == "objects",
+        // Not needed, and holding what the branches may not: `rr-cache`
+        // (whole conflicted files, kept for weeks), `COMMIT_EDITMSG` (a
+        // verbose commit's diff), `lfs/` (every file ever added to LFS,
+        // and crash logs; the copy carries LFS pointers).
         name => name.starts_with("sharedindex."),
     };
     let top = |end: usize| -> PathBuf {
-        let depth = if matches!(first.as_str(), "info" | "lfs") {
-            2
-        } else {
-            1
-        };
+        let depth = if first == "info" { 2 } else { 1 };
         parts[..(end + depth).min(parts.len())].iter().collect()
     };
     if needed { Ok(rest) } else { Err(top(root)) }
@@ -376,11 +387,7 @@ fn git_internal(
         return Ok(());
     }
     if objects::is_dropped_ref(&ref_name) {
-        let top = git_dir.join(if ref_name.starts_with("refs/stash") {
-            "refs/stash"
-        } else {
-            "refs/original"
-        });
+        let top = git_dir.join(part.components().take(2).collect::<PathBuf>());
         selection.leave_out_once(top, DROPPED_REFS);
         return Ok(());
     }
@@ -455,7 +462,7 @@ fn git_internal(
                 reason: "a git log that is not text (it may name URLs with credentials)".to_owned(),
             }),
         }
-    } else if !matches!(first, "index" | "refs" | "rr-cache" | "lfs")
+    } else if !matches!(first, "index" | "refs")
         && !first.starts_with("sharedindex.")
         && let Some(why) = secrets::why_secret(&rel, &full).or_else(|| {
             fs_err::read(&full)
@@ -476,7 +483,7 @@ fn git_internal(
 }
 
 /// Why the stash and `refs/original` stay out.
-const DROPPED_REFS: &str = "the stash and filter-branch's backup keep what the branches do not (ignored files, rewritten-away history)";
+const DROPPED_REFS: &str = "refs other than branches, tags, remotes and notes (the stash, filter-branch's backup, a tool's snapshots) keep what the branches do not";
 
 fn walk(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) -> io::Result<()> {
     for entry in fs_err::read_dir(root.join(rel))? {
@@ -555,9 +562,29 @@ pub fn write_tar(workspace: &WorkspacePlan, tx: Sender<Bytes>) -> io::Result<Cop
             let target = fs_err::read_link(&path)?;
             tar.append_link(&mut header, rel, target)?;
         } else if meta.is_file() {
-            let file = fs_err::File::open(&path)?;
-            tar.append_data(&mut header, rel, file)?;
-            copied.bytes += meta.len();
+            // Opened without following a link or waiting on a pipe that
+            // took the file's place, and sized from what was opened: a
+            // file that changes meanwhile gives exactly the bytes its
+            // header says (cut, or padded with zeros), never a stream out
+            // of step.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            let opened = file.metadata()?;
+            if !opened.is_file() {
+                continue;
+            }
+            let len = opened.len();
+            header.set_size(len);
+            header.set_cksum();
+            let exact = io::Read::take(
+                io::Read::chain(io::Read::take(file, len), io::repeat(0)),
+                len,
+            );
+            tar.append_data(&mut header, rel, exact)?;
+            copied.bytes += len;
         }
         copied.files += 1;
     }
@@ -577,7 +604,18 @@ pub fn write_tar(workspace: &WorkspacePlan, tx: Sender<Bytes>) -> io::Result<Cop
     for (git_dir, named) in &selection.git_dirs {
         let scratch = tempfile::tempdir()?;
         let named: Vec<PathBuf> = named.iter().map(|n| source.join(n)).collect();
-        for file in objects::pack(&source.join(git_dir), &named, scratch.path())? {
+        // The pack holds what the copy's index names, not the original's.
+        let index = match selection.rewritten.get(&git_dir.join("index")) {
+            Some(bytes) => {
+                let path = scratch.path().join("index");
+                fs_err::write(&path, bytes)?;
+                Some(path)
+            }
+            None => None,
+        };
+        let packed = scratch.path().join("pack");
+        fs_err::create_dir(&packed)?;
+        for file in objects::pack(&source.join(git_dir), &named, index.as_deref(), &packed)? {
             let meta = fs_err::metadata(&file)?;
             let mut header = tar::Header::new_gnu();
             header.set_mode(0o444);
@@ -698,6 +736,7 @@ mod tests {
 #[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 mod git_tests {
     use super::*;
+    use std::process::Command;
 
     fn git(dir: &Path, args: &[&str]) {
         let out = Command::new("git")
@@ -983,6 +1022,39 @@ mod git_tests {
             b"v=placeholder\n"
         );
         assert!(selection.git_dirs.is_empty());
+    }
+
+    /// Found by review: the index's resolve-undo record kept the blob of a
+    /// popped stash after its conflict was resolved the other way, and the
+    /// pack took every blob the index named.
+    #[test]
+    fn a_resolved_conflict_leaves_nothing_of_the_losing_side() {
+        let dir = repo();
+        let root = dir.path();
+        std::fs::write(root.join("settings.py"), "PASSWORD = 'placeholder'\n").unwrap();
+        git(root, &["add", "settings.py"]);
+        git(root, &["commit", "-q", "-m", "settings"]);
+        std::fs::write(root.join("settings.py"), "PASSWORD = 'hunter2-s3cret'\n").unwrap();
+        git(root, &["stash", "-q"]);
+        std::fs::write(root.join("settings.py"), "PASSWORD = 'changed'\n").unwrap();
+        git(root, &["commit", "-q", "-am", "upstream change"]);
+        // The pop conflicts; the person keeps their branch's side.
+        let _ = Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(["stash", "pop", "-q"])
+            .output()
+            .unwrap();
+        git(root, &["checkout", "--ours", "settings.py"]);
+        git(root, &["add", "settings.py"]);
+        git(root, &["stash", "drop", "-q"]);
+        let copy = copy_of(root);
+        let all = git_out(
+            copy.path(),
+            &["cat-file", "--batch-all-objects", "--batch", "--unordered"],
+        );
+        assert!(!all.contains("hunter2"), "{all}");
+        git_out(copy.path(), &["fsck", "--no-dangling"]);
     }
 
     /// A script taken from the index keeps its executable bit.

@@ -11,14 +11,28 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::tracked::git;
+use super::tracked::{git, git_with_index};
 
-/// Refs that are not copied, nor what only they reach: the stash (it
-/// keeps ignored and uncommitted files) and `filter-branch`'s backup of
-/// rewritten history.
+/// Refs (`refs/…`) that are not copied, nor what only they reach: every
+/// kind but those in [`KEPT_REFS`].
 pub fn is_dropped_ref(name: &str) -> bool {
-    name == "refs/stash" || name.starts_with("refs/stash/") || name.starts_with("refs/original/")
+    name.starts_with("refs/") && !KEPT_REFS.iter().any(|kept| name.starts_with(kept))
 }
+
+/// The kinds of refs a copy keeps. Anything else a tool keeps under
+/// `refs/` (the stash, `filter-branch`'s `refs/original/`, an editor's
+/// work-in-progress snapshots, another tool's private history) stays out
+/// with what only it reaches.
+const KEPT_REFS: &[&str] = &[
+    "refs/heads/",
+    "refs/tags/",
+    "refs/remotes/",
+    "refs/notes/",
+    "refs/replace/",
+    "refs/bisect/",
+    "refs/rewritten/",
+    "refs/worktree/",
+];
 
 /// Files of an operation in progress that name commits it needs.
 const STATE_FILES: &[&str] = &[
@@ -27,7 +41,6 @@ const STATE_FILES: &[&str] = &[
     "CHERRY_PICK_HEAD",
     "REVERT_HEAD",
     "REBASE_HEAD",
-    "AUTO_MERGE",
     "rebase-merge/onto",
     "rebase-merge/orig-head",
     "rebase-apply/onto",
@@ -57,7 +70,18 @@ fn tips(git_dir: &Path) -> io::Result<Vec<String>> {
         dirs.extend(worktrees.filter_map(Result::ok).map(|e| e.path()));
     }
     for dir in dirs {
-        for file in STATE_FILES {
+        // `AUTO_MERGE` only within an operation: a conflicted `stash pop`
+        // leaves one behind whose tree holds the stash.
+        let operation = [
+            "MERGE_HEAD",
+            "CHERRY_PICK_HEAD",
+            "REVERT_HEAD",
+            "REBASE_HEAD",
+        ]
+        .iter()
+        .any(|f| dir.join(f).is_file());
+        let auto_merge = operation.then_some("AUTO_MERGE");
+        for file in STATE_FILES.iter().copied().chain(auto_merge) {
             let Ok(text) = std::fs::read_to_string(dir.join(file)) else {
                 continue;
             };
@@ -72,6 +96,49 @@ fn tips(git_dir: &Path) -> io::Result<Vec<String>> {
     tips.sort();
     tips.dedup();
     Ok(tips)
+}
+
+/// The index of `git_dir` (`index`, a copy of its file) as the copy gets
+/// it: without the resolve-undo record (it keeps the blobs of every side
+/// of a resolved conflict, a stash's included), the untracked cache (it
+/// names host paths) and a split index, and without the entries in
+/// `remove` (files the copy leaves out).
+pub fn clean_index(git_dir: &Path, index: &Path, remove: &[PathBuf]) -> io::Result<Vec<u8>> {
+    let scratch = tempfile::tempdir()?;
+    let copy = scratch.path().join("index");
+    fs_err::copy(index, &copy)?;
+    git_with_index(
+        git_dir,
+        &[
+            "--git-dir=.",
+            "update-index",
+            "--clear-resolve-undo",
+            "--no-untracked-cache",
+            "--no-split-index",
+        ],
+        None,
+        Some(&copy),
+    )?;
+    if !remove.is_empty() {
+        let mut input = Vec::new();
+        for path in remove {
+            input.extend_from_slice(path.as_os_str().as_encoded_bytes());
+            input.push(0);
+        }
+        git_with_index(
+            git_dir,
+            &[
+                "--git-dir=.",
+                "update-index",
+                "--force-remove",
+                "-z",
+                "--stdin",
+            ],
+            Some(&input),
+            Some(&copy),
+        )?;
+    }
+    fs_err::read(&copy)
 }
 
 /// The object ids the `files` name (every hex word of the right length)
@@ -107,13 +174,18 @@ fn existing(git_dir: &Path, files: &[PathBuf]) -> io::Result<Vec<String>> {
 /// Packs what the copy of `git_dir` keeps into `out` (`pack-ID.pack` and
 /// its `.idx`), and returns the files written. `named`: files the person
 /// named to be copied (a reflog, the stash) whose commits go in too.
-pub fn pack(git_dir: &Path, named: &[PathBuf], out: &Path) -> io::Result<Vec<PathBuf>> {
+pub fn pack(
+    git_dir: &Path,
+    named: &[PathBuf],
+    index: Option<&Path>,
+    out: &Path,
+) -> io::Result<Vec<PathBuf>> {
     let mut tips = tips(git_dir)?;
     tips.extend(existing(git_dir, named)?);
     let mut input = tips.join("\n").into_bytes();
     input.push(b'\n');
     let base = out.join("pack");
-    git(
+    git_with_index(
         git_dir,
         &[
             "--git-dir=.",
@@ -124,6 +196,7 @@ pub fn pack(git_dir: &Path, named: &[PathBuf], out: &Path) -> io::Result<Vec<Pat
             &base.to_string_lossy(),
         ],
         Some(&input),
+        index,
     )
     .map_err(|e| {
         io::Error::other(format!(

@@ -202,11 +202,36 @@ fn work_tree_blobs(source: &Path, paths: &[&Path]) -> io::Result<Vec<String>> {
 /// Runs `git -C source ARGS`, with `input` on its standard input, and
 /// returns what it printed; a failure names the command.
 pub(super) fn git(source: &Path, args: &[&str], input: Option<&[u8]>) -> io::Result<Vec<u8>> {
-    let mut child = Command::new("git")
+    git_with_index(source, args, input, None)
+}
+
+/// [`git`] with `GIT_INDEX_FILE` set to `index` when one is given.
+pub(super) fn git_with_index(
+    source: &Path,
+    args: &[&str],
+    input: Option<&[u8]>,
+    index: Option<&Path>,
+) -> io::Result<Vec<u8>> {
+    let mut command = Command::new("git");
+    command.env_remove("GIT_INDEX_FILE");
+    if let Some(index) = index {
+        command.env("GIT_INDEX_FILE", index);
+    }
+    let mut child = command
         .arg("-C")
         .arg(source)
         .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        // Never fetch what a partial clone lacks: no network, no
+        // credential helper, no write into the person's repository.
+        .env("GIT_NO_LAZY_FETCH", "1")
+        // The launcher's own git environment must not point elsewhere.
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_OBJECT_DIRECTORY")
+        .env_remove("GIT_ALTERNATE_OBJECT_DIRECTORIES")
+        .env_remove("GIT_COMMON_DIR")
+        .env_remove("GIT_NAMESPACE")
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
