@@ -102,16 +102,45 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
     } else {
         let mut all = BTreeSet::new();
         walk(source, Path::new(""), &mut all)?;
-        // A repository nested in a plain directory: its `.git` is treated
-        // as a repository's is (configuration rewritten, credential stores
-        // left out), never copied as it is.
+        // A repository nested in a plain directory is copied as `--cwd` at
+        // it would be, by git's rules; a bare one is left out.
+        let (roots, bare) = repositories(source, &all);
+        for root in &roots {
+            nested_repository(workspace, root, &mut selection);
+        }
+        for dir in &bare {
+            if !included(dir) {
+                selection.leave_out_once(
+                    dir.clone(),
+                    "a bare git repository (its object store and configuration may hold what no branch does); clone it to copy it",
+                );
+            }
+        }
         for rel in all {
+            let under = |dirs: &[PathBuf]| dirs.iter().any(|d| rel.starts_with(d));
+            if under(&roots) || (under(&bare) && !included(&rel)) {
+                continue;
+            }
             if rel.components().any(|c| c.as_os_str() == ".git") {
                 git_internal(source, rel, &included, &mut selection)?;
             } else {
                 candidates.insert(rel);
             }
         }
+    }
+    // A repository inside this one that git does not track (`ls-files`
+    // lists its directory): not copied, and said so.
+    let nested: Vec<PathBuf> = candidates
+        .iter()
+        .filter(|rel| source.join(rel).is_dir())
+        .cloned()
+        .collect();
+    for rel in nested {
+        candidates.remove(&rel);
+        selection.leave_out_once(
+            rel,
+            "a git repository inside this one (run with --cwd at it to copy it)",
+        );
     }
     // A path through a symbolic link to a directory would be read from
     // wherever the link points: the link goes in, never what is behind it.
@@ -145,6 +174,83 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
     selection.files.sort();
     clean_indexes(source, &mut selection)?;
     Ok(selection)
+}
+
+/// The repositories in a plain directory's files: the work trees with a
+/// `.git` of their own (outermost only), and bare repositories (a
+/// directory with `HEAD`, `objects/` and `refs/`, not a `.git`).
+fn repositories(source: &Path, all: &BTreeSet<PathBuf>) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    let mut bare: Vec<PathBuf> = Vec::new();
+    for rel in all {
+        let parts: Vec<_> = rel.components().collect();
+        if let Some(at) = parts.iter().position(|c| c.as_os_str() == ".git") {
+            let root: PathBuf = parts[..at].iter().collect();
+            if !roots.iter().any(|r| root.starts_with(r)) {
+                roots.retain(|r| !r.starts_with(&root));
+                roots.push(root);
+            }
+        } else if rel.file_name().is_some_and(|n| n == "HEAD")
+            && let Some(dir) = rel.parent()
+            && source.join(dir).join("objects").is_dir()
+            && source.join(dir).join("refs").is_dir()
+            && !bare.iter().any(|b| dir.starts_with(b))
+        {
+            bare.push(dir.to_owned());
+        }
+    }
+    (roots, bare)
+}
+
+/// A repository at `root` inside a plain directory, selected as `--cwd` at
+/// it would be and added to `selection` under `root`; one that cannot be
+/// (a linked worktree) is left out with the reason.
+fn nested_repository(workspace: &WorkspacePlan, root: &Path, selection: &mut Selection) {
+    let plan = WorkspacePlan {
+        source: workspace.source.join(root),
+        mode: "git",
+        include: workspace
+            .include
+            .iter()
+            .filter_map(|i| i.strip_prefix(root).ok().map(Path::to_path_buf))
+            .collect(),
+        left_out: Vec::new(),
+        config_changes: Vec::new(),
+    };
+    let inner = match select(&plan) {
+        Ok(inner) => inner,
+        Err(err) => {
+            selection.leave_out_once(root.to_owned(), &err.to_string());
+            return;
+        }
+    };
+    selection
+        .files
+        .extend(inner.files.into_iter().map(|f| root.join(f)));
+    for (rel, bytes) in inner.rewritten {
+        selection.rewritten.insert(root.join(rel), bytes);
+    }
+    selection
+        .left_out
+        .extend(inner.left_out.into_iter().map(|l| LeftOut {
+            path: root.join(l.path),
+            reason: l.reason,
+        }));
+    selection.changes.extend(
+        inner
+            .changes
+            .into_iter()
+            .map(|c| format!("{}/{c}", root.display())),
+    );
+    for (dir, named) in inner.git_dirs {
+        selection.git_dirs.insert(
+            root.join(dir),
+            named.into_iter().map(|n| root.join(n)).collect(),
+        );
+    }
+    selection
+        .executable
+        .extend(inner.executable.into_iter().map(|e| root.join(e)));
 }
 
 /// Every git directory's own index, rewritten as the copy gets it
@@ -675,25 +781,16 @@ impl Write for ChunkWriter {
 mod tests {
     use super::*;
 
-    /// Found by review: a repository nested in a plain directory had its
-    /// `.git` copied as it was, credentials and all.
+    /// Found by review: a directory that is not a repository (a fake
+    /// `.git` with no `HEAD`) holding credentials: never copied as it is.
     #[test]
-    fn a_nested_repository_is_treated_as_a_repository() {
+    fn a_git_directory_git_cannot_read_is_left_out_whole() {
         let dir = tempfile::tempdir().unwrap();
         let git = dir.path().join("sub/.git");
-        std::fs::create_dir_all(git.join("remotes")).unwrap();
-        std::fs::write(
-            git.join("config"),
-            "[remote \"origin\"]\n\turl = https://u:tok3n@example.com/r.git\n[http]\n\textraHeader = X: tok3n\n",
-        )
-        .unwrap();
+        std::fs::create_dir_all(&git).unwrap();
         std::fs::write(git.join("credentials"), "https://u:tok3n@example.com\n").unwrap();
-        std::fs::write(
-            git.join("remotes/old"),
-            "URL: https://u:tok3n@example.com/r.git\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "plain\n").unwrap();
+        std::fs::write(dir.path().join("sub/notes.txt"), "tok3n\n").unwrap();
+        std::fs::write(dir.path().join("plain.txt"), "plain\n").unwrap();
         let plan = WorkspacePlan {
             source: dir.path().to_owned(),
             mode: "all",
@@ -702,33 +799,16 @@ mod tests {
             config_changes: Vec::new(),
         };
         let selection = select(&plan).unwrap();
-        assert!(selection.files.contains(&PathBuf::from("notes.txt")));
+        assert_eq!(selection.files, vec![PathBuf::from("plain.txt")]);
+        assert!(selection.rewritten.is_empty());
         assert!(
             selection
                 .left_out
                 .iter()
-                .any(|l| l.path == Path::new("sub/.git/credentials")),
+                .any(|l| l.path == Path::new("sub")),
             "{:?}",
             selection.left_out
         );
-        for (path, bytes) in &selection.rewritten {
-            assert!(
-                !String::from_utf8_lossy(bytes).contains("tok3n"),
-                "{} kept a credential",
-                path.display()
-            );
-        }
-        assert!(
-            selection
-                .rewritten
-                .contains_key(Path::new("sub/.git/config"))
-        );
-        assert!(
-            selection
-                .rewritten
-                .contains_key(Path::new("sub/.git/remotes/old"))
-        );
-        assert!(!selection.files.iter().any(|f| f.starts_with("sub/.git")));
     }
 }
 
@@ -854,7 +934,10 @@ mod git_tests {
 
     fn copy_including(source: &Path, include: &[&str]) -> tempfile::TempDir {
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let plan = plan(source, include);
+        let mut plan = plan(source, include);
+        if !source.join(".git").exists() {
+            plan.mode = "all";
+        }
         let writer = std::thread::spawn(move || write_tar(&plan, tx).unwrap());
         let mut tar = Vec::new();
         while let Some(chunk) = rx.blocking_recv() {
@@ -1080,6 +1163,71 @@ mod git_tests {
             std::fs::metadata(&script).unwrap().permissions().mode() & 0o111,
             0o111
         );
+    }
+
+    /// Found by review: a repository nested in a plain directory had its
+    /// `.git` copied as it was, credentials and all, and its work tree
+    /// without git's rules; a bare repository went in as raw files.
+    #[test]
+    fn repositories_in_a_plain_directory_are_copied_by_git_rules() {
+        let outer = tempfile::tempdir().unwrap();
+        let inner = repo();
+        let sub = outer.path().join("sub");
+        std::fs::rename(inner.path(), &sub).unwrap();
+        std::fs::write(
+            sub.join(".git/config"),
+            "[remote \"origin\"]\n\turl = https://u:tok3n@example.com/r.git\n",
+        )
+        .unwrap();
+        std::fs::write(
+            sub.join(".git/credentials"),
+            "https://u:tok3n@example.com\n",
+        )
+        .unwrap();
+        std::fs::write(sub.join(".gitignore"), "local.yml\n").unwrap();
+        std::fs::write(sub.join("local.yml"), "password: tok3n\n").unwrap();
+        git(&sub, &["update-index", "--skip-worktree", "settings.env"]);
+        std::fs::write(sub.join("settings.env"), "TOKEN=tok3n\n").unwrap();
+        git(outer.path(), &["init", "-q", "--bare", "mirror.git"]);
+        std::fs::write(outer.path().join("notes.txt"), "plain\n").unwrap();
+        let plan = WorkspacePlan {
+            source: outer.path().to_owned(),
+            mode: "all",
+            include: Vec::new(),
+            left_out: Vec::new(),
+            config_changes: Vec::new(),
+        };
+        let selection = select(&plan).unwrap();
+        assert!(selection.files.contains(&PathBuf::from("notes.txt")));
+        assert!(selection.files.contains(&PathBuf::from("sub/README")));
+        assert!(!selection.files.contains(&PathBuf::from("sub/local.yml")));
+        assert!(!selection.files.iter().any(|f| f.starts_with("mirror.git")));
+        assert!(selection.git_dirs.contains_key(Path::new("sub/.git")));
+        let left_out: Vec<&Path> = selection
+            .left_out
+            .iter()
+            .map(|l| l.path.as_path())
+            .collect();
+        assert!(left_out.contains(&Path::new("mirror.git")), "{left_out:?}");
+        assert!(
+            left_out.contains(&Path::new("sub/.git/credentials")),
+            "{left_out:?}"
+        );
+        let copy = copy_of(outer.path());
+        let mut stack = vec![copy.path().to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    let text =
+                        String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
+                    assert!(!text.contains("tok3n"), "{}", entry.path().display());
+                }
+            }
+        }
+        git_out(&copy.path().join("sub"), &["log", "--oneline"]);
     }
 
     #[test]
