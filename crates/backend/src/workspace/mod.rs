@@ -329,7 +329,7 @@ fn git_files(source: &Path, args: &[&str]) -> io::Result<BTreeSet<PathBuf>> {
     let listed = tracked::git(source, &[&["ls-files", "-z"], args].concat(), None)?;
     let mut out = BTreeSet::new();
     for name in listed.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let rel = PathBuf::from(String::from_utf8_lossy(name).into_owned());
+        let rel = tracked::path_of(name);
         // Tracked but deleted in the work tree: nothing to copy.
         if source.join(&rel).symlink_metadata().is_ok() {
             out.insert(rel);
@@ -1138,6 +1138,38 @@ mod git_tests {
         );
         assert!(!all.contains("hunter2"), "{all}");
         git_out(copy.path(), &["fsck", "--no-dangling"]);
+    }
+
+    /// Found by review: a name that is not UTF-8 was dropped from the
+    /// copy, so the bottle saw the file deleted.
+    #[test]
+    fn a_name_that_is_not_utf8_goes_in() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = repo();
+        let root = dir.path();
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        std::fs::write(root.join(name), "latin-1 name\n").unwrap();
+        std::fs::write(
+            root.join(std::ffi::OsStr::from_bytes(b"new\xff.txt")),
+            "x\n",
+        )
+        .unwrap();
+        git(root, &["add", "."]);
+        git(root, &["commit", "-q", "-m", "names"]);
+        std::fs::write(
+            root.join(std::ffi::OsStr::from_bytes(b"untracked\xfe")),
+            "y\n",
+        )
+        .unwrap();
+        let selection = select(&plan(root, &[])).unwrap();
+        for bytes in [&b"caf\xe9.txt"[..], b"new\xff.txt", b"untracked\xfe"] {
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(bytes));
+            assert!(
+                selection.files.contains(&path),
+                "{path:?}: {:?}",
+                selection.files
+            );
+        }
     }
 
     /// A script taken from the index keeps its executable bit.

@@ -41,18 +41,20 @@ pub fn list(source: &Path) -> io::Result<Vec<Tracked>> {
     )?;
     let mut files = Vec::new();
     for record in out.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-        let record = String::from_utf8_lossy(record);
-        // `TAG MODE BLOB STAGE\tPATH`
-        let Some((meta, path)) = record.split_once('\t') else {
+        // `TAG MODE BLOB STAGE\tPATH`; the path as bytes (a name need not
+        // be UTF-8).
+        let Some(tab) = record.iter().position(|b| *b == b'\t') else {
             continue;
         };
+        let meta = String::from_utf8_lossy(&record[..tab]);
+        let path = path_of(&record[tab + 1..]);
         let mut fields = meta.split(' ');
         let (Some(tag), Some(mode), Some(blob), Some(stage)) =
             (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
-        let rel = PathBuf::from(path);
+        let rel = path;
         // Tracked but deleted in the work tree: nothing to copy.
         if source.join(&rel).symlink_metadata().is_err() {
             continue;
@@ -67,6 +69,11 @@ pub fn list(source: &Path) -> io::Result<Vec<Tracked>> {
     }
     files.dedup_by(|a, b| a.rel == b.rel);
     Ok(files)
+}
+
+/// A path git printed, as the bytes it is.
+pub(super) fn path_of(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes))
 }
 
 /// What a copy does with tracked files that need a second look.
@@ -172,10 +179,7 @@ fn filtered(source: &Path, files: &[Tracked]) -> io::Result<BTreeMap<PathBuf, St
         if let [path, _, value] = triple
             && !matches!(*value, b"unspecified" | b"unset" | b"")
         {
-            result.insert(
-                PathBuf::from(String::from_utf8_lossy(path).into_owned()),
-                String::from_utf8_lossy(value).into_owned(),
-            );
+            result.insert(path_of(path), String::from_utf8_lossy(value).into_owned());
         }
     }
     Ok(result)
