@@ -949,6 +949,28 @@ mod git_tests {
         out
     }
 
+    /// The regular files under `dir` (links not followed) whose bytes
+    /// hold `needle`.
+    fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let kind = entry.file_type().unwrap();
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else if kind.is_file()
+                    && String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap())
+                        .contains(needle)
+                {
+                    found.push(entry.path());
+                }
+            }
+        }
+        found
+    }
+
     fn git_out(dir: &Path, args: &[&str]) -> String {
         let out = Command::new("git")
             .arg("-C")
@@ -1055,22 +1077,7 @@ mod git_tests {
         );
         assert!(left_out.contains(&Path::new("link.env")), "{left_out:?}");
         let copy = copy_of(root);
-        let mut found = Vec::new();
-        let mut stack = vec![copy.path().to_owned()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let entry = entry.unwrap();
-                let kind = entry.file_type().unwrap();
-                if kind.is_dir() {
-                    stack.push(entry.path());
-                } else if kind.is_file()
-                    && String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap())
-                        .contains("real-s3cret")
-                {
-                    found.push(entry.path());
-                }
-            }
-        }
+        let found = files_holding(copy.path(), "real-s3cret");
         assert!(found.is_empty(), "{found:?}");
     }
 
@@ -1222,13 +1229,8 @@ mod git_tests {
         std::fs::write(sub.join("settings.env"), "TOKEN=tok3n\n").unwrap();
         git(outer.path(), &["init", "-q", "--bare", "mirror.git"]);
         std::fs::write(outer.path().join("notes.txt"), "plain\n").unwrap();
-        let plan = WorkspacePlan {
-            source: outer.path().to_owned(),
-            mode: "all",
-            include: Vec::new(),
-            left_out: Vec::new(),
-            config_changes: Vec::new(),
-        };
+        let mut plan = plan(outer.path(), &[]);
+        plan.mode = "all";
         let selection = select(&plan).unwrap();
         assert!(selection.files.contains(&PathBuf::from("notes.txt")));
         assert!(selection.files.contains(&PathBuf::from("sub/README")));
@@ -1246,19 +1248,8 @@ mod git_tests {
             "{left_out:?}"
         );
         let copy = copy_of(outer.path());
-        let mut stack = vec![copy.path().to_owned()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let entry = entry.unwrap();
-                if entry.file_type().unwrap().is_dir() {
-                    stack.push(entry.path());
-                } else {
-                    let text =
-                        String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
-                    assert!(!text.contains("tok3n"), "{}", entry.path().display());
-                }
-            }
-        }
+        let found = files_holding(copy.path(), "tok3n");
+        assert!(found.is_empty(), "{found:?}");
         git_out(&copy.path().join("sub"), &["log", "--oneline"]);
     }
 
