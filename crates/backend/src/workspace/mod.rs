@@ -819,20 +819,7 @@ mod git_tests {
     use std::process::Command;
 
     fn git(dir: &Path, args: &[&str]) {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-            .args(args)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        git_out(dir, args);
     }
 
     fn plan(source: &Path, include: &[&str]) -> WorkspacePlan {
@@ -975,6 +962,7 @@ mod git_tests {
         let out = Command::new("git")
             .arg("-C")
             .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
             .args(args)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("HOME", dir)
