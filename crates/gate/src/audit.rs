@@ -230,7 +230,9 @@ fn scrub_value(value: &mut Value, scrub: &Scrubber) {
         Value::String(text) => {
             let mut bytes = std::mem::take(text).into_bytes();
             scrub(&mut bytes);
-            *text = String::from_utf8_lossy(&bytes).into_owned();
+            // Still UTF-8 unless a secret was cut mid-character: no copy.
+            *text = String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         }
         Value::Array(items) => items.iter_mut().for_each(|v| scrub_value(v, scrub)),
         Value::Object(map) => map.values_mut().for_each(|v| scrub_value(v, scrub)),

@@ -170,9 +170,9 @@ pub fn scrub_headers(credentials: &Credentials, headers: &mut HeaderMap) {
     }
 }
 
-/// Splits `window` into what may go on now and what waits.
-fn release(credentials: &Credentials, window: &mut Vec<u8>) -> Vec<u8> {
-    let hold = credentials.hold_back(window);
+/// Splits `window` into what may go on now and the last `hold` bytes,
+/// which wait.
+fn release(window: &mut Vec<u8>, hold: usize) -> Vec<u8> {
     let rest = window.split_off(window.len() - hold);
     std::mem::replace(window, rest)
 }
@@ -230,20 +230,22 @@ impl<B> Inspected<B> {
         }
     }
 
-    /// Checks or scrubs what is held; a leak is an error.
-    fn inspect(&mut self) -> Result<(), BoxError> {
+    /// Checks or scrubs what is held; returns how many of its last bytes
+    /// wait for more. A leak is an error.
+    fn inspect(&mut self) -> Result<usize, BoxError> {
         match &self.mode {
             Mode::Refuse { host, found } => {
-                if let Some(leak) = self.credentials.find_leak(&self.held, host, "body") {
+                let (leak, hold) = self
+                    .credentials
+                    .find_leak_and_hold(&self.held, host, "body");
+                if let Some(leak) = leak {
                     let _ = found.set(leak);
                     return Err("credential leak in the request body".into());
                 }
+                Ok(hold)
             }
-            Mode::Scrub => {
-                self.credentials.scrub(&mut self.held);
-            }
+            Mode::Scrub => Ok(self.credentials.scrub_and_hold(&mut self.held)),
         }
-        Ok(())
     }
 
     fn inspect_trailers(&self, frame: &mut Frame<Bytes>) -> Result<(), BoxError> {
@@ -291,10 +293,11 @@ where
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         this.held.extend_from_slice(&data);
-                        if let Err(e) = this.inspect() {
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                        let ready = release(&this.credentials, &mut this.held);
+                        let hold = match this.inspect() {
+                            Ok(hold) => hold,
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        };
+                        let ready = release(&mut this.held, hold);
                         if !ready.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(ready)))));
                         }

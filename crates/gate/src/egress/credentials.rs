@@ -135,6 +135,38 @@ impl Credentials {
         self.leak_among(self.detector.hits(bytes), host, place)
     }
 
+    /// [`Credentials::find_leak`] and [`Credentials::hold_back`] of a
+    /// streamed body's bytes, read once for both.
+    pub fn find_leak_and_hold(
+        &self,
+        bytes: &[u8],
+        host: &Host,
+        place: &str,
+    ) -> (Option<Leak>, usize) {
+        if self.is_empty() {
+            return (None, 0);
+        }
+        let (hits, hold) = self.detector.hits_and_hold(bytes);
+        debug_assert!(self.detector.pending(bytes) <= hold);
+        (self.leak_among(hits, host, place), hold)
+    }
+
+    /// [`Credentials::scrub`] and then [`Credentials::hold_back`] of a
+    /// streamed body's bytes. The bytes are read once unless something
+    /// was overwritten (rare: then what is held is judged again, on the
+    /// bytes as they now are).
+    pub fn scrub_and_hold(&self, bytes: &mut [u8]) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        let (hits, hold) = self.detector.hits_and_hold(bytes);
+        if !super::leak::overwrite(bytes, &hits) {
+            debug_assert!(self.detector.pending(bytes) <= hold);
+            return hold;
+        }
+        self.hold_back(bytes)
+    }
+
     /// [`Credentials::find_leak`] in text that is case-insensitive itself
     /// and arrives folded (a header name, a host name): a secret matches
     /// in any case.

@@ -189,11 +189,7 @@ impl Detector {
     /// Overwrites every secret in `input` with `x`, keeping its length.
     /// Returns whether anything was overwritten.
     pub fn scrub(&self, input: &mut [u8]) -> bool {
-        let hits = self.hits(input);
-        for hit in &hits {
-            input[hit.span.clone()].fill(b'x');
-        }
-        !hits.is_empty()
+        overwrite(input, &self.hits(input))
     }
 
     /// How many bytes at the end of `input` could be the start of a secret
@@ -247,10 +243,30 @@ impl Detector {
         if self.is_empty() || input.is_empty() {
             return 0;
         }
-        let keep = self.longest.saturating_sub(1);
+        self.hold_in(input.len(), &views(input))
+    }
+
+    /// [`Detector::hits`] and [`Detector::hold_back`] of `input`, its
+    /// views decoded once for both (a streamed body asks for both of
+    /// every chunk).
+    pub fn hits_and_hold(&self, input: &[u8]) -> (Vec<Hit>, usize) {
+        let mut hits = Vec::new();
+        if self.is_empty() || input.is_empty() {
+            return (hits, 0);
+        }
         let views = views(input);
-        let mut from = input.len();
         for view in &views {
+            self.search(view, &mut hits);
+        }
+        (hits, self.hold_in(input.len(), &views))
+    }
+
+    /// What [`Detector::hold_back`] holds of an input of `len` bytes seen
+    /// as `views`.
+    fn hold_in(&self, len: usize, views: &[View<'_>]) -> usize {
+        let keep = self.longest.saturating_sub(1);
+        let mut from = len;
+        for view in views {
             let n = view.bytes.len();
             let mut start = n.saturating_sub(keep);
             if let Some(cut) = view.incomplete {
@@ -272,7 +288,7 @@ impl Detector {
             }
             from = aligned;
         }
-        input.len() - from
+        len - from
     }
 
     fn search(&self, view: &View<'_>, out: &mut Vec<Hit>) {
@@ -368,6 +384,15 @@ fn core(secret: &[u8], offset: usize, bits: usize, alphabet: &[u8]) -> Vec<u8> {
             alphabet[value as usize]
         })
         .collect()
+}
+
+/// Overwrites the bytes of every hit in `input` with `x`, keeping the
+/// length; returns whether there was any.
+pub fn overwrite(input: &mut [u8], hits: &[Hit]) -> bool {
+    for hit in hits {
+        input[hit.span.clone()].fill(b'x');
+    }
+    !hits.is_empty()
 }
 
 /// The input seen one way, with where each of its bytes came from.
@@ -649,6 +674,32 @@ mod tests {
 
     fn found(text: impl AsRef<[u8]>) -> bool {
         detector().first(text.as_ref()).is_some()
+    }
+
+    /// A streamed body asks for both at once; the answer is the same as
+    /// asking for each.
+    #[test]
+    fn hits_and_hold_are_the_hits_and_the_hold() {
+        let d = detector();
+        let url = SECRET
+            .replace('/', "%2F")
+            .replace('+', "%2B")
+            .replace('=', "%3D");
+        for input in [
+            String::new(),
+            "plain text with no secret".to_owned(),
+            format!("a {SECRET} b"),
+            format!("q={url}&r=%2"),
+            format!("{{\"v\":\"{}\\u00", SECRET.replace('/', "\\/")),
+            format!("tail {}", &SECRET[..10]),
+        ] {
+            let bytes = input.as_bytes();
+            assert_eq!(
+                d.hits_and_hold(bytes),
+                (d.hits(bytes), d.hold_back(bytes)),
+                "{input}"
+            );
+        }
     }
 
     fn url(s: &str, all: bool) -> String {
