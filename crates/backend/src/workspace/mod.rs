@@ -7,13 +7,13 @@
 //! content ([`secrets`]) are left out unless the person names them
 //! (`--include`); files git tracks are copied, except that where the work
 //! tree may hold what git does not record, the index's version is copied
-//! ([`tracked`]). Of `.git`, only what git needs is copied (objects, refs,
-//! the index, `HEAD` and the state of an operation in progress, for the
+//! ([`tracked`]). Of `.git`, only what git needs is copied (refs, the
+//! index, `HEAD` and the state of an operation in progress, for the
 //! repository and each submodule and worktree): credential stores, hooks,
-//! backups and whatever else a tool keeps there (`git-crypt`'s keys) are
-//! left out; every configuration file is rewritten without credentials
-//! ([`gitconfig`]), and the reflogs and `FETCH_HEAD` lose the user
-//! information of the URLs they mention.
+//! reflogs, backups and whatever else a tool keeps there (`git-crypt`'s
+//! keys) are left out; the objects are packed anew from what the copy
+//! keeps ([`objects`]), the index is written anew, and every
+//! configuration file is rewritten without credentials ([`gitconfig`]).
 
 pub mod gitconfig;
 pub mod objects;
@@ -53,6 +53,15 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Has the pack of `git_dir` hold what `file` (a ref, a reflog the
+    /// person named) reaches.
+    fn pack_also(&mut self, git_dir: PathBuf, file: &Path) {
+        let named = self.git_dirs.entry(git_dir).or_default();
+        if !named.iter().any(|n| n == file) {
+            named.push(file.to_owned());
+        }
+    }
+
     /// Leaves `path` out once: a directory left out (`.git/hooks`) is
     /// reported once, not per file.
     fn leave_out_once(&mut self, path: PathBuf, reason: &str) {
@@ -70,7 +79,7 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
     let source = &workspace.source;
     let included = |rel: &Path| workspace.include.iter().any(|i| rel.starts_with(i));
     let mut selection = Selection::default();
-    let mut candidates = BTreeSet::new();
+    let mut candidates: BTreeSet<PathBuf>;
     let mut tracked = BTreeSet::new();
     if workspace.mode == "git" || workspace.mode == "git-subdir" {
         if workspace.mode == "git" {
@@ -83,13 +92,15 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
             tracked.remove(&rel);
             selection.left_out.push(LeftOut { path: rel, reason });
         }
-        for (rel, (bytes, why, executable)) in choice.from_index {
+        for (rel, committed) in choice.from_index {
             tracked.remove(&rel);
-            if executable {
+            if committed.executable {
                 selection.executable.insert(rel.clone());
             }
-            selection.changes.push(format!("{}: {why}", rel.display()));
-            selection.rewritten.insert(rel, bytes);
+            selection
+                .changes
+                .push(format!("{}: {}", rel.display(), committed.why));
+            selection.rewritten.insert(rel, committed.bytes);
         }
         candidates = git_files(source, &["--others", "--exclude-standard"])?;
         if workspace.mode == "git" {
@@ -116,17 +127,14 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
                 );
             }
         }
-        for rel in all {
-            let under = |dirs: &[PathBuf]| dirs.iter().any(|d| rel.starts_with(d));
-            if under(&roots) || (under(&bare) && !included(&rel)) {
-                continue;
-            }
-            if rel.components().any(|c| c.as_os_str() == ".git") {
-                git_internal(source, rel, &included, &mut selection)?;
-            } else {
-                candidates.insert(rel);
-            }
-        }
+        // Every path with a `.git` in it is under one of `roots`.
+        candidates = all
+            .into_iter()
+            .filter(|rel| {
+                let under = |dirs: &[PathBuf]| dirs.iter().any(|d| rel.starts_with(d));
+                !under(&roots) && (!under(&bare) || included(rel))
+            })
+            .collect();
     }
     // A repository inside this one that git does not track (`ls-files`
     // lists its directory): not copied, and said so.
@@ -152,9 +160,9 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
             });
         }
     }
-    let linked: BTreeSet<PathBuf> = selection.left_out.iter().map(|l| l.path.clone()).collect();
-    tracked.retain(|rel| !linked.contains(rel));
-    candidates.retain(|rel| !linked.contains(rel));
+    let left_out: BTreeSet<PathBuf> = selection.left_out.iter().map(|l| l.path.clone()).collect();
+    tracked.retain(|rel| !left_out.contains(rel));
+    candidates.retain(|rel| !left_out.contains(rel));
     let mut files: BTreeSet<PathBuf> = tracked;
     for rel in candidates {
         if files.contains(&rel) {
@@ -349,7 +357,11 @@ fn git_part(source: &Path, rel: &Path) -> Result<PathBuf, PathBuf> {
         return Err(rel.to_owned());
     };
     let mut root = dot_git + 1;
-    let top = |end: usize| -> PathBuf { parts[..(end + 1).min(parts.len())].iter().collect() };
+    // The first `depth` parts of what is under the git directory ending
+    // at `end`.
+    let top = |end: usize, depth: usize| -> PathBuf {
+        parts[..(end + depth).min(parts.len())].iter().collect()
+    };
     // Into nested git directories: the shortest path under `modules/` or
     // `worktrees/` that has a `HEAD` of its own.
     while let Some("modules" | "worktrees") = parts.get(root).and_then(|p| p.as_os_str().to_str()) {
@@ -357,7 +369,7 @@ fn git_part(source: &Path, rel: &Path) -> Result<PathBuf, PathBuf> {
             let dir: PathBuf = parts[..end].iter().collect();
             source.join(dir).join("HEAD").is_file()
         }) else {
-            return Err(top(root));
+            return Err(top(root, 1));
         };
         root = nested;
     }
@@ -368,7 +380,7 @@ fn git_part(source: &Path, rel: &Path) -> Result<PathBuf, PathBuf> {
         .and_then(|c| c.as_os_str().to_str())
         .map(str::to_owned)
     else {
-        return Err(top(root));
+        return Err(top(root, 1));
     };
     let second = rest
         .components()
@@ -415,11 +427,11 @@ fn git_part(source: &Path, rel: &Path) -> Result<PathBuf, PathBuf> {
         // and crash logs; the copy carries LFS pointers).
         name => name.starts_with("sharedindex."),
     };
-    let top = |end: usize| -> PathBuf {
-        let depth = if first == "info" { 2 } else { 1 };
-        parts[..(end + depth).min(parts.len())].iter().collect()
-    };
-    if needed { Ok(rest) } else { Err(top(root)) }
+    if needed {
+        Ok(rest)
+    } else {
+        Err(top(root, if first == "info" { 2 } else { 1 }))
+    }
 }
 
 /// One file under `.git`: left out, rewritten or copied.
@@ -442,11 +454,7 @@ fn git_internal(
                 .file_name()
                 .is_some_and(|n| matches!(n.to_str(), Some("logs" | "ORIG_HEAD" | "FETCH_HEAD")));
             if let (true, Some(git_dir)) = (names_commits, top.parent()) {
-                selection
-                    .git_dirs
-                    .entry(git_dir.to_owned())
-                    .or_default()
-                    .push(rel.clone());
+                selection.pack_also(git_dir.to_owned(), &rel);
             }
             selection.files.push(rel);
             return Ok(());
@@ -482,19 +490,15 @@ fn git_internal(
         selection.git_dirs.entry(git_dir).or_default();
         return Ok(());
     }
-    let ref_name = part.to_string_lossy().replace('\\', "/");
-    if objects::is_dropped_ref(&ref_name) && included(&rel) {
-        selection
-            .git_dirs
-            .entry(git_dir)
-            .or_default()
-            .push(rel.clone());
-        selection.files.push(rel);
-        return Ok(());
-    }
-    if objects::is_dropped_ref(&ref_name) {
-        let top = git_dir.join(part.components().take(2).collect::<PathBuf>());
-        selection.leave_out_once(top, DROPPED_REFS);
+    if objects::is_dropped_ref(&part.to_string_lossy()) {
+        if included(&rel) {
+            // Named by the person: what it reaches is packed too.
+            selection.pack_also(git_dir, &rel);
+            selection.files.push(rel);
+        } else {
+            let top = git_dir.join(part.components().take(2).collect::<PathBuf>());
+            selection.leave_out_once(top, DROPPED_REFS);
+        }
         return Ok(());
     }
     // The legacy `remotes/` and `branches/` remote definitions record URLs.
@@ -519,11 +523,7 @@ fn git_internal(
             }
             if named && objects::is_dropped_ref(name) {
                 // What the person named must be in the pack too.
-                selection
-                    .git_dirs
-                    .entry(git_dir.clone())
-                    .or_default()
-                    .push(rel.clone());
+                selection.pack_also(git_dir.clone(), &rel);
             }
         }
         if kept != text {
@@ -551,7 +551,9 @@ fn git_internal(
                 if let Some(why) = secrets::secret_in_text(&clean) {
                     selection.left_out.push(LeftOut {
                         path: rel,
-                        reason: format!("a git log that names a URL with a credential ({why})"),
+                        reason: format!(
+                            "a remote definition that names a URL with a credential ({why})"
+                        ),
                     });
                     return Ok(());
                 }
@@ -565,7 +567,8 @@ fn git_internal(
             }
             Err(_) => selection.left_out.push(LeftOut {
                 path: rel,
-                reason: "a git log that is not text (it may name URLs with credentials)".to_owned(),
+                reason: "a remote definition that is not text (it may name URLs with credentials)"
+                    .to_owned(),
             }),
         }
     } else if !matches!(first, "index" | "refs")
@@ -588,7 +591,7 @@ fn git_internal(
     Ok(())
 }
 
-/// Why the stash and `refs/original` stay out.
+/// Why refs other than the kept kinds stay out.
 const DROPPED_REFS: &str = "refs other than branches, tags, remotes and notes (the stash, filter-branch's backup, a tool's snapshots) keep what the branches do not";
 
 fn walk(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) -> io::Result<()> {

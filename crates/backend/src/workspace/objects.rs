@@ -34,18 +34,28 @@ const KEPT_REFS: &[&str] = &[
     "refs/worktree/",
 ];
 
-/// Files of an operation in progress that name commits it needs.
-const STATE_FILES: &[&str] = &[
-    "HEAD",
+/// The heads of an operation in progress: their commits are needed, and
+/// one of them present says an operation is in progress.
+const OPERATION_HEADS: &[&str] = &[
     "MERGE_HEAD",
     "CHERRY_PICK_HEAD",
     "REVERT_HEAD",
     "REBASE_HEAD",
+];
+
+/// Other files that name commits the repository's state needs.
+const STATE_FILES: &[&str] = &[
+    "HEAD",
     "rebase-merge/onto",
     "rebase-merge/orig-head",
     "rebase-apply/onto",
     "rebase-apply/orig-head",
 ];
+
+/// Whether `word` is an object id (SHA-1 or SHA-256, in hex).
+fn is_object_id(word: &str) -> bool {
+    matches!(word.len(), 40 | 64) && word.bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 /// What the pack starts from: every kept ref, and the commits the HEADs
 /// and operation state of the repository and its worktrees name.
@@ -72,22 +82,16 @@ fn tips(git_dir: &Path) -> io::Result<Vec<String>> {
     for dir in dirs {
         // `AUTO_MERGE` only within an operation: a conflicted `stash pop`
         // leaves one behind whose tree holds the stash.
-        let operation = [
-            "MERGE_HEAD",
-            "CHERRY_PICK_HEAD",
-            "REVERT_HEAD",
-            "REBASE_HEAD",
-        ]
-        .iter()
-        .any(|f| dir.join(f).is_file());
+        let operation = OPERATION_HEADS.iter().any(|f| dir.join(f).is_file());
         let auto_merge = operation.then_some("AUTO_MERGE");
-        for file in STATE_FILES.iter().copied().chain(auto_merge) {
+        let files = STATE_FILES.iter().chain(OPERATION_HEADS).copied();
+        for file in files.chain(auto_merge) {
             let Ok(text) = std::fs::read_to_string(dir.join(file)) else {
                 continue;
             };
             for line in text.lines() {
                 let id = line.split_whitespace().next().unwrap_or_default();
-                if matches!(id.len(), 40 | 64) && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                if is_object_id(id) {
                     tips.push(id.to_owned());
                 }
             }
@@ -149,7 +153,7 @@ fn existing(git_dir: &Path, files: &[PathBuf]) -> io::Result<Vec<String>> {
         let text = fs_err::read_to_string(file).unwrap_or_default();
         ids.extend(
             text.split_whitespace()
-                .filter(|w| matches!(w.len(), 40 | 64) && w.bytes().all(|b| b.is_ascii_hexdigit()))
+                .filter(|w| is_object_id(w))
                 .map(str::to_owned),
         );
     }

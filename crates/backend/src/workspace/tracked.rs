@@ -76,12 +76,21 @@ pub(super) fn path_of(bytes: &[u8]) -> PathBuf {
     PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes))
 }
 
+/// A tracked file as the index has it, copied instead of the work tree's.
+#[derive(Debug)]
+pub struct Committed {
+    pub bytes: Vec<u8>,
+    /// Why, for the preflight.
+    pub why: String,
+    /// Git records it as executable.
+    pub executable: bool,
+}
+
 /// What a copy does with tracked files that need a second look.
 #[derive(Debug, Default)]
 pub struct Choice {
-    /// Copied from the index instead of the work tree: the bytes, why, and
-    /// whether git records the file as executable.
-    pub from_index: BTreeMap<PathBuf, (Vec<u8>, String, bool)>,
+    /// Copied from the index instead of the work tree.
+    pub from_index: BTreeMap<PathBuf, Committed>,
     /// Left out entirely (a secret in conflict: no one version to take).
     pub left_out: Vec<(PathBuf, String)>,
 }
@@ -151,11 +160,11 @@ pub fn choose(
         let bytes = git(source, &["cat-file", "blob", &file.blob], None)?;
         choice.from_index.insert(
             file.rel.clone(),
-            (
+            Committed {
                 bytes,
-                format!("the working copy differs from the index and {why}; the index's version is copied"),
-                file.mode == "100755",
-            ),
+                why: format!("the working copy differs from the index and {why}; the index's version is copied"),
+                executable: file.mode == "100755",
+            },
         );
     }
     Ok(choice)
