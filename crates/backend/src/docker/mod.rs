@@ -329,7 +329,10 @@ impl DockerBackend {
         let lock_dir = &self.settings.lock_dir;
         // Two paths side by side: the gate's (image, network, container)
         // and the agent's (image, runtime, container). The shim holds the
-        // command back until the gate's socket exists.
+        // command back until the gate's socket exists, for a bounded time:
+        // so the agent starts only once the gate's image is there (a first
+        // build can take minutes, its container start does not).
+        let (gate_image_ready, mut gate_image_built) = tokio::sync::watch::channel(false);
         let gate_watch = async {
             let network = async {
                 if p.own_network {
@@ -339,6 +342,7 @@ impl DockerBackend {
             };
             let image = images::ensure(docker, &p.gate_image, &binary, lock_dir, reporter);
             let ((subnets, gateways), ()) = tokio::try_join!(network, image)?;
+            let _ = gate_image_ready.send(true);
             let mut gate_config = p.gate_config.clone();
             // The person's network's subnets are their services; a network
             // of the bottle's own holds nothing but the gate.
@@ -439,6 +443,9 @@ impl DockerBackend {
                     ));
                 }
                 first = false;
+                // The gate's path failing ends this select, so the wait is
+                // never left hanging.
+                let _ = gate_image_built.wait_for(|built| *built).await;
                 let code = session::run(docker, &p.agent_container, &timing).await?;
                 // An approved image change stopped the agent: come back on
                 // the new image, same identity, same volumes, same gate.
