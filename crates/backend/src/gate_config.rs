@@ -32,6 +32,25 @@ pub struct GatePaths {
     pub supervise_dir: PathBuf,
 }
 
+impl GatePaths {
+    /// Where every backend's gate processes see their files: the same
+    /// paths in a gate container and in a native gate's mount namespace.
+    pub fn standard() -> GatePaths {
+        GatePaths {
+            socket_dir: SOCKET_DIR.into(),
+            audit_log: "/var/log/bottle/audit.jsonl".into(),
+            egress_dir: "/etc/bottle".into(),
+            git_config_dir: "/etc/bottle".into(),
+            git_dir: "/var/lib/bottle/git".into(),
+            supervise_dir: "/var/lib/bottle/supervise".into(),
+        }
+    }
+}
+
+/// Where the gate's sockets are, for the gate and inside the agent's
+/// sandbox alike.
+pub const SOCKET_DIR: &str = "/run/bottle";
+
 /// File name of each process's configuration in its directory.
 pub const EGRESS_CONFIG_FILE: &str = "gate.json";
 pub const GIT_CONFIG_FILE: &str = "git.json";
@@ -82,6 +101,7 @@ pub fn egress(plan: &Plan, paths: &GatePaths, image: String) -> GateConfig {
                     push: push(g),
                 })
                 .collect(),
+            image_changes: None,
         }),
     }
 }

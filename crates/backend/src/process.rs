@@ -21,6 +21,14 @@ impl Launcher {
         Ok(Launcher { pid, start })
     }
 
+    /// Process `pid`, if it runs.
+    pub fn of(pid: u32) -> Option<Launcher> {
+        Some(Launcher {
+            pid,
+            start: start_time(pid)?,
+        })
+    }
+
     /// Whether the same process still runs (a zombie counts as gone).
     pub fn is_alive(&self) -> bool {
         start_time(self.pid) == Some(self.start) && !is_zombie(self.pid)

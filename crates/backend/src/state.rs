@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 use bottle_gate::ca::MintedCa;
 use bottle_manifest::plan::{GitPlan, Plan};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::BackendError;
 
@@ -318,32 +318,50 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BackendError> 
     std::io::Write::write_all(&mut file, bytes).map_err(io)
 }
 
+/// Version of `metadata.json`'s shape. Version 1 (bot-bottle before the
+/// state was versioned) has no `version` field and reads as this one;
+/// a newer version is refused, never guessed at.
+pub const STATE_VERSION: u32 = 2;
+
+/// Why a bottle's `metadata.json` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {message}")]
+    Unreadable { path: PathBuf, message: String },
+    #[error(
+        "{path}: written by a newer bot-bottle (state version {found}; this one reads up to {STATE_VERSION}): upgrade bot-bottle to use this bottle"
+    )]
+    Newer { path: PathBuf, found: u32 },
+}
+
 /// A bottle found in the state root.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub identity: String,
     pub dir: BottleDir,
-    /// `metadata.json`, or `Null` when it is missing or unreadable.
-    pub metadata: serde_json::Value,
+    /// `metadata.json`, or why it could not be read (missing, not JSON,
+    /// written by a newer bot-bottle).
+    pub metadata: Result<Metadata, StateError>,
 }
 
 impl Record {
-    /// `running`, `stopped`, `preserved`, or `unknown`.
-    pub fn state(&self) -> &str {
-        self.metadata["state"].as_str().unwrap_or("unknown")
+    /// The lifecycle state, `None` when the metadata cannot be read.
+    pub fn state(&self) -> Option<BottleState> {
+        self.metadata.as_ref().ok().map(|m| m.state)
     }
 
     /// Whether the launcher recorded in the metadata still runs.
     pub fn launcher_alive(&self) -> bool {
-        self.metadata["launcher"]
-            .as_str()
-            .and_then(|l| l.parse::<crate::process::Launcher>().ok())
+        self.metadata
+            .as_ref()
+            .ok()
+            .and_then(Metadata::launcher)
             .is_some_and(|l| l.is_alive())
     }
 
     /// Running, with a live launcher: held, not to be cleaned up.
     pub fn is_live(&self) -> bool {
-        self.state() == "running" && self.launcher_alive()
+        self.state() == Some(BottleState::Running) && self.launcher_alive()
     }
 }
 
@@ -357,14 +375,10 @@ pub fn records(root: &Path) -> Vec<Record> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| {
             let dir = BottleDir::new(e.path());
-            let metadata = std::fs::read(dir.metadata())
-                .ok()
-                .and_then(|m| serde_json::from_slice(&m).ok())
-                .unwrap_or(serde_json::Value::Null);
             Record {
                 identity: e.file_name().to_string_lossy().into_owned(),
+                metadata: Metadata::read(&dir),
                 dir,
-                metadata,
             }
         })
         .collect();
@@ -373,15 +387,30 @@ pub fn records(root: &Path) -> Vec<Record> {
 }
 
 /// Lifecycle state recorded in `metadata.json`.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum BottleState {
+    /// A launcher holds it (or held it, if that launcher crashed).
     Running,
+    /// Stopped; its workspace, home and state are kept for resume.
     Stopped,
+    /// Stopped, and kept even under `--rm`: it carries an image change a
+    /// person approved (a capability block).
+    Preserved,
+}
+
+impl BottleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BottleState::Running => "running",
+            BottleState::Stopped => "stopped",
+            BottleState::Preserved => "preserved",
+        }
+    }
 }
 
 /// Flags of the start that made a bottle, as `metadata.json` records them.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Flags {
     /// `--rm`.
     pub rm: bool,
@@ -391,15 +420,24 @@ pub struct Flags {
     pub command_from_argv: bool,
 }
 
-/// `metadata.json`: what the bottle is. The plan it was started from is
-/// kept whole, so later commands never have to guess.
-#[derive(Debug, Clone, Serialize)]
-pub struct Metadata<'a> {
-    pub identity: &'a str,
-    pub agent: &'a str,
-    pub bottle: &'a str,
-    pub manifest: &'a Path,
-    pub backend: &'a str,
+fn version_1() -> u32 {
+    1
+}
+
+/// `metadata.json`: what the bottle is and where it is in its life. The
+/// plan it was started from is kept whole, so later commands never have
+/// to guess. Written and read through this type alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metadata {
+    /// [`STATE_VERSION`] when written.
+    #[serde(default = "version_1")]
+    pub version: u32,
+    pub identity: String,
+    pub agent: String,
+    pub bottle: String,
+    pub manifest: PathBuf,
+    /// The backend it runs on (`docker`, `native`).
+    pub backend: String,
     pub started_at: String,
     pub state: BottleState,
     pub launcher_pid: u32,
@@ -409,19 +447,27 @@ pub struct Metadata<'a> {
     pub cwd: Option<PathBuf>,
     /// The flags that shaped the bottle.
     pub flags: Flags,
-    pub plan: &'a Plan,
+    /// Who stopped it, when not its launcher (the guardian after a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
+    pub plan: Plan,
 }
 
-impl<'a> Metadata<'a> {
-    pub fn new(plan: &'a Plan, state: BottleState) -> Metadata<'a> {
+impl Metadata {
+    /// A bottle this launcher is starting: running, held by this process.
+    pub fn starting(plan: &Plan) -> Metadata {
+        let launcher = crate::process::Launcher::current()
+            .map(|l| l.to_string())
+            .unwrap_or_default();
         Metadata {
-            identity: &plan.identity,
-            agent: &plan.agent,
-            bottle: &plan.bottle,
-            manifest: &plan.manifest,
-            backend: &plan.backend,
+            version: STATE_VERSION,
+            identity: plan.identity.clone(),
+            agent: plan.agent.clone(),
+            bottle: plan.bottle.clone(),
+            manifest: plan.manifest.clone(),
+            backend: plan.backend.clone(),
             started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            state,
+            state: BottleState::Running,
             cwd: std::env::current_dir().ok(),
             flags: Flags {
                 rm: plan.remove_on_exit,
@@ -430,10 +476,157 @@ impl<'a> Metadata<'a> {
                     == bottle_manifest::plan::CommandSource::Argv,
             },
             launcher_pid: std::process::id(),
-            launcher: crate::process::Launcher::current()
-                .map(|l| l.to_string())
-                .unwrap_or_default(),
-            plan,
+            launcher,
+            stopped_by: None,
+            plan: plan.clone(),
         }
+    }
+
+    /// Its launcher stopped it: kept for resume (`preserved` when it
+    /// carries an approved image change).
+    pub fn stop(&mut self, preserved: bool) {
+        self.state = if preserved {
+            BottleState::Preserved
+        } else {
+            BottleState::Stopped
+        };
+    }
+
+    /// Someone other than its launcher (`by`) found it abandoned and
+    /// stopped it.
+    pub fn stop_for(&mut self, preserved: bool, by: &str) {
+        self.stop(preserved);
+        self.stopped_by = Some(by.to_owned());
+    }
+
+    /// The launcher recorded, if it parses.
+    pub fn launcher(&self) -> Option<crate::process::Launcher> {
+        self.launcher.parse().ok()
+    }
+
+    /// Whether `launcher` is the one that holds (or held) this bottle.
+    pub fn is_held_by(&self, launcher: &crate::process::Launcher) -> bool {
+        self.launcher() == Some(*launcher)
+    }
+
+    /// Reads `dir`'s `metadata.json`.
+    pub fn read(dir: &BottleDir) -> Result<Metadata, StateError> {
+        let path = dir.metadata();
+        let unreadable = |message: String| StateError::Unreadable {
+            path: path.clone(),
+            message,
+        };
+        let bytes = std::fs::read(&path).map_err(|e| unreadable(e.to_string()))?;
+        Metadata::parse(&bytes).map_err(|e| match e {
+            StateError::Unreadable { message, .. } => unreadable(message),
+            StateError::Newer { found, .. } => StateError::Newer {
+                path: path.clone(),
+                found,
+            },
+        })
+    }
+
+    /// Parses a `metadata.json` of any version this build reads.
+    pub fn parse(bytes: &[u8]) -> Result<Metadata, StateError> {
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default = "version_1")]
+            version: u32,
+        }
+        let unreadable = |e: serde_json::Error| StateError::Unreadable {
+            path: PathBuf::new(),
+            message: format!("not the metadata of a bottle: {e}"),
+        };
+        let Version { version } = serde_json::from_slice(bytes).map_err(unreadable)?;
+        if version > STATE_VERSION {
+            return Err(StateError::Newer {
+                path: PathBuf::new(),
+                found: version,
+            });
+        }
+        let mut metadata: Metadata = serde_json::from_slice(bytes).map_err(unreadable)?;
+        metadata.version = STATE_VERSION;
+        Ok(metadata)
+    }
+
+    /// Writes it to `dir`'s `metadata.json`, atomically.
+    pub fn write(&self, dir: &BottleDir) -> Result<(), BackendError> {
+        dir.write_json(&dir.metadata(), self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `metadata.json` as bot-bottle wrote it before the state had a
+    /// version.
+    const V1: &str = include_str!("../tests/fixtures/metadata-v1.json");
+
+    #[test]
+    fn an_older_state_file_reads() {
+        let m = Metadata::parse(V1.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.version, STATE_VERSION);
+        assert_eq!(m.state, BottleState::Stopped);
+        assert_eq!(m.backend, "docker");
+        assert_eq!(m.plan.identity, m.identity);
+        assert!(m.stopped_by.is_some());
+        assert_eq!(m.launcher().map(|l| l.pid), Some(4242));
+    }
+
+    #[test]
+    fn state_round_trips_and_moves_by_its_methods() {
+        let old = Metadata::parse(V1.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let mut m = Metadata::starting(&old.plan);
+        assert_eq!(m.state, BottleState::Running);
+        assert!(
+            m.is_held_by(&crate::process::Launcher::current().unwrap_or_else(|e| panic!("{e}")))
+        );
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = BottleDir::new(dir.path());
+        m.write(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Metadata::read(&dir).as_ref(), Ok(&m));
+        m.stop(true);
+        assert_eq!(m.state, BottleState::Preserved);
+        m.stop_for(false, "a test");
+        assert_eq!(m.state, BottleState::Stopped);
+        assert_eq!(m.stopped_by.as_deref(), Some("a test"));
+        m.write(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Metadata::read(&dir), Ok(m));
+    }
+
+    #[test]
+    fn a_newer_state_file_is_refused_not_misread() {
+        let mut json: serde_json::Value =
+            serde_json::from_str(V1).unwrap_or_else(|e| panic!("{e}"));
+        json["version"] = (STATE_VERSION + 1).into();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = BottleDir::new(dir.path());
+        std::fs::write(dir.metadata(), json.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        let Err(err) = Metadata::read(&dir) else {
+            panic!("a newer version must not read");
+        };
+        assert!(matches!(err, StateError::Newer { found, .. } if found == STATE_VERSION + 1));
+        let text = err.to_string();
+        assert!(
+            text.contains("metadata.json") && text.contains("upgrade bot-bottle"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_broken_state_file_says_so() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = BottleDir::new(dir.path());
+        std::fs::write(dir.metadata(), b"{\"state\": 7}").unwrap_or_else(|e| panic!("{e}"));
+        let Err(err) = Metadata::read(&dir) else {
+            panic!("not metadata");
+        };
+        assert!(matches!(err, StateError::Unreadable { .. }), "{err}");
+        let missing = BottleDir::new(dir.root.join("gone"));
+        assert!(matches!(
+            Metadata::read(&missing),
+            Err(StateError::Unreadable { .. })
+        ));
     }
 }

@@ -125,6 +125,15 @@ pub enum Command {
         /// The bottle's state directory.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The backend the bottle runs on.
+        #[arg(long, value_enum, default_value = "docker")]
+        backend: BackendName,
+    },
+    /// Say which backends can run bottles here, and what to install or
+    /// change where one cannot.
+    Doctor {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
     },
 }
 
@@ -138,6 +147,17 @@ pub enum Format {
 pub enum BackendName {
     /// Containers through the Docker Engine API.
     Docker,
+    /// bubblewrap namespaces, seccomp and Landlock; no daemon.
+    Native,
+}
+
+impl From<BackendName> for bottle_backend::BackendName {
+    fn from(name: BackendName) -> Self {
+        match name {
+            BackendName::Docker => bottle_backend::BackendName::Docker,
+            BackendName::Native => bottle_backend::BackendName::Native,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -154,7 +174,8 @@ pub struct StartArgs {
     pub agent: String,
     #[command(flatten)]
     pub manifest: ManifestArg,
-    /// Where the bottle runs [default: $BOTTLE_BACKEND, else docker]
+    /// Where the bottle runs [default: $BOTTLE_BACKEND, else docker when
+    /// an engine answers, else native]
     #[arg(long, value_enum)]
     pub backend: Option<BackendName>,
     /// Print the plan and create nothing.
@@ -219,6 +240,13 @@ pub struct ShimArgs {
     /// bottle's alone.
     #[arg(long, value_name = "N")]
     pub nproc: Option<u64>,
+    /// Most writable private memory of each process (RLIMIT_DATA): set
+    /// where no memory cgroup bounds the sandbox.
+    #[arg(long, value_name = "BYTES")]
+    pub data_limit: Option<u64>,
+    /// Confine the command with Landlock where the kernel has it.
+    #[arg(long)]
+    pub landlock: bool,
     /// The command to run.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

@@ -5,7 +5,8 @@
 
 /// Manifest path when `--manifest` is not given.
 pub const BOTTLE_MANIFEST: &str = "BOTTLE_MANIFEST";
-/// Backend when `--backend` is not given (`docker`).
+/// Backend when `--backend` is not given (`docker` or `native`; unset:
+/// docker when an engine answers, else native).
 pub const BOTTLE_BACKEND: &str = "BOTTLE_BACKEND";
 /// The image every bot-bottle image is built `FROM`
 /// (default `bot-bottle/base:bookworm`, made by `scripts/base-image`).
@@ -45,5 +46,16 @@ pub fn read(name: &str) -> Option<String> {
             .iter()
             .find(|(_, ours)| *ours == name)
             .and_then(|(alias, _)| get(alias))
+    })
+}
+
+/// [`read`], saying which name held the value.
+pub fn read_named(name: &'static str) -> Option<(&'static str, String)> {
+    let get = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    get(name).map(|v| (name, v)).or_else(|| {
+        ALIASES
+            .iter()
+            .find(|(_, ours)| *ours == name)
+            .and_then(|(alias, _)| get(alias).map(|v| (*alias, v)))
     })
 }

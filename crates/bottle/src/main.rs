@@ -39,10 +39,13 @@ impl From<bottle_backend::BackendError> for Failure {
         use bottle_backend::BackendError as E;
         let code = match err {
             E::DockerUnavailable(_)
+            | E::Unavailable { .. }
             | E::BaseImageMissing { .. }
             | E::RuntimeMissing
             | E::ImageMissing { .. } => exit::UNAVAILABLE,
-            E::NetworkMissing { .. } | E::NameTaken { .. } => exit::CONFIG,
+            E::NetworkMissing { .. } | E::NameTaken { .. } | E::Refused { .. } | E::State(_) => {
+                exit::CONFIG
+            }
             _ => exit::SOFTWARE,
         };
         Failure::new(code, err)
@@ -89,7 +92,9 @@ fn main() {
             identity,
             launcher,
             state,
-        } => commands::reap::run(&identity, launcher.as_deref(), state.as_deref()),
+            backend,
+        } => commands::reap::run(&identity, backend, launcher.as_deref(), state.as_deref()),
+        Command::Doctor { format } => commands::doctor::run(format, &printer),
         Command::GitHook { name } => commands::gate::hook(&name),
         Command::PrepareTrust => commands::shim::prepare_trust(),
         Command::BuildHelper { action, args } => commands::shim::build_helper(&action, &args),

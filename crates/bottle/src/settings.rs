@@ -4,7 +4,7 @@
 //! | setting       | flag          | environment                      | default                          |
 //! |---------------|---------------|----------------------------------|----------------------------------|
 //! | manifest      | `--manifest`  | `BOTTLE_MANIFEST`                | `./bottle.json`, then `$XDG_CONFIG_HOME/bot-bottle/manifest.json` |
-//! | backend       | `--backend`   | `BOTTLE_BACKEND`                 | `docker`                         |
+//! | backend       | `--backend`   | `BOTTLE_BACKEND`                 | `docker` when an engine answers, else `native` |
 //! | base image    |               | `BOTTLE_BASE_IMAGE`              | `bot-bottle/base:bookworm`       |
 //! | state root    |               | `XDG_STATE_HOME`                 | `~/.local/state` + `/bot-bottle` |
 //!
@@ -15,6 +15,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bottle_manifest::load::Lookup;
+
+use bottle_backend::docker::DockerSettings;
+use bottle_backend::native::NativeSettings;
+use bottle_backend::registry::Wanted;
 
 use crate::cli::{BackendName, ManifestArg};
 use crate::env;
@@ -74,28 +78,27 @@ impl Global {
     }
 }
 
-/// Settings of `start`.
+/// Settings of `start` and of the backends.
 #[derive(Debug, Clone)]
 pub struct Start {
-    pub backend: BackendName,
+    /// Where the backend choice may come from (decided by
+    /// [`bottle_backend::registry::choose`], which may ask the engine).
+    pub wanted: Wanted,
     pub base_image: String,
-    pub install_claude: String,
-    pub gate_timeout: Duration,
-    /// `BOTTLE_CONTAINER`: the agent container's name, pinned.
-    pub container_name: Option<String>,
+    /// Every backend's own settings.
+    pub backends: bottle_backend::registry::Settings,
 }
 
 impl Start {
-    pub fn resolve(flag: Option<BackendName>) -> anyhow::Result<Start> {
-        let backend = match flag {
-            Some(b) => b,
-            None => match env::read(env::BOTTLE_BACKEND).as_deref() {
-                None | Some("docker") => BackendName::Docker,
-                Some(other) => bail!(
-                    "{} is {other:?}, which is not a backend of this build: use docker",
-                    env::BOTTLE_BACKEND
-                ),
-            },
+    pub fn resolve(flag: Option<BackendName>, global: &Global) -> anyhow::Result<Start> {
+        let env = match env::read_named(env::BOTTLE_BACKEND) {
+            None => None,
+            Some((var, value)) => Some((
+                var,
+                value
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("{var}: {e}"))?,
+            )),
         };
         let install_claude = env::read(env::BOTTLE_INSTALL_CLAUDE).unwrap_or_else(|| "auto".into());
         if !matches!(install_claude.as_str(), "auto" | "0" | "1") {
@@ -114,12 +117,21 @@ impl Start {
             })?),
         };
         Ok(Start {
-            backend,
+            wanted: Wanted {
+                flag: flag.map(bottle_backend::BackendName::from),
+                env,
+            },
             base_image: env::read(env::BOTTLE_BASE_IMAGE)
                 .unwrap_or_else(|| DEFAULT_BASE_IMAGE.into()),
-            install_claude,
-            gate_timeout,
-            container_name: env::read(env::BOTTLE_CONTAINER),
+            backends: bottle_backend::registry::Settings {
+                docker: DockerSettings {
+                    install_claude,
+                    lock_dir: global.lock_dir(),
+                    gate_timeout,
+                    container_name: env::read(env::BOTTLE_CONTAINER),
+                },
+                native: NativeSettings { gate_timeout },
+            },
         })
     }
 }

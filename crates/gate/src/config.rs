@@ -73,6 +73,10 @@ pub struct SuperviseConfig {
     /// keys are the git role's, never this process's).
     #[serde(default)]
     pub remotes: Vec<RemoteView>,
+    /// Why image changes cannot be asked for here (the backend has no
+    /// image); `None`: they can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_changes: Option<String>,
 }
 
 /// A git remote as `show_policy` describes it.

@@ -387,6 +387,7 @@ fn the_supervise_server_survives_any_body() {
                 dir: dir.path().to_owned(),
                 image: "x".into(),
                 remotes: Vec::new(),
+                image_changes: None,
             },
         });
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();

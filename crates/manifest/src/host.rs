@@ -9,7 +9,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Longest host name DNS can carry (RFC 1035 §2.3.4).
 const MAX_HOST_LEN: usize = 253;
@@ -195,7 +195,7 @@ fn parse_ipv4_part(part: &str) -> Option<u64> {
 }
 
 /// The host part of an allowlist rule.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum HostPattern {
     /// Exactly this name.
@@ -208,7 +208,7 @@ pub enum HostPattern {
 }
 
 /// One entry of a bottle's `allow` list, parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HostRule {
     /// The rule as the person wrote it, for audit lines and messages.
     pub text: String,

@@ -13,14 +13,37 @@ use crate::plan::{
     MCP_CONFIG_PATH, PROMPT_PATH, PROXY_PORT, SUPERVISE_PATH, SUPERVISE_PORT, SUPERVISE_SERVER,
 };
 
-/// The order provisioning follows, as the plan states it.
-pub const STEPS: &[&str] = &["ca", "prompt", "skills", "git", "supervise"];
+/// One step of provisioning a bottle.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// The bottle's CA, into the agent's trust stores.
+    Ca,
+    /// The system prompt.
+    Prompt,
+    /// The skills, into the agent's home.
+    Skills,
+    /// The git gate's keys and the agent's remotes.
+    Git,
+    /// The supervise server's MCP configuration.
+    Supervise,
+}
+
+/// The order provisioning follows, as the plan states it and every
+/// backend carries it out.
+pub const STEPS: &[Step] = &[
+    Step::Ca,
+    Step::Prompt,
+    Step::Skills,
+    Step::Git,
+    Step::Supervise,
+];
 
 /// What is provisioned into the bottle.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProvisionPlan {
     /// [`STEPS`].
-    pub steps: Vec<&'static str>,
+    pub steps: Vec<Step>,
     /// Where the system prompt is written (read-only for the agent).
     pub prompt_file: String,
     /// The whole prompt: bot-bottle's section, then the agent's `prompt`.
@@ -35,7 +58,7 @@ pub struct ProvisionPlan {
 }
 
 /// One skill directory.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SkillPlan {
     pub name: String,
     /// The host directory copied.

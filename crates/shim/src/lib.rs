@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
+pub mod confine;
 pub mod trust;
 
 /// Exit status when the shim itself fails (sysexits' EX_SOFTWARE).
@@ -50,6 +51,12 @@ pub struct ShimConfig {
     /// RLIMIT_NPROC for the command's user, when the sandbox counts its
     /// processes on its own (a kernel of its own, as under gVisor).
     pub nproc: Option<u64>,
+    /// RLIMIT_DATA for the command (its writable private memory, per
+    /// process), where no memory cgroup bounds the sandbox.
+    pub data_limit: Option<u64>,
+    /// Confine the command with Landlock: the filesystem rules of
+    /// [`confine`], where the kernel has Landlock.
+    pub landlock: bool,
     pub command: Vec<String>,
 }
 
@@ -67,6 +74,8 @@ pub enum ShimError {
         program: String,
         source: std::io::Error,
     },
+    #[error("cannot confine the command with Landlock: {0}")]
+    Landlock(String),
     #[error("no command to run")]
     NoCommand,
     #[error("cannot install the bottle's CA: {0}")]
@@ -128,6 +137,19 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     if let Some(limit) = config.nproc {
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, limit, limit)
             .map_err(|e| ShimError::Io(std::io::Error::from(e)))?;
+    }
+    if let Some(limit) = config.data_limit {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_DATA, limit, limit)
+            .map_err(|e| ShimError::Io(std::io::Error::from(e)))?;
+    }
+    // A sandbox started in a session of its own (the native backend) gets
+    // its terminal as the controlling one here, so the command's job
+    // control and Ctrl-C work as on any terminal.
+    if std::io::stdin().is_terminal() {
+        let _ = rustix::process::ioctl_tiocsctty(std::io::stdin());
+    }
+    if config.landlock {
+        confine::landlock().map_err(ShimError::Landlock)?;
     }
     if let Some((uid, gid)) = config.user {
         drop_privileges(uid, gid)?;

@@ -8,62 +8,10 @@ use bollard::query_parameters::{
 };
 
 use super::{IDENTITY_LABEL, LAUNCHER_LABEL, MANAGED_LABEL, ROLE_LABEL, STATE_LABEL};
-use crate::BackendError;
-
-/// One container of a bottle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    /// `agent`, `gate` or `git`.
-    pub role: String,
-    pub running: bool,
-    /// Its health check's verdict: `healthy`, `unhealthy`, `starting`;
-    /// `None` when it has none or is not running.
-    pub health: Option<String>,
-}
-
-/// Everything Docker holds for one identity.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resources {
-    /// The launcher the containers name (`PID:START`), if any.
-    pub launcher: Option<String>,
-    /// The state directory the resources name, if any.
-    pub state_dir: Option<std::path::PathBuf>,
-    pub containers: Vec<Container>,
-    pub networks: Vec<String>,
-    pub volumes: Vec<String>,
-}
-
-impl Resources {
-    pub fn is_empty(&self) -> bool {
-        self.containers.is_empty() && self.networks.is_empty() && self.volumes.is_empty()
-    }
-
-    /// Whether the launcher named on the resources still runs.
-    pub fn launcher_alive(&self) -> bool {
-        self.launcher
-            .as_deref()
-            .and_then(|l| l.parse::<crate::process::Launcher>().ok())
-            .is_some_and(|l| l.is_alive())
-    }
-
-    /// Whether the role's container runs.
-    pub fn running(&self, role: &str) -> bool {
-        self.containers.iter().any(|c| c.role == role && c.running)
-    }
-
-    /// The health of the role's running container, if it has a verdict.
-    pub fn health(&self, role: &str) -> Option<&str> {
-        self.containers
-            .iter()
-            .find(|c| c.role == role && c.running)
-            .and_then(|c| c.health.as_deref())
-    }
-}
+use crate::{BackendError, BackendName, Found, Part, Role};
 
 /// Every labelled container, network and volume, by identity.
-pub async fn by_identity(docker: &Docker) -> Result<BTreeMap<String, Resources>, BackendError> {
+pub async fn by_identity(docker: &Docker) -> Result<BTreeMap<String, Found>, BackendError> {
     let filter = HashMap::from([("label".to_owned(), vec![IDENTITY_LABEL.to_owned()])]);
     let (containers, networks, volumes) = tokio::join!(
         docker.list_containers(Some(ListContainersOptions {
@@ -78,28 +26,29 @@ pub async fn by_identity(docker: &Docker) -> Result<BTreeMap<String, Resources>,
             filters: Some(filter.clone()),
         })),
     );
-    let mut out: BTreeMap<String, Resources> = BTreeMap::new();
+    let mut out: BTreeMap<String, Found> = BTreeMap::new();
+    let found = || Found::new(BackendName::Docker);
     for c in containers.map_err(|e| BackendError::docker("list containers", e))? {
         let labels = c.labels.unwrap_or_default();
         let Some(identity) = labels.get(IDENTITY_LABEL) else {
             continue;
         };
-        let entry = out.entry(identity.clone()).or_default();
+        let entry = out.entry(identity.clone()).or_insert_with(found);
         if let Some(launcher) = labels.get(LAUNCHER_LABEL) {
             entry.launcher = Some(launcher.clone());
         }
         if let Some(dir) = labels.get(STATE_LABEL) {
             entry.state_dir = Some(dir.into());
         }
-        entry.containers.push(Container {
-            id: c.id.unwrap_or_default(),
+        entry.parts.push(Part {
+            kind: "container",
             name: c
                 .names
                 .and_then(|n| n.first().cloned())
                 .unwrap_or_default()
                 .trim_start_matches('/')
                 .to_owned(),
-            role: labels.get(ROLE_LABEL).cloned().unwrap_or_default(),
+            role: labels.get(ROLE_LABEL).and_then(|r| Role::parse(r)),
             running: c.state.is_some_and(|s| s.to_string() == "running"),
             health: c.status.as_deref().and_then(health_of),
         });
@@ -107,9 +56,15 @@ pub async fn by_identity(docker: &Docker) -> Result<BTreeMap<String, Resources>,
     for n in networks.map_err(|e| BackendError::docker("list networks", e))? {
         if let Some(identity) = n.labels.as_ref().and_then(|l| l.get(IDENTITY_LABEL)) {
             out.entry(identity.clone())
-                .or_default()
-                .networks
-                .push(n.name.unwrap_or_default());
+                .or_insert_with(found)
+                .parts
+                .push(Part {
+                    kind: "network",
+                    name: n.name.unwrap_or_default(),
+                    role: None,
+                    running: false,
+                    health: None,
+                });
         }
     }
     for v in volumes
@@ -118,11 +73,17 @@ pub async fn by_identity(docker: &Docker) -> Result<BTreeMap<String, Resources>,
         .unwrap_or_default()
     {
         if let Some(identity) = v.labels.get(IDENTITY_LABEL) {
-            let entry = out.entry(identity.clone()).or_default();
+            let entry = out.entry(identity.clone()).or_insert_with(found);
             if let Some(dir) = v.labels.get(STATE_LABEL) {
                 entry.state_dir.get_or_insert_with(|| dir.into());
             }
-            entry.volumes.push(v.name);
+            entry.parts.push(Part {
+                kind: "volume",
+                name: v.name,
+                role: None,
+                running: false,
+                health: None,
+            });
         }
     }
     Ok(out)

@@ -15,29 +15,27 @@ mod session;
 mod spec;
 mod teardown;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::{RemoveContainerOptions, StopContainerOptions};
-use bottle_gate::ca::{MintedCa, mint_ca};
-use bottle_gate::config::GateConfig;
-use bottle_manifest::plan::Plan;
-use tokio::signal::unix::{SignalKind, signal};
-
-use crate::state::{BottleDir, BottleState, Metadata};
-use crate::{Backend, BackendError, Outcome, Reporter};
-use bottle_manifest::plan::WorkspacePlan;
+use bollard::query_parameters::RemoveContainerOptions;
+use bottle_manifest::plan::{Plan, WorkspacePlan};
 use bytes::Bytes;
+use tokio::sync::OnceCell;
+
+use crate::state::BottleDir;
+use crate::{
+    AgentRun, Availability, Backend, BackendError, BackendName, Found, Gates, GatesReady, Reporter,
+    Scope,
+};
 pub use engine::remove_image;
 use engine::{create_container, exit_status, is_conflict, is_not_found, log_tail, start_gate};
 pub use images::{INPUTS_LABEL, MANAGED_LABEL};
 use images::{ImageKind, ImageSpec, SelfBinary};
 use network::{create_network, create_volume, network_addresses, refused_addresses};
-pub use runtime::describe_runtime;
 use runtime::resolve_runtime;
-use teardown::spawn_guardian;
-pub use teardown::{Scope, reap, teardown};
 
 /// Label every resource of a bottle carries; `list` and `cleanup` find
 /// resources by it, never by name alone.
@@ -62,17 +60,6 @@ const GATE_SUPERVISE_DIR: &str = "/var/lib/bottle/supervise";
 const BINARY: &str = "/usr/local/bin/bottle";
 /// Seconds an interrupted agent gets to exit before it is killed.
 const STOP_GRACE_SECS: i32 = 3;
-/// Where each gate process sees its files.
-fn gate_paths() -> crate::gate_config::GatePaths {
-    crate::gate_config::GatePaths {
-        socket_dir: SOCKET_DIR.into(),
-        audit_log: GATE_AUDIT_LOG.into(),
-        egress_dir: GATE_CONFIG_DIR.into(),
-        git_config_dir: GATE_CONFIG_DIR.into(),
-        git_dir: GATE_GIT_DIR.into(),
-        supervise_dir: GATE_SUPERVISE_DIR.into(),
-    }
-}
 
 /// Settings of the Docker backend that do not come from the plan.
 #[derive(Debug, Clone)]
@@ -88,9 +75,10 @@ pub struct DockerSettings {
 }
 
 /// The Docker backend.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DockerBackend {
     settings: DockerSettings,
+    engine: OnceCell<Docker>,
 }
 
 /// What `prepare` resolved.
@@ -110,26 +98,33 @@ pub struct DockerPrepared {
     /// Whether `gate_network` is made for this bottle (and removed with it).
     pub own_network: bool,
     pub labels: HashMap<String, String>,
-    /// The egress gate's configuration.
-    pub gate_config: GateConfig,
-    /// The git gate's configuration, when the bottle has upstreams: a
-    /// container of its own, with the SSH keys and nothing else.
-    pub git_config: Option<GateConfig>,
+    /// The git gate's container, when the bottle has upstreams: the SSH
+    /// keys and nothing else.
     pub git_container: String,
-    /// The bottle's CA, minted at prepare time; written at launch.
-    pub ca: MintedCa,
     pub gate_image: ImageSpec,
     /// The agent's image; its tag is what the agent container runs
     /// unless the bottle has its own.
     pub agent_image: ImageSpec,
-    /// The bottle's own image (approved image changes), built on
-    /// `agent_image`.
-    pub bottle_image: Option<ImageSpec>,
+}
+
+/// What readying the agent's side resolved: the runtime (`None`: the
+/// engine's default).
+#[derive(Debug, Clone)]
+pub struct DockerAgent {
+    runtime: Option<String>,
 }
 
 impl DockerBackend {
     pub fn new(settings: DockerSettings) -> DockerBackend {
-        DockerBackend { settings }
+        DockerBackend {
+            settings,
+            engine: OnceCell::new(),
+        }
+    }
+
+    /// The engine, connected once.
+    async fn engine(&self) -> Result<&Docker, BackendError> {
+        self.engine.get_or_try_init(connect).await
     }
 }
 
@@ -144,27 +139,51 @@ pub async fn connect() -> Result<Docker, BackendError> {
         .map_err(|e| BackendError::DockerUnavailable(e.to_string()))
 }
 
+/// Where each gate process sees its files.
+fn gate_paths() -> crate::gate_config::GatePaths {
+    crate::gate_config::GatePaths::standard()
+}
+
+/// Where the engine is expected, for messages.
+fn engine_address() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".to_owned())
+}
+
 impl Backend for DockerBackend {
     type Prepared = DockerPrepared;
+    type Agent = DockerAgent;
 
-    fn name(&self) -> &'static str {
-        "docker"
+    fn name(&self) -> BackendName {
+        BackendName::Docker
     }
 
-    async fn is_available(&self) -> bool {
-        match connect().await {
-            Ok(docker) => docker.ping().await.is_ok(),
-            Err(_) => false,
+    async fn availability(&self) -> Availability {
+        let unusable = |e: String| Availability::Unusable {
+            reason: format!("the engine does not answer at {} ({e})", engine_address()),
+            fix: "start the Docker engine, or set DOCKER_HOST to its socket".to_owned(),
+        };
+        let docker = match self.engine().await {
+            Ok(docker) => docker,
+            Err(e) => return unusable(e.to_string()),
+        };
+        match docker.version().await {
+            Ok(v) => Availability::Usable {
+                detail: format!(
+                    "docker engine {} (API {})",
+                    v.version.unwrap_or_default(),
+                    v.api_version.unwrap_or_default()
+                ),
+            },
+            Err(e) => unusable(e.to_string()),
         }
+    }
+
+    async fn describe_runtime(&self, plan: &Plan) -> Result<String, BackendError> {
+        runtime::describe_runtime(self.engine().await?, plan.runtime, &plan.images.base).await
     }
 
     fn prepare(&self, plan: &Plan) -> Result<DockerPrepared, BackendError> {
         let identity = &plan.identity;
-        if nix::unistd::getuid().as_raw() == bottle_manifest::plan::AGENT_UID {
-            return Err(BackendError::AgentUidIsYours {
-                uid: bottle_manifest::plan::AGENT_UID,
-            });
-        }
         // The launcher's label lets `cleanup` from another state root (or
         // another user) tell a live bottle from an orphan.
         let labels = HashMap::from([
@@ -199,12 +218,6 @@ impl Backend for DockerBackend {
                 &plan.images.agent,
             )
         };
-        let bottle_image = plan
-            .images
-            .bottle
-            .as_ref()
-            .map(|own| capability::bottle_image(plan, &agent_image.tag, own))
-            .transpose()?;
         Ok(DockerPrepared {
             dir: BottleDir::new(&plan.state_dir),
             agent_container: self
@@ -218,254 +231,242 @@ impl Backend for DockerBackend {
             gate_network,
             own_network,
             labels,
-            gate_config: crate::gate_config::egress(
-                plan,
-                &gate_paths(),
-                plan.images.bottle.as_ref().map_or_else(
-                    || plan.images.agent.clone(),
-                    |own| capability::describe(own, &plan.images.agent),
-                ),
-            ),
-            git_config: crate::gate_config::git(plan, &gate_paths()),
             git_container: format!("{identity}-git"),
-            // A bottle keeps its CA for life: resume reads the one it made.
-            ca: if BottleDir::new(&plan.state_dir)
-                .gate_dir()
-                .join("ca.key")
-                .is_file()
-            {
-                BottleDir::new(&plan.state_dir).read_ca()?
-            } else {
-                mint_ca(identity).map_err(|e| BackendError::Ca(e.to_string()))?
-            },
             gate_image,
             agent_image,
-            bottle_image,
             plan: plan.clone(),
         })
     }
 
-    async fn launch(
-        &self,
-        prepared: DockerPrepared,
-        reporter: &dyn Reporter,
-    ) -> Result<Outcome, BackendError> {
-        // Signals first: an interrupt at any point below still tears down.
-        let mut signals = Interrupts::new()?;
-        let docker = connect().await?;
-        prepared.dir.create()?;
-        // A restart note no launcher took (its launcher ended first) is
-        // stale: this run starts on the image its plan names.
-        let _ = capability::take_restart(&prepared.dir);
-        prepared
-            .dir
-            .write_ca(&prepared.ca, prepared.plan.egress.upstream_ca.as_deref())?;
-        prepared.dir.write_git(&prepared.plan.git)?;
-        spawn_guardian(&prepared.plan.identity, &prepared.dir.root)?;
-        prepared.dir.write_json(
-            &prepared.dir.metadata(),
-            &Metadata::new(&prepared.plan, BottleState::Running),
-        )?;
-
-        let outcome = tokio::select! {
-            result = self.run(&docker, &prepared, reporter) => result.map(Outcome::Exited),
-            signal = signals.recv() => Ok(Outcome::Interrupted(signal)),
-        };
-        if let Ok(Outcome::Interrupted(_)) = outcome {
-            reporter.step("interrupted: stopping the agent, then tearing the bottle down");
-            // SIGTERM to the shim, which passes it to the command: a chance
-            // to save its work before the container is removed.
-            let options = StopContainerOptions {
-                t: Some(STOP_GRACE_SECS),
-                ..Default::default()
-            };
-            let _ = docker
-                .stop_container(&prepared.agent_container, Some(options))
-                .await;
-        }
-        let torn = Instant::now();
-        // After a normal exit the containers are removed before returning
-        // and the bottle's own network, an inert object whose removal is
-        // slow, is removed by the guardian right after. Interrupts and
-        // failures tear everything down before returning.
-        let detach_network = prepared.own_network && matches!(outcome, Ok(Outcome::Exited(_)));
-        let me = crate::process::Launcher::current()?.to_string();
-        // An approved image change keeps the bottle, even under --rm.
-        let remove = prepared.plan.remove_on_exit && !capability::is_preserved(&prepared.dir);
-        let scope = Scope {
-            networks: !detach_network,
-            volumes: remove,
-            launcher: Some(&me),
-        };
-        let teardown = teardown(&docker, &prepared.plan.identity, scope).await;
-        reporter.detail(&format!("torn down in {} ms", torn.elapsed().as_millis()));
-        let kept = if remove {
-            prepared.dir.remove()
-        } else {
-            prepared.dir.write_json(
-                &prepared.dir.metadata(),
-                &Metadata::new(&prepared.plan, BottleState::Stopped),
-            )
-        };
-        let outcome = outcome?;
-        teardown?;
-        kept?;
-        Ok(outcome)
+    fn gate_paths(&self) -> crate::gate_config::GatePaths {
+        gate_paths()
     }
-}
 
-impl DockerBackend {
-    async fn run(
+    async fn run_gates(
         &self,
-        docker: &Docker,
+        p: &DockerPrepared,
+        gates: Gates,
+        ready: &GatesReady,
+        reporter: &dyn Reporter,
+    ) -> Result<String, BackendError> {
+        let docker = self.engine().await?;
+        let binary = SelfBinary::current()?;
+        let network = async {
+            if p.own_network {
+                create_network(docker, &p.gate_network, &p.labels).await?;
+            }
+            network_addresses(docker, &p.gate_network).await
+        };
+        let image = images::ensure(
+            docker,
+            &p.gate_image,
+            &binary,
+            &self.settings.lock_dir,
+            reporter,
+        );
+        let ((subnets, gateways), ()) = tokio::try_join!(network, image)?;
+        // The gate's image is there: what is left to its start is bounded.
+        ready.mark();
+        let Gates {
+            egress: mut gate_config,
+            git,
+            secrets,
+        } = gates;
+        // The person's network's subnets are their services; a network
+        // of the bottle's own holds nothing but the gate.
+        if !p.own_network {
+            gate_config.egress.trusted_subnets = subnets;
+        }
+        gate_config.egress.refused_addresses = refused_addresses(gateways);
+        p.dir.write_json(&p.dir.gate_config(), &gate_config)?;
+        if let Some(git) = &git {
+            p.dir.write_json(&p.dir.git_gate_config(), git)?;
+        }
+        let git_gate = async {
+            if git.is_some() {
+                create_container(docker, &p.git_container, spec::git_container(p)).await?;
+                start_gate(docker, &p.git_container, Vec::new()).await?;
+            }
+            Ok::<_, BackendError>(())
+        };
+        let egress_gate = async {
+            create_container(docker, &p.gate_container, spec::gate_container(p)).await?;
+            start_gate(docker, &p.gate_container, secrets).await
+        };
+        tokio::try_join!(egress_gate, git_gate)?;
+        reporter.detail("gate started");
+        let gone = async {
+            if git.is_some() {
+                (
+                    exit_status(docker, &p.git_container).await,
+                    &p.git_container,
+                    "pushes and fetches",
+                )
+            } else {
+                std::future::pending().await
+            }
+        };
+        let (status, container, what) = tokio::select! {
+            status = exit_status(docker, &p.gate_container) => (status, &p.gate_container, "requests"),
+            ended = gone => ended,
+        };
+        Ok(format!(
+            "the gate {container} stopped ({status}): the bottle has no way out there now; its {what} fail until the command ends{}",
+            log_tail(docker, container).await
+        ))
+    }
+
+    async fn ready_agent(
+        &self,
         p: &DockerPrepared,
         reporter: &dyn Reporter,
-    ) -> Result<i32, BackendError> {
-        let started = Instant::now();
-        let timing = |what: &str| {
-            reporter.detail(&format!("{what} ({} ms)", started.elapsed().as_millis()));
-        };
+    ) -> Result<DockerAgent, BackendError> {
+        let docker = self.engine().await?;
         let binary = SelfBinary::current()?;
         let lock_dir = &self.settings.lock_dir;
-        // Two paths side by side: the gate's (image, network, container)
-        // and the agent's (image, runtime, container). The shim holds the
-        // command back until the gate's socket exists, for a bounded time:
-        // so the agent starts only once the gate's image is there (a first
-        // build can take minutes, its container start does not).
-        let (gate_image_ready, mut gate_image_built) = tokio::sync::watch::channel(false);
-        let gate_watch = async {
-            let network = async {
-                if p.own_network {
-                    create_network(docker, &p.gate_network, &p.labels).await?;
-                }
-                network_addresses(docker, &p.gate_network).await
-            };
-            let image = images::ensure(docker, &p.gate_image, &binary, lock_dir, reporter);
-            let ((subnets, gateways), ()) = tokio::try_join!(network, image)?;
-            let _ = gate_image_ready.send(true);
-            let mut gate_config = p.gate_config.clone();
-            // The person's network's subnets are their services; a network
-            // of the bottle's own holds nothing but the gate.
-            if !p.own_network {
-                gate_config.egress.trusted_subnets = subnets;
-            }
-            gate_config.egress.refused_addresses = refused_addresses(gateways);
-            p.dir.write_json(&p.dir.gate_config(), &gate_config)?;
-            if let Some(git) = &p.git_config {
-                p.dir.write_json(&p.dir.git_gate_config(), git)?;
-            }
-            let secrets = crate::secrets::resolve(&p.plan)?;
-            let git_gate = async {
-                if p.git_config.is_some() {
-                    create_container(docker, &p.git_container, spec::git_container(p)).await?;
-                    start_gate(docker, &p.git_container, Vec::new()).await?;
-                }
-                Ok::<_, BackendError>(())
-            };
-            let egress_gate = async {
-                create_container(docker, &p.gate_container, spec::gate_container(p)).await?;
-                start_gate(docker, &p.gate_container, secrets).await
-            };
-            tokio::try_join!(egress_gate, git_gate)?;
-            timing("gate started");
-            let gone = async {
-                if p.git_config.is_some() {
-                    (
-                        exit_status(docker, &p.git_container).await,
-                        &p.git_container,
-                        "pushes and fetches",
-                    )
-                } else {
-                    std::future::pending().await
-                }
-            };
-            let (status, container, what) = tokio::select! {
-                status = exit_status(docker, &p.gate_container) => (status, &p.gate_container, "requests"),
-                ended = gone => ended,
-            };
+        let image = images::ensure(docker, &p.agent_image, &binary, lock_dir, reporter);
+        let (runtime, ()) = tokio::try_join!(
+            resolve_runtime(docker, p.plan.runtime, &p.plan.images.base),
+            image
+        )?;
+        if let Some(own) = &p.plan.images.bottle {
+            let image = capability::BottleImage::of(&p.plan, own, &[]);
+            capability::build(docker, &image, lock_dir, reporter).await?;
+        }
+        if let Some(rt) = &runtime {
             reporter.step(&format!(
-                "the gate {container} stopped ({status}): the bottle has no way out there now; its {what} fail until the command ends{}",
-                log_tail(docker, container).await
+                "agent runtime: {rt}{}",
+                if rt == "runsc" { " (gVisor)" } else { "" }
             ));
-            std::future::pending::<Result<i32, BackendError>>().await
+        }
+        create_volume(docker, &p.workspace_volume, &p.labels, "workspace").await?;
+        create_volume(docker, &p.home_volume, &p.labels, "home").await?;
+        Ok(DockerAgent { runtime })
+    }
+
+    async fn run_agent(
+        &self,
+        p: &DockerPrepared,
+        agent: &DockerAgent,
+        run: AgentRun<'_>,
+        reporter: &dyn Reporter,
+    ) -> Result<i32, BackendError> {
+        let docker = self.engine().await?;
+        let image = run.own_image.map_or(&p.agent_image.tag, |own| &own.tag);
+        if !run.first {
+            // The container of the run before the capability block.
+            remove_agent(docker, &p.agent_container).await?;
+        }
+        let spec = spec::agent_container(
+            p,
+            image,
+            run.command,
+            run.provisioned,
+            agent.runtime.clone(),
+            session::is_interactive(),
+            self.settings.gate_timeout,
+        )?;
+        create_container(docker, &p.agent_container, spec).await?;
+        provision::provision(docker, &p.agent_container, &p.plan.provision).await?;
+        if let Some(workspace) = p.plan.workspace.as_ref().filter(|_| run.first) {
+            let started = Instant::now();
+            let copied = copy_in(docker, &p.agent_container, workspace).await?;
+            reporter.step(&crate::workspace::describe_copy(
+                &copied,
+                workspace,
+                started.elapsed(),
+            ));
+        }
+        run.gates_ready.wait().await;
+        session::run(docker, &p.agent_container, run.timing).await
+    }
+
+    async fn rebuild(
+        &self,
+        plan: &Plan,
+        change: &crate::capability::ImageChange,
+        reporter: &dyn Reporter,
+    ) -> Result<(), BackendError> {
+        let image = capability::BottleImage::of(plan, &change.granted, &change.approved);
+        // What is built, on record for the person.
+        let dir = BottleDir::new(&plan.state_dir).root.join("image");
+        let dockerfile = dir.join("Dockerfile");
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&dockerfile, image.dockerfile()))
+            .map_err(|source| BackendError::Io {
+                path: dockerfile.clone(),
+                source,
+            })?;
+        reporter.step(&format!(
+            "building {}'s own image {} (Dockerfile: {})",
+            plan.identity,
+            change.granted.tag,
+            dockerfile.display()
+        ));
+        capability::build(
+            self.engine().await?,
+            &image,
+            &self.settings.lock_dir,
+            reporter,
+        )
+        .await
+    }
+
+    async fn stop_agent(&self, identity: &str, _dir: &BottleDir) -> Result<bool, BackendError> {
+        capability::stop_agent(self.engine().await?, identity).await
+    }
+
+    async fn teardown(
+        &self,
+        identity: &str,
+        _dir: &BottleDir,
+        scope: Scope<'_>,
+    ) -> Result<(), BackendError> {
+        let docker = self.engine().await?;
+        teardown::teardown(docker, identity, scope).await?;
+        if scope.data && scope.launcher.is_none() {
+            // `cleanup` and `rm`: the bottle's own image goes with it.
+            let _ = engine::remove_image(docker, &crate::capability::bottle_tag(identity)).await;
+        }
+        Ok(())
+    }
+
+    async fn enumerate(&self, _state_root: &Path) -> Result<BTreeMap<String, Found>, BackendError> {
+        inventory::by_identity(self.engine().await?).await
+    }
+
+    fn attach_argv(&self, identity: &str, _dir: &BottleDir) -> Result<Vec<String>, BackendError> {
+        // The agent container's terminal; detaching (ctrl-p ctrl-q) leaves
+        // the agent running, and signals stay with the terminal.
+        Ok(vec![
+            "docker".to_owned(),
+            "attach".to_owned(),
+            "--sig-proxy=false".to_owned(),
+            self.settings
+                .container_name
+                .clone()
+                .unwrap_or_else(|| format!("{identity}-agent")),
+        ])
+    }
+
+    async fn leftovers(&self) -> Vec<String> {
+        match self.engine().await {
+            Ok(docker) => inventory::dangling_images(docker)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|id| format!("image {id}"))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn remove_leftovers(&self, leftovers: &[String]) {
+        let Ok(docker) = self.engine().await else {
+            return;
         };
-        let agent_run = async {
-            let image = images::ensure(docker, &p.agent_image, &binary, lock_dir, reporter);
-            let (runtime, ()) = tokio::try_join!(
-                resolve_runtime(docker, p.plan.runtime, &p.plan.images.base),
-                image
-            )?;
-            if let Some(own) = &p.bottle_image {
-                images::ensure(docker, own, &binary, lock_dir, reporter).await?;
-            }
-            if let Some(rt) = &runtime {
-                reporter.step(&format!(
-                    "agent runtime: {rt}{}",
-                    if rt == "runsc" { " (gVisor)" } else { "" }
-                ));
-            }
-            create_volume(docker, &p.workspace_volume, &p.labels, "workspace").await?;
-            create_volume(docker, &p.home_volume, &p.labels, "home").await?;
-            let mut image = p
-                .bottle_image
-                .as_ref()
-                .map_or(&p.agent_image.tag, |own| &own.tag)
-                .clone();
-            let mut command = p.plan.command.clone();
-            let mut first = true;
-            let provisioned = provision::write_files(&p.dir, &p.plan.provision)?;
-            loop {
-                let agent = spec::agent_container(
-                    p,
-                    &image,
-                    &command,
-                    &provisioned,
-                    runtime.clone(),
-                    session::is_interactive(),
-                    self.settings.gate_timeout,
-                )?;
-                create_container(docker, &p.agent_container, agent).await?;
-                provision::provision(docker, &p.agent_container, &p.plan.provision).await?;
-                if let Some(workspace) = p.plan.workspace.as_ref().filter(|_| first) {
-                    let started = Instant::now();
-                    let copied = copy_in(docker, &p.agent_container, workspace).await?;
-                    reporter.step(&format!(
-                        "workspace: copied {} files ({:.1} MiB) from {} in {} ms{}",
-                        copied.files,
-                        copied.bytes as f64 / f64::from(1 << 20),
-                        workspace.source.display(),
-                        started.elapsed().as_millis(),
-                        if copied.left_out > 0 {
-                            format!("; left out {} that look like secrets", copied.left_out)
-                        } else {
-                            String::new()
-                        }
-                    ));
-                }
-                first = false;
-                // The gate's path failing ends this select, so the wait is
-                // never left hanging.
-                let _ = gate_image_built.wait_for(|built| *built).await;
-                let code = session::run(docker, &p.agent_container, &timing).await?;
-                // An approved image change stopped the agent: come back on
-                // the new image, same identity, same volumes, same gate.
-                let Some(restart) = capability::take_restart(&p.dir)? else {
-                    return Ok(code);
-                };
-                let own = capability::bottle_image(&p.plan, &p.agent_image.tag, &restart.image)?;
-                reporter.step(&format!(
-                    "capability block (request {}): {} comes back on {} with /workspace and home kept",
-                    restart.request, p.plan.identity, own.tag
-                ));
-                remove_agent(docker, &p.agent_container).await?;
-                images::ensure(docker, &own, &binary, lock_dir, reporter).await?;
-                image = own.tag;
-                command = p.plan.resume_command.clone();
-            }
-        };
-        tokio::select! {
-            code = agent_run => code,
-            failed = gate_watch => failed,
+        for id in leftovers.iter().filter_map(|l| l.strip_prefix("image ")) {
+            let _ = engine::remove_image(docker, id).await;
         }
     }
 }
@@ -528,29 +529,4 @@ pub(super) fn derived_tag(image: &str) -> String {
         })
         .collect();
     format!("bot-bottle/derived-{}:latest", name.trim_matches('-'))
-}
-
-/// SIGINT, SIGTERM and SIGHUP of the launcher, as one stream.
-struct Interrupts {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Interrupts {
-    fn new() -> std::io::Result<Interrupts> {
-        Ok(Interrupts {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    async fn recv(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.int.recv() => libc::SIGINT,
-            _ = self.term.recv() => libc::SIGTERM,
-            _ = self.hup.recv() => libc::SIGHUP,
-        }
-    }
 }

@@ -1,43 +1,15 @@
-//! Provisioning the agent's container before it starts (after the CA,
-//! which the shim installs): the system prompt and the MCP configuration
-//! are files of the state directory mounted read-only at
-//! `/etc/bot-bottle/` (the agent's root is read-only, and they are root's),
-//! then the skills are copied into the agent's home, owned by the agent.
+//! Provisioning the agent's container before it starts: the skills (see
+//! [`crate::provision`]) are copied into the created container's home.
 
 use std::io;
-use std::path::Path;
 
 use bollard::Docker;
 use bollard::query_parameters::UploadToContainerOptions;
-use bottle_manifest::plan::{AGENT_HOME, AGENT_UID};
+use bottle_manifest::plan::AGENT_HOME;
 use bottle_manifest::provision::ProvisionPlan;
 use bytes::Bytes;
 
 use crate::BackendError;
-use crate::state::BottleDir;
-
-/// Writes the prompt and, with supervise, the MCP configuration into the
-/// state directory, whence they are mounted; returns each file with the
-/// path it is mounted at.
-pub fn write_files(
-    dir: &BottleDir,
-    plan: &ProvisionPlan,
-) -> Result<Vec<(std::path::PathBuf, String)>, BackendError> {
-    let mut files = vec![(plan.prompt_file.clone(), plan.prompt.clone())];
-    if let (Some(path), Some(json)) = (&plan.mcp_config, plan.mcp_config_json()) {
-        files.push((path.clone(), json));
-    }
-    let mut mounts = Vec::new();
-    for (inside, contents) in files {
-        let name = Path::new(&inside)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "file".to_owned());
-        let host = dir.write_provision_file(&name, contents.as_bytes())?;
-        mounts.push((host, inside));
-    }
-    Ok(mounts)
-}
 
 /// Copies the skills into the created (not started) `container`.
 pub async fn provision(
@@ -45,11 +17,11 @@ pub async fn provision(
     container: &str,
     plan: &ProvisionPlan,
 ) -> Result<(), BackendError> {
-    if !plan.skills.is_empty() {
-        let skills = plan.skills.clone();
-        let tar = tokio::task::spawn_blocking(move || skills_tar(&skills))
-            .await
-            .map_err(io::Error::other)??;
+    let plan = plan.clone();
+    let tar = tokio::task::spawn_blocking(move || crate::provision::skills(&plan))
+        .await
+        .map_err(io::Error::other)??;
+    if let Some(tar) = tar {
         upload(docker, container, AGENT_HOME, tar, "the skills").await?;
     }
     Ok(())
@@ -70,84 +42,4 @@ async fn upload(
         .upload_to_container(container, Some(options), bollard::body_full(tar))
         .await
         .map_err(|e| BackendError::docker(format!("copy {what} into {container}"), e))
-}
-
-/// `.claude/skills/NAME/…` for each skill, owned by the agent. Symbolic
-/// links are copied as links, never followed: a skill cannot pull other
-/// host files into the bottle.
-fn skills_tar(skills: &[bottle_manifest::provision::SkillPlan]) -> Result<Bytes, BackendError> {
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    for dir in [".claude", ".claude/skills"] {
-        append_dir(&mut tar, Path::new(dir))?;
-    }
-    for skill in skills {
-        let meta = std::fs::metadata(&skill.source).map_err(|source| BackendError::Io {
-            path: skill.source.clone(),
-            source,
-        })?;
-        if !meta.is_dir() {
-            return Err(BackendError::Other(io::Error::other(format!(
-                "skill {:?} at {} is not a directory: create ~/.claude/skills/{}/ or remove it from the agent",
-                skill.name,
-                skill.source.display(),
-                skill.name
-            ))));
-        }
-        let into = Path::new(".claude/skills").join(&skill.name);
-        append_tree(&mut tar, &skill.source, &into)?;
-    }
-    Ok(Bytes::from(tar.into_inner()?))
-}
-
-fn append_dir(tar: &mut tar::Builder<Vec<u8>>, path: &Path) -> io::Result<()> {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Directory);
-    header.set_mode(0o755);
-    header.set_size(0);
-    own(&mut header);
-    tar.append_data(&mut header, path, io::empty())
-}
-
-fn append_tree(
-    tar: &mut tar::Builder<Vec<u8>>,
-    source: &Path,
-    into: &Path,
-) -> Result<(), BackendError> {
-    let io_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| BackendError::Io { path, source }
-    };
-    append_dir(tar, into)?;
-    let mut entries: Vec<_> = std::fs::read_dir(source)
-        .map_err(io_err(source))?
-        .flatten()
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let rel = into.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
-        if meta.is_dir() {
-            append_tree(tar, &path, &rel)?;
-            continue;
-        }
-        let mut header = tar::Header::new_gnu();
-        header.set_metadata(&meta);
-        own(&mut header);
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io_err(&path))?;
-            tar.append_link(&mut header, &rel, target)?;
-        } else if meta.is_file() {
-            let file = std::fs::File::open(&path).map_err(io_err(&path))?;
-            tar.append_data(&mut header, &rel, file)?;
-        }
-    }
-    Ok(())
-}
-
-fn own(header: &mut tar::Header) {
-    header.set_uid(u64::from(AGENT_UID));
-    header.set_gid(u64::from(AGENT_UID));
-    header.set_cksum();
 }

@@ -6,7 +6,7 @@ use bollard::Docker;
 use bollard::query_parameters::RemoveContainerOptions;
 use bottle_manifest::manifest::Runtime;
 
-use super::{connect, create_container, exit_status};
+use super::{create_container, exit_status};
 use crate::BackendError;
 
 /// The runtime to give the agent's container (`None`: the engine's default).
@@ -108,9 +108,12 @@ fn sha_hex(text: &str) -> String {
 
 /// What the agent will run under, said for the preflight: `runsc (gVisor)`
 /// or `runc`, and why when `auto` chose.
-pub async fn describe_runtime(wanted: Runtime, base: &str) -> Result<String, BackendError> {
-    let docker = connect().await?;
-    let chosen = resolve_runtime(&docker, wanted, base).await?;
+pub async fn describe_runtime(
+    docker: &Docker,
+    wanted: Runtime,
+    base: &str,
+) -> Result<String, BackendError> {
+    let chosen = resolve_runtime(docker, wanted, base).await?;
     Ok(match (wanted, chosen.as_deref()) {
         (Runtime::Auto, Some("runsc")) => {
             "runsc (gVisor): the engine has it and runtime is auto".to_owned()

@@ -1,24 +1,19 @@
 //! Running the agent container attached to the launcher's terminal (a TTY
 //! in raw mode, resized with the window) or to its pipes.
 
-use std::io::IsTerminal;
-
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ResizeContainerTTYOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
-use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::BackendError;
 
-/// Whether the launcher runs on a terminal (stdin and stdout both TTYs).
-pub fn is_interactive() -> bool {
-    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
-}
+use crate::terminal::RawMode;
+pub use crate::terminal::is_interactive;
 
 /// Attaches, starts, streams, and returns the command's exit status.
 pub async fn run(
@@ -125,28 +120,5 @@ async fn follow_window_size(docker: Docker, container: String) {
         if winch.recv().await.is_none() {
             return;
         }
-    }
-}
-
-/// The launcher's terminal in raw mode, restored on drop: keys (Ctrl-C
-/// included) go to the agent's TTY, which does its own line discipline.
-struct RawMode {
-    saved: Termios,
-}
-
-impl RawMode {
-    fn enter() -> Option<RawMode> {
-        let stdin = std::io::stdin();
-        let saved = termios::tcgetattr(&stdin).ok()?;
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
-        Some(RawMode { saved })
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
     }
 }

@@ -8,10 +8,8 @@ use std::time::Duration;
 use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, ResourcesUlimits};
-use bottle_gate::config::{EGRESS_SOCKET, GIT_SOCKET, SUPERVISE_SOCKET};
-use bottle_manifest::plan::{
-    AGENT_CA_PATH, AGENT_HOME, AGENT_UID, GIT_PORT, PROXY_PORT, SUPERVISE_PORT, TRUST_TMPFS,
-};
+use bottle_gate::config::{EGRESS_SOCKET, GIT_SOCKET};
+use bottle_manifest::plan::{AGENT_CA_PATH, AGENT_HOME, AGENT_UID, PROXY_PORT, TRUST_TMPFS};
 
 use super::{
     BINARY, DockerPrepared, GATE_AUDIT_LOG, GATE_CONFIG_DIR, GATE_GIT_DIR, GATE_SUPERVISE_DIR,
@@ -79,60 +77,29 @@ pub fn agent_container(
     tty: bool,
     gate_timeout: Duration,
 ) -> Result<ContainerCreateBody, BackendError> {
-    let mut env = Vec::new();
-    for var in &p.plan.env {
-        let value = match (&var.value, &var.host_var) {
-            (Some(value), _) => value.clone(),
-            (None, Some(host_var)) => std::env::var(host_var).map_err(|_| {
-                BackendError::Other(std::io::Error::other(format!(
-                    "the host variable {host_var} (for the agent's {}) is not set or not UTF-8: export it",
-                    var.name
-                )))
-            })?,
-            (None, None) => continue,
-        };
-        env.push(format!("{}={value}", var.name));
-    }
-    if tty {
-        env.push(format!(
-            "TERM={}",
-            std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into())
-        ));
-    }
-    let mut entrypoint = vec![
-        BINARY.to_owned(),
-        "shim".to_owned(),
-        "--forward".to_owned(),
-        format!("{PROXY_PORT}={SOCKET_DIR}/{EGRESS_SOCKET}"),
-        "--gate-timeout-ms".to_owned(),
-        gate_timeout.as_millis().to_string(),
-        "--ca".to_owned(),
-        AGENT_CA_PATH.to_owned(),
-        "--user".to_owned(),
-        format!("{AGENT_UID}:{AGENT_UID}"),
-    ];
+    let env: Vec<String> = crate::sandbox::agent_env(&p.plan, tty)?
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
     // Under gVisor the sandbox has a kernel of its own: its host pids
     // cgroup counts the sandbox's threads, not the agent's processes, and
     // a process count past it stops the whole sandbox. There the agent's
     // processes are bounded by RLIMIT_NPROC, which that kernel counts for
     // this bottle alone, and the host limit leaves room for the sandbox.
     let gvisor = runtime.as_deref() == Some("runsc");
-    if gvisor {
-        entrypoint.extend(["--nproc".to_owned(), p.plan.resources.pids.to_string()]);
-    }
-    if !p.plan.git.is_empty() {
-        entrypoint.extend([
-            "--forward".to_owned(),
-            format!("{GIT_PORT}={SOCKET_DIR}/{GIT_SOCKET}"),
-        ]);
-    }
-    if p.plan.supervise {
-        entrypoint.extend([
-            "--forward".to_owned(),
-            format!("{SUPERVISE_PORT}={SOCKET_DIR}/{SUPERVISE_SOCKET}"),
-        ]);
-    }
-    entrypoint.push("--".to_owned());
+    let entrypoint = crate::sandbox::shim_argv(
+        &p.plan,
+        &crate::sandbox::ShimOptions {
+            binary: BINARY,
+            socket_dir: SOCKET_DIR,
+            gate_timeout,
+            ca: Some(AGENT_CA_PATH),
+            user: Some((AGENT_UID, AGENT_UID)),
+            nproc: gvisor.then_some(p.plan.resources.pids),
+            data_limit: None,
+            landlock: false,
+        },
+    );
     let mut labels = p.labels.clone();
     labels.insert(ROLE_LABEL.into(), "agent".into());
     let resources = &p.plan.resources;

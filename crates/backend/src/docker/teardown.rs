@@ -1,8 +1,6 @@
-//! Tearing a bottle down: by label, whatever this process recorded, and
-//! by a guardian (`bottle reap`) when the launcher itself is gone.
+//! Tearing a bottle down: by label, whatever this process recorded.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::{
@@ -11,21 +9,8 @@ use bollard::query_parameters::{
 };
 use futures_util::future::join_all;
 
-use super::{IDENTITY_LABEL, LAUNCHER_LABEL, capability, connect, is_conflict, is_not_found};
-use crate::BackendError;
-use crate::state::BottleDir;
-
-/// What a teardown removes besides containers.
-#[derive(Debug, Clone, Copy)]
-pub struct Scope<'a> {
-    pub networks: bool,
-    /// The bottle's volumes (its workspace): only when nothing is to be
-    /// resumed (`--rm`).
-    pub volumes: bool,
-    /// Only containers and networks of this launcher (`PID:START`): a
-    /// guardian must never touch the run that resumed its bottle.
-    pub launcher: Option<&'a str>,
-}
+use super::{IDENTITY_LABEL, LAUNCHER_LABEL, is_conflict, is_not_found};
+use crate::{BackendError, Scope};
 
 /// Removes every container (and, as `scope` says, network and volume)
 /// labelled with `identity`, whether or not this process recorded creating
@@ -78,7 +63,7 @@ pub async fn teardown(
                 .map(|e| e.to_string())
         })
         .collect();
-    if scope.volumes {
+    if scope.data {
         let volumes = docker
             .list_volumes(Some(ListVolumesOptions {
                 filters: Some(filter.clone()),
@@ -95,7 +80,7 @@ pub async fn teardown(
             }
         }
     }
-    if !scope.networks {
+    if !scope.network {
         return finish_teardown(identity, errors);
     }
     let networks = docker
@@ -124,98 +109,4 @@ fn finish_teardown(identity: &str, errors: Vec<String>) -> Result<(), BackendErr
             errors.join("; "),
         ))
     }
-}
-
-/// Starts the bottle's guardian, `bottle reap`, detached in a session of
-/// its own: it outlives the launcher however the launcher ends (even
-/// `kill -9`), waits for it to be gone, and then removes whatever of the
-/// bottle is left. After a normal exit that is only the bottle's network,
-/// whose removal is slow; after a crash it is everything the launcher
-/// would have removed.
-pub(super) fn spawn_guardian(
-    identity: &str,
-    state_dir: &std::path::Path,
-) -> Result<(), BackendError> {
-    use std::os::unix::process::CommandExt;
-    let launcher = crate::process::Launcher::current()?;
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args([
-        "reap",
-        identity,
-        "--launcher",
-        &launcher.to_string(),
-        "--state",
-    ])
-    .arg(state_dir)
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    // A process group of its own keeps the terminal's signals (Ctrl-C, a
-    // hang-up of the launcher's group) away from it.
-    cmd.process_group(0);
-    cmd.spawn()?;
-    Ok(())
-}
-
-/// What `bottle reap` does: waits until `launcher` is gone, then removes
-/// what is left of `identity`, retrying while the engine still counts a
-/// removed container as attached, for up to `patience`.
-pub async fn reap(
-    identity: &str,
-    launcher: Option<crate::process::Launcher>,
-    state_dir: Option<&std::path::Path>,
-    patience: Duration,
-) -> Result<(), BackendError> {
-    if let Some(launcher) = launcher {
-        while launcher.is_alive() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    // A launcher that finished its work marked the bottle stopped (or, with
-    // --rm, removed its directory); one that crashed left it running.
-    let dir = state_dir.map(BottleDir::new);
-    let metadata = dir.as_ref().and_then(|d| std::fs::read(d.metadata()).ok());
-    let record: Option<serde_json::Value> = metadata.and_then(|m| serde_json::from_slice(&m).ok());
-    // Crashed: the record still says running, under this guardian's
-    // launcher. A record naming another launcher is a resumed run: not ours.
-    let mine = launcher.map(|l| l.to_string());
-    let crashed = record
-        .as_ref()
-        .is_some_and(|r| r["state"] == "running" && r["launcher"].as_str() == mine.as_deref());
-    if record
-        .as_ref()
-        .is_some_and(|r| r["launcher"].as_str() != mine.as_deref())
-        && mine.is_some()
-    {
-        // Resumed since: leave the new run's network alone too.
-        return Ok(());
-    }
-    let remove_all = record
-        .as_ref()
-        .is_some_and(|r| r["plan"]["remove_on_exit"] == true)
-        && !dir.as_ref().is_some_and(capability::is_preserved);
-    let docker = connect().await?;
-    let deadline = Instant::now() + patience;
-    let scope = Scope {
-        networks: true,
-        volumes: crashed && remove_all,
-        launcher: mine.as_deref(),
-    };
-    loop {
-        match teardown(&docker, identity, scope).await {
-            Ok(()) => break,
-            Err(err) if Instant::now() >= deadline => return Err(err),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    if crashed && let (Some(dir), Some(mut record)) = (dir, record) {
-        if remove_all {
-            dir.remove()?;
-        } else {
-            record["state"] = "stopped".into();
-            record["stopped_by"] = "guardian: the launcher ended without tearing down".into();
-            dir.write_json(&dir.metadata(), &record)?;
-        }
-    }
-    Ok(())
 }

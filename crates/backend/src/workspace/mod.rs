@@ -25,7 +25,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use bottle_manifest::plan::{LeftOut, WorkspacePlan};
+use bottle_manifest::plan::{LeftOut, WorkspaceMode, WorkspacePlan};
 use bytes::Bytes;
 use tokio::sync::mpsc::Sender;
 
@@ -81,8 +81,8 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
     let mut selection = Selection::default();
     let mut candidates: BTreeSet<PathBuf>;
     let mut tracked = BTreeSet::new();
-    if workspace.mode == "git" || workspace.mode == "git-subdir" {
-        if workspace.mode == "git" {
+    if workspace.mode != WorkspaceMode::All {
+        if workspace.mode == WorkspaceMode::Git {
             refuse_linked_checkout(source)?;
         }
         let listed = tracked::list(source)?;
@@ -103,7 +103,7 @@ pub fn select(workspace: &WorkspacePlan) -> io::Result<Selection> {
             selection.rewritten.insert(rel, committed.bytes);
         }
         candidates = git_files(source, &["--others", "--exclude-standard"])?;
-        if workspace.mode == "git" {
+        if workspace.mode == WorkspaceMode::Git {
             let mut git_dir = BTreeSet::new();
             walk(source, Path::new(".git"), &mut git_dir)?;
             for rel in git_dir {
@@ -216,7 +216,7 @@ fn repositories(source: &Path, all: &BTreeSet<PathBuf>) -> (Vec<PathBuf>, Vec<Pa
 fn nested_repository(workspace: &WorkspacePlan, root: &Path, selection: &mut Selection) {
     let plan = WorkspacePlan {
         source: workspace.source.join(root),
-        mode: "git",
+        mode: WorkspaceMode::Git,
         include: workspace
             .include
             .iter()
@@ -616,6 +616,26 @@ pub struct Copied {
     pub left_out: usize,
 }
 
+/// What the preflight's progress says of a finished copy.
+pub fn describe_copy(
+    copied: &Copied,
+    workspace: &WorkspacePlan,
+    took: std::time::Duration,
+) -> String {
+    format!(
+        "workspace: copied {} files ({:.1} MiB) from {} in {} ms{}",
+        copied.files,
+        copied.bytes as f64 / f64::from(1 << 20),
+        workspace.source.display(),
+        took.as_millis(),
+        if copied.left_out > 0 {
+            format!("; left out {} that look like secrets", copied.left_out)
+        } else {
+            String::new()
+        }
+    )
+}
+
 /// Writes the tar of the workspace's selection into `tx` in chunks.
 pub fn write_tar(workspace: &WorkspacePlan, tx: Sender<Bytes>) -> io::Result<Copied> {
     let source = &workspace.source;
@@ -796,7 +816,7 @@ mod tests {
         std::fs::write(dir.path().join("plain.txt"), "plain\n").unwrap();
         let plan = WorkspacePlan {
             source: dir.path().to_owned(),
-            mode: "all",
+            mode: WorkspaceMode::All,
             include: Vec::new(),
             left_out: Vec::new(),
             config_changes: Vec::new(),
@@ -828,7 +848,7 @@ mod git_tests {
     fn plan(source: &Path, include: &[&str]) -> WorkspacePlan {
         WorkspacePlan {
             source: source.to_owned(),
-            mode: "git",
+            mode: WorkspaceMode::Git,
             include: include.iter().map(PathBuf::from).collect(),
             left_out: Vec::new(),
             config_changes: Vec::new(),
@@ -926,7 +946,7 @@ mod git_tests {
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         let mut plan = plan(source, include);
         if !source.join(".git").exists() {
-            plan.mode = "all";
+            plan.mode = WorkspaceMode::All;
         }
         let writer = std::thread::spawn(move || write_tar(&plan, tx).unwrap());
         let mut tar = Vec::new();
@@ -1092,7 +1112,7 @@ mod git_tests {
         std::fs::write(root.join("app/local.yml"), "password: real\n").unwrap();
         std::fs::write(root.join("app/new.rs"), "// new\n").unwrap();
         let mut plan = plan(&root.join("app"), &[]);
-        plan.mode = "git-subdir";
+        plan.mode = WorkspaceMode::GitSubdir;
         let selection = select(&plan).unwrap();
         let copied: Vec<&Path> = selection.files.iter().map(PathBuf::as_path).collect();
         assert!(copied.contains(&Path::new("main.rs")), "{copied:?}");
@@ -1221,7 +1241,7 @@ mod git_tests {
         git(outer.path(), &["init", "-q", "--bare", "mirror.git"]);
         std::fs::write(outer.path().join("notes.txt"), "plain\n").unwrap();
         let mut plan = plan(outer.path(), &[]);
-        plan.mode = "all";
+        plan.mode = WorkspaceMode::All;
         let selection = select(&plan).unwrap();
         assert!(selection.files.contains(&PathBuf::from("notes.txt")));
         assert!(selection.files.contains(&PathBuf::from("sub/README")));

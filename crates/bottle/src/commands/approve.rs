@@ -10,8 +10,10 @@
 use std::fs::File;
 
 use anyhow::anyhow;
-use bottle_backend::docker::capability::{self, Restart};
+use bottle_backend::capability::{self, Restart};
+use bottle_backend::registry::AnyBackend;
 use bottle_backend::state::Record;
+use bottle_backend::{Backend, BackendError, BackendName};
 use bottle_gate::supervise::control::{self, Change};
 use bottle_gate::supervise::requests::{Ask, Request, State, Store, now};
 use bottle_manifest::provision::{GrantedImage, GrantedRoute, GrantedRule, Grants};
@@ -313,15 +315,25 @@ impl Decision<'_> {
         granted.fragments.push(fragment.clone());
         granted.requests.push(request.id.clone());
         let approved: Vec<String> = grants.allow.iter().map(|g| g.rule.clone()).collect();
-        let (image, agent_image) =
-            capability::recorded_image(&self.record.metadata["plan"], granted.clone(), &approved)
-                .map_err(|e| {
-                Failure::new(
-                    exit::CONFIG,
-                    anyhow!("{}: metadata.json: {e}", self.record.dir.root.display()),
-                )
-            })?;
-        let agent_image = agent_image.as_str();
+        let meta = self
+            .record
+            .metadata
+            .as_ref()
+            .map_err(|e| Failure::new(exit::CONFIG, anyhow!("{identity}: {e}")))?;
+        let plan = &meta.plan;
+        let backend_name: BackendName = meta.backend.parse().map_err(|e: String| {
+            Failure::new(
+                exit::CONFIG,
+                anyhow!(
+                    "{}: metadata.json names its backend: {e}",
+                    self.record.dir.root.display()
+                ),
+            )
+        })?;
+        let backend = AnyBackend::new(
+            backend_name,
+            &crate::settings::Start::resolve(None, global)?.backends,
+        );
         self.printer.step(&format!(
             "the change {} is built step by step, in the bottle's policy, as:\n{}",
             request.id,
@@ -336,30 +348,20 @@ impl Decision<'_> {
                 self.by
             ),
         )?;
-        let dir = self.record.dir.root.join("image");
-        std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
-        let dockerfile = dir.join("Dockerfile");
-        std::fs::write(&dockerfile, image.dockerfile())
-            .map_err(|e| anyhow!("{}: {e}", dockerfile.display()))?;
+        // Kept from here on, even under --rm: the build is on its way.
         capability::mark_preserved(&self.record.dir)?;
-        self.printer.step(&format!(
-            "building {}'s own image {} (Dockerfile: {})",
-            identity,
-            granted.tag,
-            dockerfile.display()
-        ));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
-        if let Err(err) =
-            runtime.block_on(capability::build(&image, &global.lock_dir(), self.printer))
-        {
+        let runtime = super::runtime()?;
+        let change = capability::ImageChange {
+            granted: granted.clone(),
+            approved,
+        };
+        if let Err(err) = runtime.block_on(backend.rebuild(plan, &change, self.printer)) {
             let message = format!("{err:#}");
             // The agent is told a status, never what the commands printed
             // (that is the person's: the terminal and image/build.log).
             let status = match &err {
-                bottle_backend::BackendError::Build { message, .. } => message.clone(),
+                BackendError::Build { message, .. } => message.clone(),
+                BackendError::Refused { why, .. } => format!("{backend_name} cannot: {why}"),
                 _ => "the build could not be carried out".to_owned(),
             };
             self.finish(
@@ -424,7 +426,7 @@ impl Decision<'_> {
         )?;
         // The gate says so in show_policy (best effort: it only describes).
         let told = Change::Image {
-            image: capability::describe(&granted, agent_image),
+            image: capability::describe(&granted, &plan.images.agent),
             request: request.id.clone(),
             decided_by: self.by.to_owned(),
         };
@@ -436,7 +438,7 @@ impl Decision<'_> {
                 image: granted.clone(),
             },
         )?;
-        let stopped = runtime.block_on(capability::stop_agent(&identity))?;
+        let stopped = runtime.block_on(backend.stop_agent(&identity, &self.record.dir))?;
         self.printer.step(&format!(
             "approved {}: {identity} {} on {}",
             request.id,

@@ -1,13 +1,13 @@
 //! `bottle cleanup [--dry-run] [-y]` and `bottle rm IDENTITY`: remove what
-//! bot-bottle owns that no live launcher holds. Only resources carrying
-//! bot-bottle's labels are ever touched.
+//! bot-bottle owns that no live launcher holds, on every usable backend.
+//! Only what carries bot-bottle's marks is ever touched.
 
 use std::io::{BufRead, IsTerminal};
 
 use anyhow::anyhow;
-use bottle_backend::docker::{self, Scope};
+use bottle_backend::{Backend, Scope};
 
-use crate::commands::inventory::{Bottle, gather};
+use crate::commands::inventory::{Bottle, backends, gather};
 use crate::printer::Printer;
 use crate::settings::Global;
 use crate::{Failure, exit};
@@ -24,21 +24,17 @@ pub fn rm(identity: &str, yes: bool, printer: &Printer) -> Result<i32, Failure> 
 
 fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Result<i32, Failure> {
     let global = Global::resolve()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
-    runtime.block_on(async {
-        let (bottles, trouble) = gather(&global).await;
-        if let Some(err) = trouble {
-            return Err(Failure::from(err));
+    let backends = backends(&global)?;
+    super::runtime()?.block_on(async {
+        let (bottles, mut trouble) = gather(&global, &backends).await;
+        if !trouble.is_empty() {
+            return Err(Failure::from(trouble.remove(0)));
         }
-        let engine = docker::connect().await.ok();
-        let mut images = Vec::new();
-        if only.is_none()
-            && let Some(engine) = &engine
-        {
-            images = docker::inventory::dangling_images(engine).await.unwrap_or_default();
+        let mut leftovers = Vec::new();
+        if only.is_none() {
+            for backend in &backends {
+                leftovers.push(backend.leftovers().await);
+            }
         }
         let targets: Vec<&Bottle> = match only {
             Some(id) => {
@@ -48,7 +44,11 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
                         exit::CONFIG,
                         anyhow!(
                             "no bottle {id:?}: {}",
-                            if known.is_empty() { "there are none".to_owned() } else { format!("known: {}", known.join(", ")) }
+                            if known.is_empty() {
+                                "there are none".to_owned()
+                            } else {
+                                format!("known: {}", known.join(", "))
+                            }
                         ),
                     ));
                 };
@@ -60,26 +60,36 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
                 }
                 vec![bottle]
             }
-                        None => bottles.iter().filter(|b| !b.is_live() && !b.is_foreign()).collect(),
+            None => bottles
+                .iter()
+                .filter(|b| !b.is_live() && !b.is_foreign())
+                .collect(),
         };
         let mut lines = Vec::new();
         for b in &targets {
-            let mut parts = Vec::new();
-            if let Some(d) = &b.docker {
-                parts.extend(d.containers.iter().map(|c| format!("container {}", c.name)));
-                parts.extend(d.networks.iter().map(|n| format!("network {n}")));
-                parts.extend(d.volumes.iter().map(|v| format!("volume {v}")));
-            }
+            let mut parts: Vec<String> = b
+                .found
+                .iter()
+                .flat_map(|f| &f.parts)
+                .map(|p| format!("{} {}", p.kind, p.name))
+                .collect();
             if let Some(tag) = own_image(b) {
                 parts.push(format!("image {tag}"));
             }
             if let Some(r) = &b.record {
                 parts.push(format!("state {}", r.dir.root.display()));
             }
-            lines.push(format!("  {} ({}): {}", b.identity, b.state(), parts.join(", ")));
+            let backend = b.backend().map_or("-", |n| n.as_str());
+            lines.push(format!(
+                "  {} ({}, {backend}): {}",
+                b.identity,
+                b.state(),
+                parts.join(", ")
+            ));
         }
-        if !images.is_empty() {
-            lines.push(format!("  {} unused image(s) bot-bottle built", images.len()));
+        let unused: usize = leftovers.iter().map(Vec::len).sum();
+        if unused > 0 {
+            lines.push(format!("  {unused} unused thing(s) bot-bottle made: {}", leftovers.concat().join(", ")));
         }
         if lines.is_empty() {
             printer.step("nothing to clean up");
@@ -93,36 +103,47 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
             if !std::io::stdin().is_terminal() {
                 return Err(Failure::new(
                     exit::NOT_CONFIRMED,
-                    anyhow!("not removed: stdin is not a terminal; pass -y to remove without confirmation"),
+                    anyhow!(
+                        "not removed: stdin is not a terminal; pass -y to remove without confirmation"
+                    ),
                 ));
             }
             printer.raw("Remove these? [y/N] ");
             let mut answer = String::new();
-            std::io::stdin().lock().read_line(&mut answer).map_err(anyhow::Error::from)?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut answer)
+                .map_err(anyhow::Error::from)?;
             if !matches!(answer.trim(), "y" | "Y" | "yes") {
                 return Err(Failure::new(exit::NOT_CONFIRMED, anyhow!("not removed")));
             }
         }
+        let scope = Scope {
+            network: true,
+            data: true,
+            launcher: None,
+        };
         for b in &targets {
-            if let Some(engine) = &engine {
-                                let scope = Scope {
-                    networks: true,
-                    volumes: true,
-                    launcher: None,
-                };
-                docker::teardown(engine, &b.identity, scope).await?;
-                if let Some(tag) = own_image(b) {
-                    let _ = docker::remove_image(engine, &tag).await;
+            let dir = b
+                .record
+                .as_ref()
+                .map(|r| r.dir.clone())
+                .unwrap_or_else(|| bottle_backend::state::BottleDir::new(global.state_root.join(&b.identity)));
+            // Every usable backend that holds anything of it, and the one
+            // it is recorded on.
+            for backend in &backends {
+                let holds = b.found.iter().any(|f| f.backend == backend.name())
+                    || b.backend() == Some(backend.name());
+                if holds && backend.availability().await.is_usable() {
+                    backend.teardown(&b.identity, &dir, scope).await?;
                 }
             }
             if let Some(r) = &b.record {
                 r.dir.remove()?;
             }
         }
-        if let Some(engine) = &engine {
-            for image in &images {
-                let _ = docker::remove_image(engine, image).await;
-            }
+        for (backend, leftovers) in backends.iter().zip(&leftovers) {
+            backend.remove_leftovers(leftovers).await;
         }
         printer.step(&format!("removed {} bottle(s)", targets.len()));
         Ok(0)

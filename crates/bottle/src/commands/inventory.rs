@@ -1,28 +1,29 @@
 //! What bot-bottle owns on this machine: bottles in the state root and, on
-//! each available backend, the resources labelled with their identities.
-//! `list`, `cleanup` and `rm` all start here.
+//! each usable backend, what it holds for their identities. `list`,
+//! `cleanup` and `rm` all start here.
 
 use std::collections::BTreeMap;
 
-use bottle_backend::docker::inventory::{self, Resources};
-use bottle_backend::state::{self, Record};
+use bottle_backend::registry::AnyBackend;
+use bottle_backend::state::{self, BottleState, Record};
+use bottle_backend::{Backend, BackendError, BackendName, Found, Role};
 use serde::Serialize;
 
-use crate::settings::Global;
+use crate::settings::{Global, Start};
 
 /// One bottle, as far as it is known.
 pub struct Bottle {
     pub identity: String,
     pub record: Option<Record>,
-    /// `None` when Docker is not available here.
-    pub docker: Option<Resources>,
+    /// What each usable backend holds for it.
+    pub found: Vec<Found>,
 }
 
 impl Bottle {
     /// Held by a live launcher: running, never to be cleaned up.
     pub fn is_live(&self) -> bool {
         self.record.as_ref().is_some_and(Record::is_live)
-            || self.docker.as_ref().is_some_and(Resources::launcher_alive)
+            || self.found.iter().any(Found::launcher_alive)
     }
 
     /// Belongs to another state root (another user's, or another
@@ -30,31 +31,42 @@ impl Bottle {
     pub fn is_foreign(&self) -> bool {
         self.record.is_none()
             && self
-                .docker
-                .as_ref()
-                .and_then(|d| d.state_dir.as_ref())
-                .is_some_and(|dir| dir.is_dir())
+                .found
+                .iter()
+                .filter_map(|f| f.state_dir.as_ref())
+                .any(|dir| dir.is_dir())
     }
 
-    /// `running`, `stopped`, `preserved`, or `orphaned` (resources with no
-    /// live launcher and no record saying it was stopped).
-    pub fn state(&self) -> &str {
+    /// `running`, `stopped`, `preserved`, `orphaned` (parts with no live
+    /// launcher and no record saying it was stopped), `elsewhere` (another
+    /// state root's) or `unreadable`.
+    pub fn state(&self) -> &'static str {
         match &self.record {
             _ if self.is_live() => "running",
             None if self.is_foreign() => "elsewhere",
-            Some(r) if r.state() == "running" => "orphaned",
-            Some(r) => r.state(),
             None => "orphaned",
+            Some(r) => match r.state() {
+                Some(BottleState::Running) => "orphaned",
+                Some(state) => state.as_str(),
+                None => "unreadable",
+            },
         }
     }
 
+    /// The backend it runs on: as recorded, else as found.
+    pub fn backend(&self) -> Option<BackendName> {
+        self.record
+            .as_ref()
+            .and_then(|r| r.metadata.as_ref().ok())
+            .and_then(|m| m.backend.parse().ok())
+            .or_else(|| self.found.first().map(|f| f.backend))
+    }
+
     pub fn services(&self) -> Vec<&'static str> {
-        let Some(d) = &self.docker else {
-            return Vec::new();
-        };
-        ["agent", "gate", "git"]
-            .into_iter()
-            .filter(|role| d.running(role))
+        Role::ALL
+            .iter()
+            .filter(|&&role| self.found.iter().any(|f| f.running(role)))
+            .map(|role| role.as_str())
             .collect()
     }
 }
@@ -64,35 +76,48 @@ impl Bottle {
 pub struct Row<'a> {
     pub identity: &'a str,
     pub agent: Option<&'a str>,
-    pub backend: &'a str,
+    pub backend: &'static str,
     pub started_at: Option<&'a str>,
-    pub state: &'a str,
+    pub state: &'static str,
     pub services: Vec<&'static str>,
     /// The health of each gate that runs and has a verdict:
     /// `{"gate": "healthy", "git": "starting"}`.
-    pub health: std::collections::BTreeMap<&'static str, &'a str>,
+    pub health: BTreeMap<&'static str, &'a str>,
+    /// Why the metadata cannot be read, when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 impl Bottle {
     pub fn row(&self) -> Row<'_> {
-        let meta = self.record.as_ref().map(|r| &r.metadata);
+        let meta = self.record.as_ref().and_then(|r| r.metadata.as_ref().ok());
         Row {
             identity: &self.identity,
-            agent: meta.and_then(|m| m["agent"].as_str()),
-            backend: meta.and_then(|m| m["backend"].as_str()).unwrap_or("docker"),
-            started_at: meta.and_then(|m| m["started_at"].as_str()),
+            agent: meta.map(|m| m.agent.as_str()),
+            backend: self.backend().map_or("-", BackendName::as_str),
+            started_at: meta.map(|m| m.started_at.as_str()),
             state: self.state(),
             services: self.services(),
-            health: ["gate", "git"]
+            health: [Role::Gate, Role::Git]
                 .into_iter()
-                .filter_map(|role| Some((role, self.docker.as_ref()?.health(role)?)))
+                .filter_map(|role| {
+                    let health = self.found.iter().find_map(|f| f.health(role))?;
+                    Some((role.as_str(), health))
+                })
                 .collect(),
+            problem: self
+                .record
+                .as_ref()
+                .and_then(|r| r.metadata.as_ref().err())
+                .map(ToString::to_string),
         }
     }
 }
 
-/// Every bottle: from the state root and every available backend.
-pub async fn gather(global: &Global) -> (Vec<Bottle>, Option<bottle_backend::BackendError>) {
+/// Every bottle: from the state root and every usable backend. A backend
+/// that is not usable here is skipped; one that fails to answer is
+/// reported.
+pub async fn gather(global: &Global, backends: &[AnyBackend]) -> (Vec<Bottle>, Vec<BackendError>) {
     let mut by_id: BTreeMap<String, Bottle> = state::records(&global.state_root)
         .into_iter()
         .map(|r| {
@@ -101,32 +126,43 @@ pub async fn gather(global: &Global) -> (Vec<Bottle>, Option<bottle_backend::Bac
                 Bottle {
                     identity: r.identity.clone(),
                     record: Some(r),
-                    docker: None,
+                    found: Vec::new(),
                 },
             )
         })
         .collect();
-    // A missing engine is skipped, not an error: list what the state knows.
-    let mut trouble = None;
-    if let Ok(engine) = bottle_backend::docker::connect().await {
-        match inventory::by_identity(&engine).await {
+    let mut trouble = Vec::new();
+    let found = futures_util::future::join_all(backends.iter().map(|b| async move {
+        if b.availability().await.is_usable() {
+            Some(b.enumerate(&global.state_root).await)
+        } else {
+            None
+        }
+    }))
+    .await;
+    for result in found.into_iter().flatten() {
+        match result {
             Ok(found) => {
-                for bottle in by_id.values_mut() {
-                    bottle.docker = Some(Resources::default());
-                }
-                for (identity, resources) in found {
+                for (identity, parts) in found {
                     by_id
                         .entry(identity.clone())
                         .or_insert_with(|| Bottle {
                             identity,
                             record: None,
-                            docker: None,
+                            found: Vec::new(),
                         })
-                        .docker = Some(resources);
+                        .found
+                        .push(parts);
                 }
             }
-            Err(err) => trouble = Some(err),
+            Err(err) => trouble.push(err),
         }
     }
     (by_id.into_values().collect(), trouble)
+}
+
+/// Every backend of this build, with the settings of `start`.
+pub fn backends(global: &Global) -> anyhow::Result<Vec<AnyBackend>> {
+    let settings = Start::resolve(None, global)?;
+    Ok(AnyBackend::all(&settings.backends))
 }

@@ -1,19 +1,16 @@
 //! `bottle list [active] [--format json]`.
 
+use crate::Failure;
 use crate::cli::Format;
-use crate::commands::inventory::gather;
+use crate::commands::inventory::{backends, gather};
 use crate::printer::Printer;
 use crate::settings::Global;
-use crate::{Failure, exit};
 
 pub fn run(active_only: bool, format: Format, printer: &Printer) -> Result<i32, Failure> {
     let global = Global::resolve()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
-    let (bottles, trouble) = runtime.block_on(gather(&global));
-    if let Some(err) = trouble {
+    let backends = backends(&global)?;
+    let (bottles, trouble) = super::runtime()?.block_on(gather(&global, &backends));
+    for err in trouble {
         printer.step(&format!("warning: {err}"));
     }
     let rows: Vec<_> = bottles

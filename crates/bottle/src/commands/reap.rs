@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use bottle_backend::lifecycle;
+use bottle_backend::registry::AnyBackend;
+
 use crate::{Failure, exit};
 
 /// How long the reaper keeps trying before leaving the rest to `cleanup`.
@@ -11,6 +14,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 pub fn run(
     identity: &str,
+    backend: crate::cli::BackendName,
     launcher: Option<&str>,
     state: Option<&std::path::Path>,
 ) -> Result<i32, Failure> {
@@ -21,12 +25,11 @@ pub fn run(
             })
         })
         .transpose()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
-    runtime.block_on(bottle_backend::docker::reap(
-        identity, launcher, state, PATIENCE,
+    let global = crate::settings::Global::resolve()?;
+    let settings = crate::settings::Start::resolve(Some(backend), &global)?;
+    let backend = AnyBackend::new(backend.into(), &settings.backends);
+    super::runtime()?.block_on(lifecycle::reap(
+        &backend, identity, launcher, state, PATIENCE,
     ))?;
     Ok(0)
 }

@@ -7,7 +7,9 @@ use bottle_backend::state;
 use bottle_manifest::load;
 use bottle_manifest::plan::{self, PlanInput};
 
-use crate::cli::{BackendName, ResumeArgs};
+use bottle_backend::registry::Choice;
+
+use crate::cli::ResumeArgs;
 use crate::printer::Printer;
 use crate::settings::{Global, Start};
 use crate::{Failure, exit};
@@ -40,18 +42,15 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
             ),
         ));
     }
-    let meta = &record.metadata;
-    let (Some(manifest_path), Some(agent)) = (meta["manifest"].as_str(), meta["agent"].as_str())
-    else {
-        return Err(Failure::new(
+    let meta = record.metadata.as_ref().map_err(|e| {
+        Failure::new(
             exit::CONFIG,
-            anyhow!(
-                "{}: metadata.json does not say which manifest and agent it ran",
-                record.dir.root.display()
-            ),
-        ));
-    };
-    let path = std::path::PathBuf::from(manifest_path);
+            anyhow!("{} cannot be resumed: {e}", record.identity),
+        )
+    })?;
+    let agent = meta.agent.as_str();
+    let manifest_path = &meta.manifest;
+    let path = manifest_path.clone();
     // The manifest is read again: a change since then that no longer
     // validates is an error naming the field.
     let manifest = load::load(&path)?;
@@ -59,14 +58,29 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
     // What a person approved for this bottle comes back with it.
     let grants = bottle_manifest::provision::Grants::load(&record.dir.grants())
         .map_err(|e| Failure::new(exit::CONFIG, anyhow!("the bottle's approvals: {e}")))?;
-    let settings = Start::resolve(Some(BackendName::Docker))?;
+    let settings = Start::resolve(None, &global)?;
+    // A bottle comes back where it ran: its data lives there.
+    let backend: bottle_backend::BackendName = meta.backend.parse().map_err(|e: String| {
+        Failure::new(
+            exit::CONFIG,
+            anyhow!(
+                "{}: metadata.json names its backend: {e}",
+                record.dir.root.display()
+            ),
+        )
+    })?;
+    let choice = Choice {
+        name: backend,
+        why: "where the bottle ran".to_owned(),
+    };
     let plan = plan::plan(PlanInput {
         manifest_path: &path,
         manifest: &manifest,
         checked: &checked,
         agent,
         command: (!args.command.is_empty()).then(|| args.command.clone()),
-        backend: "docker",
+        backend: choice.name.as_str(),
+        backend_reason: &choice.why,
         base_image: &settings.base_image,
         remove_on_exit: false,
         cwd: None,
@@ -79,5 +93,5 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
         // `claude …` continues its conversation when there is one.
         continue_conversation: args.command.is_empty(),
     })?;
-    super::start::launch(&plan, &settings, &global, None, args.yes, printer)
+    super::start::launch(&plan, &settings, &choice, None, args.yes, printer)
 }

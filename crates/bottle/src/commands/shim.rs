@@ -33,6 +33,8 @@ pub fn run(args: ShimArgs) -> Result<i32, Failure> {
         user,
         gate_timeout: Duration::from_millis(args.gate_timeout_ms),
         nproc: args.nproc,
+        data_limit: args.data_limit,
+        landlock: args.landlock,
         command: args.command,
     }))
 }

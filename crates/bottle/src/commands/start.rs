@@ -3,19 +3,20 @@
 use std::io::{BufRead, IsTerminal};
 
 use anyhow::anyhow;
-use bottle_backend::Backend;
-use bottle_backend::docker::{DockerBackend, DockerSettings};
+use bottle_backend::registry::{self, AnyBackend, Choice};
+use bottle_backend::{Backend, lifecycle};
 use bottle_manifest::load;
 use bottle_manifest::plan::{self, Plan, PlanInput};
 
-use crate::cli::{BackendName, Format, StartArgs};
+use crate::cli::{Format, StartArgs};
 use crate::printer::Printer;
 use crate::settings::{Global, Start};
 use crate::{Failure, exit};
 
 pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
     let global = Global::resolve()?;
-    let settings = Start::resolve(args.backend)?;
+    let settings = Start::resolve(args.backend, &global)?;
+    let choice = super::runtime()?.block_on(registry::choose(&settings.wanted, &settings.backends));
     let path = global.manifest_lookup(&args.manifest).resolve()?;
     let manifest = load::load(&path)?;
     let checked = super::manifest::check(&manifest, &path, &global)?;
@@ -25,9 +26,8 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         checked: &checked,
         agent: &args.agent,
         command: (!args.command.is_empty()).then(|| args.command.clone()),
-        backend: match settings.backend {
-            BackendName::Docker => "docker",
-        },
+        backend: choice.name.as_str(),
+        backend_reason: &choice.why,
         base_image: &settings.base_image,
         remove_on_exit: args.rm,
         cwd: args.cwd.then_some(global.cwd.as_path()),
@@ -61,7 +61,7 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
     launch(
         &plan,
         &settings,
-        &global,
+        &choice,
         args.dry_run.then_some(args.format),
         args.yes,
         printer,
@@ -69,43 +69,33 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
 }
 
 /// Prepares `plan`, prints it (`dry_run`) or confirms it (unless `yes`),
-/// and runs the bottle. Shared by `start` and `resume`.
+/// and runs the bottle on the chosen backend. Shared by `start` and
+/// `resume`.
 pub fn launch(
     plan: &Plan,
     settings: &Start,
-    global: &Global,
+    choice: &Choice,
     dry_run: Option<Format>,
     yes: bool,
     printer: &Printer,
 ) -> Result<i32, Failure> {
-    let backend = match settings.backend {
-        BackendName::Docker => DockerBackend::new(DockerSettings {
-            install_claude: settings.install_claude.clone(),
-            lock_dir: global.lock_dir(),
-            gate_timeout: settings.gate_timeout,
-            container_name: settings.container_name.clone(),
-        }),
-    };
-    let prepared = backend.prepare(plan)?;
+    let backend = AnyBackend::new(choice.name, &settings.backends);
+    let prepared = lifecycle::prepare(&backend, plan)?;
 
     if let Some(format) = dry_run {
         print_plan(plan, format, printer)?;
         return Ok(0);
     }
+    let runtime = super::runtime()?;
     if !yes {
-        confirm(plan, printer)?;
+        confirm(plan, &backend, &runtime, printer)?;
     } else {
         printer.step(&format!(
-            "starting {} (agent {}, bottle {})",
-            plan.identity, plan.agent, plan.bottle
+            "starting {} (agent {}, bottle {}, backend {})",
+            plan.identity, plan.agent, plan.bottle, choice.name
         ));
     }
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
-    let outcome = runtime.block_on(backend.launch(prepared, printer));
+    let outcome = runtime.block_on(lifecycle::launch(&backend, plan, prepared, printer));
     // A read of our stdin may still be blocked in a runtime thread; it
     // must not keep the launcher from exiting.
     runtime.shutdown_background();
@@ -128,7 +118,12 @@ fn print_plan(plan: &Plan, format: Format, printer: &Printer) -> Result<(), Fail
 }
 
 /// The y/N preflight. Only a person at a terminal can answer it.
-fn confirm(plan: &Plan, printer: &Printer) -> Result<(), Failure> {
+fn confirm(
+    plan: &Plan,
+    backend: &AnyBackend,
+    runtime: &tokio::runtime::Runtime,
+    printer: &Printer,
+) -> Result<(), Failure> {
     if !std::io::stdin().is_terminal() {
         return Err(Failure::new(
             exit::NOT_CONFIRMED,
@@ -138,18 +133,9 @@ fn confirm(plan: &Plan, printer: &Printer) -> Result<(), Failure> {
         ));
     }
     printer.raw(&format!("bot-bottle will start:\n{}", plan.render_text()));
-    // The engine decides what `auto` means; ask it, so the person knows.
-    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(bottle_backend::BackendError::from)
-        .and_then(|rt| {
-            rt.block_on(bottle_backend::docker::describe_runtime(
-                plan.runtime,
-                &plan.images.base,
-            ))
-        })
-    {
+    // The backend decides what `auto` means and how the agent is held;
+    // ask it, so the person knows.
+    if let Ok(runtime) = runtime.block_on(backend.describe_runtime(plan)) {
         printer.raw(&format!("  {:<13}{runtime}\n", "agent runs"));
     }
     printer.raw("Start this bottle? [y/N] ");

@@ -144,6 +144,13 @@ impl Supervisor {
         description = "Ask the person to change the bottle's image (e.g. install a package). If approved, the bottle restarts on the new image with /workspace and home kept. Answers with a request id and 'pending'."
     )]
     fn request_image_change(&self, Parameters(p): Parameters<ImageParams>) -> CallToolResult {
+        if let Some(why) = &self.shared.config.image_changes {
+            let mut fields = serde_json::Map::new();
+            fields.insert("ask".into(), "image".into());
+            fields.insert("reason".into(), why.clone().into());
+            self.shared.audit.record("supervise", "refused", fields);
+            return refused(format!("an image change is not possible here: {why}"));
+        }
         self.file(
             Ask::Image {
                 fragment: p.dockerfile_fragment,

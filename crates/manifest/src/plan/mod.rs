@@ -13,7 +13,7 @@ mod render;
 pub use render::shell_words;
 
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ManifestError;
 use crate::host::HostRule;
@@ -77,7 +77,7 @@ pub const CA_BUNDLE_VARS: &[&str] = &[
 const SUFFIX_LEN: usize = 6;
 
 /// Image names a plan uses.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Images {
     /// What the gate and agent images are built `FROM`.
     pub base: String,
@@ -92,7 +92,7 @@ pub struct Images {
 }
 
 /// Where the agent's command came from.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandSource {
     /// The agent's `command` in the manifest.
@@ -102,11 +102,11 @@ pub enum CommandSource {
 }
 
 /// One variable of the agent's environment.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EnvPlan {
     pub name: String,
-    /// `literal`, `host` (forwarded by name) or `bottle` (set by bot-bottle).
-    pub source: &'static str,
+    /// Where the value comes from.
+    pub source: EnvSource,
     /// The value, for literals and bot-bottle's own variables only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
@@ -115,8 +115,20 @@ pub struct EnvPlan {
     pub host_var: Option<String>,
 }
 
+/// Where a variable of the agent's environment comes from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvSource {
+    /// A literal of the manifest.
+    Literal,
+    /// Forwarded by name from the launcher's environment.
+    Host,
+    /// Set by bot-bottle (the proxy, the CA bundle, the placeholders).
+    Bottle,
+}
+
 /// A credential route, without its secret.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RoutePlan {
     pub host: String,
     pub header: String,
@@ -132,7 +144,7 @@ pub struct RoutePlan {
 }
 
 /// The egress gate's policy.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EgressPlan {
     /// Proxy URL the agent's HTTP(S)_PROXY points at.
     pub proxy_url: String,
@@ -144,7 +156,7 @@ pub struct EgressPlan {
 }
 
 /// A git upstream, without its key.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GitPlan {
     pub name: String,
     pub upstream: String,
@@ -158,7 +170,7 @@ pub struct GitPlan {
 }
 
 /// Push policy as planned.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PushPolicyPlan {
     pub branches: Vec<String>,
     pub force: bool,
@@ -183,7 +195,7 @@ impl From<&PushPolicy> for PushPolicyPlan {
 }
 
 /// Limits of the agent's sandbox, its gates and its builds.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ResourcePlan {
     pub cpus: Option<f64>,
     pub memory_bytes: u64,
@@ -201,7 +213,7 @@ pub struct ResourcePlan {
 }
 
 /// The frozen plan of one bottle.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
     pub version: u32,
     pub identity: String,
@@ -209,6 +221,10 @@ pub struct Plan {
     pub bottle: String,
     pub manifest: PathBuf,
     pub backend: String,
+    /// Why that backend: `--backend`, the variable that named it, or the
+    /// default and what decided it.
+    #[serde(default)]
+    pub backend_reason: String,
     pub command: Vec<String>,
     pub command_source: CommandSource,
     pub workdir: String,
@@ -238,13 +254,12 @@ pub struct Plan {
 }
 
 /// The copy of the host's directory the agent works on.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WorkspacePlan {
     /// The host directory copied (never mounted).
     pub source: PathBuf,
-    /// `git`: what git tracks plus untracked files it does not ignore, and
-    /// `.git`; `all`: every file (not a git repository).
-    pub mode: &'static str,
+    /// How the directory is copied.
+    pub mode: WorkspaceMode,
     /// Paths (relative to `source`) the person named with `--include`:
     /// copied even when they look like secrets.
     pub include: Vec<PathBuf>,
@@ -255,8 +270,23 @@ pub struct WorkspacePlan {
     pub config_changes: Vec<String>,
 }
 
+/// How a `--cwd` copy selects its files.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum WorkspaceMode {
+    /// A repository: what git tracks plus untracked files it does not
+    /// ignore, and `.git`.
+    #[serde(rename = "git")]
+    Git,
+    /// Inside a repository's work tree: git's rules, no `.git`.
+    #[serde(rename = "git-subdir")]
+    GitSubdir,
+    /// Not in a repository: every file.
+    #[serde(rename = "all")]
+    All,
+}
+
 /// A file a `--cwd` copy leaves out.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LeftOut {
     pub path: PathBuf,
     pub reason: String,
@@ -271,6 +301,8 @@ pub struct PlanInput<'a> {
     /// `-- CMD…`, when given.
     pub command: Option<Vec<String>>,
     pub backend: &'a str,
+    /// Why that backend (see [`Plan::backend_reason`]).
+    pub backend_reason: &'a str,
     pub base_image: &'a str,
     pub remove_on_exit: bool,
     /// `--cwd`: the directory to copy into the workspace.
@@ -338,7 +370,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         env.push(match value {
             EnvValue::Literal(text) => EnvPlan {
                 name: name.clone(),
-                source: "literal",
+                source: EnvSource::Literal,
                 value: Some(text.clone()),
                 host_var: None,
             },
@@ -351,7 +383,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
                 }
                 EnvPlan {
                     name: name.clone(),
-                    source: "host",
+                    source: EnvSource::Host,
                     value: None,
                     host_var: Some(from.from_host.clone()),
                 }
@@ -467,7 +499,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             .chain(git_env)
             .map(|(name, value)| EnvPlan {
                 name,
-                source: "bottle",
+                source: EnvSource::Bottle,
                 value: Some(value),
                 host_var: None,
             }),
@@ -541,6 +573,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         bottle: agent.bottle.clone(),
         manifest: input.manifest_path.to_owned(),
         backend: input.backend.to_owned(),
+        backend_reason: input.backend_reason.to_owned(),
         command,
         command_source,
         workdir: WORKDIR.to_owned(),
@@ -590,13 +623,13 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         workspace: input.cwd.map(|dir| WorkspacePlan {
             source: dir.to_owned(),
             mode: if dir.join(".git").exists() {
-                "git"
+                WorkspaceMode::Git
             } else if dir.ancestors().skip(1).any(|a| a.join(".git").exists()) {
                 // Inside a repository's work tree: git's rules (ignored
                 // files stay out, hidden local values stay out), no `.git`.
-                "git-subdir"
+                WorkspaceMode::GitSubdir
             } else {
-                "all"
+                WorkspaceMode::All
             },
             include: input.include.to_vec(),
             left_out: Vec::new(),

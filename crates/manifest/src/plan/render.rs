@@ -15,7 +15,14 @@ impl Plan {
         line("identity", &self.identity);
         line("agent", &format!("{} (bottle {})", self.agent, self.bottle));
         line("manifest", &self.manifest.display().to_string());
-        line("backend", &self.backend);
+        if self.backend_reason.is_empty() {
+            line("backend", &self.backend);
+        } else {
+            line(
+                "backend",
+                &format!("{} ({})", self.backend, self.backend_reason),
+            );
+        }
         line("command", &shell_words(&self.command));
         match &self.images.bottle {
             Some(own) => {
@@ -127,7 +134,7 @@ impl Plan {
         let env: Vec<String> = self
             .env
             .iter()
-            .filter(|e| e.source != "bottle")
+            .filter(|e| e.source != super::EnvSource::Bottle)
             .map(|e| match &e.host_var {
                 Some(var) => format!("{}=${var}", e.name),
                 None => e.name.clone(),
@@ -181,14 +188,14 @@ impl Plan {
             ),
         );
         match &self.workspace {
-            Some(w) if w.mode == "git" => line(
+            Some(w) if w.mode == super::WorkspaceMode::Git => line(
                 "workspace",
                 &format!(
                     "a copy of {} (files git tracks, untracked files it does not ignore, and .git)",
                     w.source.display()
                 ),
             ),
-            Some(w) if w.mode == "git-subdir" => line(
+            Some(w) if w.mode == super::WorkspaceMode::GitSubdir => line(
                 "workspace",
                 &format!(
                     "a copy of {} (inside a git repository: files git tracks and untracked files it does not ignore; no .git)",

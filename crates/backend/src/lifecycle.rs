@@ -1,0 +1,303 @@
+//! What is the same for every backend, once: the shared validation of a
+//! plan, and the launch around a backend's gates and agent — signals,
+//! state writes, the CA, the guardian, the restart after a capability
+//! block, the teardown — and the guardian's reaping after a crash.
+
+use std::time::{Duration, Instant};
+
+use bottle_gate::ca::mint_ca;
+use bottle_manifest::plan::{AGENT_UID, Plan};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::capability;
+use crate::process::Launcher;
+use crate::state::{BottleDir, Metadata};
+use crate::{AgentRun, Backend, BackendError, Gates, GatesReady, Outcome, Reporter, Scope};
+
+/// The validation every backend gets before its own `prepare`.
+pub fn validate(_plan: &Plan) -> Result<(), BackendError> {
+    if nix::unistd::getuid().as_raw() == AGENT_UID {
+        return Err(BackendError::AgentUidIsYours { uid: AGENT_UID });
+    }
+    Ok(())
+}
+
+/// Shared validation, then the backend's own resolution. Pure.
+pub fn prepare<B: Backend>(backend: &B, plan: &Plan) -> Result<B::Prepared, BackendError> {
+    validate(plan)?;
+    backend.prepare(plan)
+}
+
+/// How `show_policy` names the image the agent runs.
+fn image_description(plan: &Plan) -> String {
+    plan.images.bottle.as_ref().map_or_else(
+        || plan.images.agent.clone(),
+        |own| capability::describe(own, &plan.images.agent),
+    )
+}
+
+/// Creates the bottle, runs its command with the launcher's terminal or
+/// pipes, and tears it down when the command exits or the launcher is
+/// interrupted (SIGINT, SIGTERM, SIGHUP).
+pub async fn launch<B: Backend>(
+    backend: &B,
+    plan: &Plan,
+    prepared: B::Prepared,
+    reporter: &dyn Reporter,
+) -> Result<Outcome, BackendError> {
+    // Signals first: an interrupt at any point below still tears down.
+    let mut signals = Interrupts::new()?;
+    let dir = BottleDir::new(&plan.state_dir);
+    dir.create()?;
+    // A restart note no launcher took (its launcher ended first) is
+    // stale: this run starts on the image its plan names.
+    let _ = capability::take_restart(&dir);
+    // A bottle keeps its CA for life: resume reads the one it made.
+    let ca = if dir.gate_dir().join("ca.key").is_file() {
+        dir.read_ca()?
+    } else {
+        mint_ca(&plan.identity).map_err(|e| BackendError::Ca(e.to_string()))?
+    };
+    dir.write_ca(&ca, plan.egress.upstream_ca.as_deref())?;
+    dir.write_git(&plan.git)?;
+    spawn_guardian(backend.name(), &plan.identity, &dir)?;
+    let mut metadata = Metadata::starting(plan);
+    metadata.write(&dir)?;
+
+    let outcome = tokio::select! {
+        result = drive(backend, plan, &prepared, &dir, reporter) => result.map(Outcome::Exited),
+        signal = signals.recv() => Ok(Outcome::Interrupted(signal)),
+    };
+    if let Ok(Outcome::Interrupted(_)) = outcome {
+        reporter.step("interrupted: stopping the agent, then tearing the bottle down");
+        // SIGTERM to the shim, which passes it to the command: a chance
+        // to save its work before the sandbox is removed.
+        let _ = backend.stop_agent(&plan.identity, &dir).await;
+    }
+    let torn = Instant::now();
+    let me = Launcher::current()?.to_string();
+    // An approved image change keeps the bottle, even under --rm.
+    let preserved = capability::is_preserved(&dir);
+    let remove = plan.remove_on_exit && !preserved;
+    // After a normal exit the bottle's network, an inert object whose
+    // removal is slow, is left to the guardian. Interrupts and failures
+    // tear everything down before returning.
+    let scope = Scope {
+        network: !matches!(outcome, Ok(Outcome::Exited(_))),
+        data: remove,
+        launcher: Some(&me),
+    };
+    let teardown = backend.teardown(&plan.identity, &dir, scope).await;
+    reporter.detail(&format!("torn down in {} ms", torn.elapsed().as_millis()));
+    let kept = if remove {
+        dir.remove()
+    } else {
+        metadata.stop(preserved);
+        metadata.write(&dir)
+    };
+    let outcome = outcome?;
+    teardown?;
+    kept?;
+    Ok(outcome)
+}
+
+/// The gates and the agent side by side; the agent comes back on its new
+/// image after each capability block.
+async fn drive<B: Backend>(
+    backend: &B,
+    plan: &Plan,
+    p: &B::Prepared,
+    dir: &BottleDir,
+    reporter: &dyn Reporter,
+) -> Result<i32, BackendError> {
+    let started = Instant::now();
+    let timing = |what: &str| {
+        reporter.detail(&format!("{what} ({} ms)", started.elapsed().as_millis()));
+    };
+    let paths = backend.gate_paths();
+    let gates = Gates {
+        egress: crate::gate_config::egress(plan, &paths, image_description(plan)),
+        git: crate::gate_config::git(plan, &paths),
+        secrets: crate::secrets::resolve(plan)?,
+    };
+    let ready = GatesReady::default();
+    let gate_run = backend.run_gates(p, gates, &ready, reporter);
+    let agent_run = async {
+        let agent = backend.ready_agent(p, reporter).await?;
+        let provisioned = crate::provision::write_files(dir, &plan.provision)?;
+        let mut own = plan.images.bottle.clone();
+        let mut command = plan.command.clone();
+        let mut first = true;
+        loop {
+            let run = AgentRun {
+                own_image: own.as_ref(),
+                command: &command,
+                first,
+                provisioned: &provisioned,
+                gates_ready: &ready,
+                timing: &timing,
+            };
+            let code = backend.run_agent(p, &agent, run, reporter).await?;
+            first = false;
+            // An approved image change stopped the agent: come back on the
+            // new image, same identity, same data, same gates.
+            let Some(restart) = capability::take_restart(dir)? else {
+                return Ok(code);
+            };
+            reporter.step(&format!(
+                "capability block (request {}): {} comes back on {} with /workspace and home kept",
+                restart.request, plan.identity, restart.image.tag
+            ));
+            let change = capability::ImageChange {
+                granted: restart.image.clone(),
+                approved: Vec::new(),
+            };
+            backend.rebuild(plan, &change, reporter).await?;
+            own = Some(restart.image);
+            command = plan.resume_command.clone();
+        }
+    };
+    tokio::pin!(agent_run);
+    tokio::select! {
+        code = &mut agent_run => code,
+        stopped = gate_run => {
+            // The gate is gone: the bottle has no way out now; its
+            // requests fail until the command ends.
+            reporter.step(&stopped?);
+            agent_run.await
+        }
+    }
+}
+
+/// The command line of the guardian, `bottle reap`.
+pub fn reap_argv(
+    backend: crate::BackendName,
+    identity: &str,
+    launcher: &Launcher,
+    dir: &BottleDir,
+) -> Vec<std::ffi::OsString> {
+    vec![
+        "reap".into(),
+        identity.into(),
+        "--backend".into(),
+        backend.as_str().into(),
+        "--launcher".into(),
+        launcher.to_string().into(),
+        "--state".into(),
+        dir.root.clone().into_os_string(),
+    ]
+}
+
+/// Starts the bottle's guardian, `bottle reap`, detached in a session of
+/// its own: it outlives the launcher however the launcher ends (even
+/// `kill -9`), waits for it to be gone, and then removes whatever of the
+/// bottle is left. After a normal exit that is only what is slow to
+/// remove; after a crash it is everything the launcher would have
+/// removed.
+fn spawn_guardian(
+    backend: crate::BackendName,
+    identity: &str,
+    dir: &BottleDir,
+) -> Result<(), BackendError> {
+    use std::os::unix::process::CommandExt;
+    let launcher = Launcher::current()?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(reap_argv(backend, identity, &launcher, dir))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // A process group of its own keeps the terminal's signals (Ctrl-C, a
+    // hang-up of the launcher's group) away from it.
+    cmd.process_group(0);
+    cmd.spawn()?;
+    Ok(())
+}
+
+/// What `bottle reap` does: waits until `launcher` is gone, then removes
+/// what is left of `identity`, retrying for up to `patience` while the
+/// backend still holds on to a part.
+pub async fn reap<B: Backend>(
+    backend: &B,
+    identity: &str,
+    launcher: Option<Launcher>,
+    state_dir: Option<&std::path::Path>,
+    patience: Duration,
+) -> Result<(), BackendError> {
+    if let Some(launcher) = launcher {
+        while launcher.is_alive() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // A launcher that finished its work marked the bottle stopped (or, with
+    // --rm, removed its directory); one that crashed left it running.
+    let dir = state_dir.map(BottleDir::new);
+    let record = dir.as_ref().and_then(|d| Metadata::read(d).ok());
+    if let (Some(record), Some(launcher)) = (&record, &launcher)
+        && !record.is_held_by(launcher)
+    {
+        // Resumed since: leave the new run's parts alone.
+        return Ok(());
+    }
+    // Crashed: the record still says running, under this guardian's
+    // launcher.
+    let crashed = record
+        .as_ref()
+        .is_some_and(|r| r.state == crate::state::BottleState::Running);
+    let preserved = dir.as_ref().is_some_and(capability::is_preserved);
+    let remove_all = record.as_ref().is_some_and(|r| r.plan.remove_on_exit) && !preserved;
+    let mine = launcher.map(|l| l.to_string());
+    let scope = Scope {
+        network: true,
+        data: crashed && remove_all,
+        launcher: mine.as_deref(),
+    };
+    let fallback = BottleDir::new(std::path::PathBuf::new());
+    let deadline = Instant::now() + patience;
+    loop {
+        match backend
+            .teardown(identity, dir.as_ref().unwrap_or(&fallback), scope)
+            .await
+        {
+            Ok(()) => break,
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    if crashed && let (Some(dir), Some(mut record)) = (dir, record) {
+        if remove_all {
+            dir.remove()?;
+        } else {
+            record.stop_for(
+                preserved,
+                "guardian: the launcher ended without tearing down",
+            );
+            record.write(&dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP of the launcher, as one stream.
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> std::io::Result<Interrupts> {
+        Ok(Interrupts {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The bubblewrap command lines of a native bottle: the agent's sandbox
+//! and each gate's. The filesystem is an allowlist: a fresh root with the
+//! system directories read-only and only the named parts of the state
+//! directory; nothing else of the host (`/home`, `/root`, `/var`, `/run`,
+//! `/srv`, `/mnt`, `/media`, the state root, the Docker socket) exists
+//! inside.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// System directories shown read-only, as on the host (a symbolic link
+/// there, like `/bin -> usr/bin`, stays a link).
+const SYSTEM: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
+];
+
+/// Files of the host's `/etc` a gate needs: name resolution and the
+/// system's root certificates.
+const GATE_ETC: &[&str] = &[
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/pki",
+];
+
+/// Entries of the host's `/etc` the agent never sees: account and
+/// password databases (replaced by the bottle's own), sudo's rules, the
+/// host's SSH keys and configuration of privileged services.
+const AGENT_ETC_HIDDEN: &[&str] = &[
+    "passwd",
+    "group",
+    "shadow",
+    "gshadow",
+    "passwd-",
+    "group-",
+    "shadow-",
+    "gshadow-",
+    "sudoers",
+    "sudoers.d",
+    "ssh",
+    "security",
+    "docker",
+    "containerd",
+    "machine-id",
+];
+
+/// A bubblewrap command line under construction.
+#[derive(Debug, Default)]
+pub struct Args(Vec<OsString>);
+
+impl Args {
+    pub fn arg(&mut self, a: impl Into<OsString>) -> &mut Args {
+        self.0.push(a.into());
+        self
+    }
+
+    pub fn args<I, S>(&mut self, args: I) -> &mut Args
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.0.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn ro_bind(&mut self, host: &Path, inside: &str) -> &mut Args {
+        self.arg("--ro-bind").arg(host).arg(inside)
+    }
+
+    pub fn bind(&mut self, host: &Path, inside: &str) -> &mut Args {
+        self.arg("--bind").arg(host).arg(inside)
+    }
+
+    pub fn into_vec(self) -> Vec<OsString> {
+        self.0
+    }
+
+    /// Namespaces every native sandbox gets: user, pid, ipc, uts and
+    /// cgroup (and network where `own_network`), no capabilities, no
+    /// further user namespaces, a new session (no way to push keys into
+    /// the launcher's terminal), killed with the launcher.
+    pub fn isolation(&mut self, own_network: bool) -> &mut Args {
+        self.args([
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]);
+        if own_network {
+            self.arg("--unshare-net");
+        }
+        self.args([
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--disable-userns",
+            "--clearenv",
+        ])
+    }
+
+    /// The system directories, read-only; `/proc`, a minimal `/dev`, a
+    /// private `/tmp`.
+    pub fn system(&mut self, tmp_bytes: Option<u64>) -> &mut Args {
+        for dir in SYSTEM {
+            let path = Path::new(dir);
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(path) {
+                        self.arg("--symlink").arg(target).arg(dir);
+                    }
+                }
+                Ok(meta) if meta.is_dir() => {
+                    self.ro_bind(path, dir);
+                }
+                _ => {}
+            }
+        }
+        self.args(["--proc", "/proc", "--dev", "/dev"]);
+        if let Some(bytes) = tmp_bytes {
+            self.arg("--size").arg(bytes.to_string());
+        }
+        self.args(["--perms", "1777", "--tmpfs", "/tmp"])
+    }
+
+    /// A gate's `/etc`: name resolution, root certificates, an account
+    /// database naming only the gate's user, and `extra` (host path, path
+    /// inside: the gate's own configuration); read-only.
+    pub fn gate_etc(
+        &mut self,
+        passwd: &Path,
+        group: &Path,
+        extra: &[(PathBuf, String)],
+    ) -> &mut Args {
+        self.args(["--tmpfs", "/etc"]);
+        for path in GATE_ETC {
+            self.arg("--ro-bind-try").arg(path).arg(path);
+        }
+        self.ro_bind(passwd, "/etc/passwd");
+        self.ro_bind(group, "/etc/group");
+        for (host, inside) in extra {
+            self.ro_bind(host, inside);
+        }
+        self.args(["--remount-ro", "/etc"])
+    }
+
+    /// The agent's `/etc`: the host's, entry by entry, less what
+    /// [`AGENT_ETC_HIDDEN`] names, with the bottle's account database and
+    /// `extra` files (host path, path inside) laid over it; read-only.
+    pub fn agent_etc(
+        &mut self,
+        passwd: &Path,
+        group: &Path,
+        extra: &[(PathBuf, String)],
+    ) -> &mut Args {
+        self.args(["--tmpfs", "/etc"]);
+        let mut entries: Vec<_> = std::fs::read_dir("/etc")
+            .map(|d| d.flatten().collect())
+            .unwrap_or_default();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            if AGENT_ETC_HIDDEN
+                .iter()
+                .any(|h| h.as_bytes() == name.as_bytes())
+            {
+                continue;
+            }
+            let path = entry.path();
+            let inside = Path::new("/etc").join(&name);
+            match entry.file_type() {
+                // A link stays a link: its target is resolved inside the
+                // sandbox (a link into /run finds nothing there).
+                Ok(t) if t.is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(&path) {
+                        self.arg("--symlink").arg(target).arg(inside);
+                    }
+                }
+                // A file the user cannot read is left out, not an error.
+                Ok(t) if (t.is_dir() || t.is_file()) && std::fs::File::open(&path).is_ok() => {
+                    self.arg("--ro-bind").arg(&path).arg(inside);
+                }
+                _ => {}
+            }
+        }
+        self.ro_bind(passwd, "/etc/passwd");
+        self.ro_bind(group, "/etc/group");
+        for (host, inside) in extra {
+            self.ro_bind(host, inside);
+        }
+        self.args(["--remount-ro", "/etc"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_never_gets_the_hosts_accounts_or_home() {
+        let mut args = Args::default();
+        args.isolation(true).system(Some(1 << 20)).agent_etc(
+            Path::new("/x/passwd"),
+            Path::new("/x/group"),
+            &[],
+        );
+        let text: Vec<String> = args
+            .into_vec()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = text.join(" ");
+        for hidden in [
+            "/etc/shadow ",
+            "/etc/sudoers ",
+            "/home",
+            "/root",
+            "/var",
+            "docker.sock",
+        ] {
+            assert!(!joined.contains(hidden), "{hidden} is in {joined}");
+        }
+        assert!(joined.contains("--unshare-net"));
+        assert!(joined.contains("--cap-drop ALL"));
+        assert!(joined.contains("--disable-userns"));
+        assert!(joined.contains("--ro-bind /x/passwd /etc/passwd"));
+    }
+}

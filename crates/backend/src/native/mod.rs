@@ -1,0 +1,735 @@
+//! The native backend: no daemon. The agent runs under bubblewrap in new
+//! user, pid, network, ipc, uts, cgroup and mount namespaces, with only
+//! loopback, no capabilities, a seccomp allowlist ([`seccomp`]) and
+//! Landlock (applied by the shim, where the kernel has it). Each gate role
+//! is a host process under bubblewrap too: its own mount namespace, which
+//! sees the system directories read-only and only its own part of the
+//! state directory, no capabilities, the host's network. They share the
+//! directory of sockets, as with Docker; the shim is pid 1 inside.
+//!
+//! Limits: the kernel's cgroups are not used (this build does not take a
+//! delegated cgroup v2 subtree); processes, writable memory per process
+//! and open files are bounded by rlimits the shim sets, which the preflight
+//! and `list` say.
+
+mod bwrap;
+mod processes;
+pub mod seccomp;
+mod session;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bottle_manifest::manifest::Runtime;
+use bottle_manifest::plan::{
+    AGENT_CA_PATH, AGENT_HOME, AGENT_UID, AGENT_USER, Plan, TRUST_BUNDLE, WORKDIR,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::gate_config::{EGRESS_CONFIG_FILE, GIT_CONFIG_FILE, GatePaths, SOCKET_DIR};
+use crate::process::Launcher;
+use crate::state::BottleDir;
+use crate::{
+    AgentRun, Availability, Backend, BackendError, BackendName, Found, Gates, GatesReady, Part,
+    Reporter, Role, Scope,
+};
+use processes::Processes;
+
+/// The `bottle` binary inside the agent's sandbox (a tmpfs of its own).
+const SHIM: &str = "/run/bot-bottle/bottle";
+/// The `bottle` binary inside a gate's sandbox, where the git gate's
+/// hooks expect it.
+const GATE_BINARY: &str = "/usr/local/bin/bottle";
+/// The system trust bundle the agent's is made from.
+const HOST_TRUST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Seconds an interrupted agent gets to exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// The oldest bubblewrap with what the sandbox needs (`--disable-userns`).
+const MIN_BWRAP: (u32, u32) = (0, 8);
+
+/// Settings of the native backend that do not come from the plan.
+#[derive(Debug, Clone)]
+pub struct NativeSettings {
+    /// How long the shim waits for the gate's sockets.
+    pub gate_timeout: Duration,
+}
+
+/// The native backend.
+#[derive(Debug)]
+pub struct NativeBackend {
+    settings: NativeSettings,
+}
+
+/// What `prepare` resolved.
+#[derive(Debug, Clone)]
+pub struct NativePrepared {
+    plan: Plan,
+    dir: BottleDir,
+    bwrap: PathBuf,
+}
+
+/// What readying the agent's side made: its seccomp filters.
+#[derive(Debug, Clone)]
+pub struct NativeAgent {
+    filters: Vec<Vec<u8>>,
+}
+
+/// The native backend's part of a bottle's state directory.
+pub(crate) fn native_dir(dir: &BottleDir) -> PathBuf {
+    dir.root.join("native")
+}
+
+fn home_dir(dir: &BottleDir) -> PathBuf {
+    native_dir(dir).join("home")
+}
+
+fn workspace_dir(dir: &BottleDir) -> PathBuf {
+    native_dir(dir).join("workspace")
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
+    move |source| BackendError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn private_dir(path: &Path) -> Result<(), BackendError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io_err(path))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
+    if let Some(parent) = path.parent() {
+        private_dir(parent)?;
+    }
+    std::fs::write(path, bytes).map_err(io_err(path))
+}
+
+/// A program on `PATH`.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+fn refused(what: &str, why: impl Into<String>) -> BackendError {
+    BackendError::Refused {
+        backend: BackendName::Native,
+        what: what.to_owned(),
+        why: why.into(),
+    }
+}
+
+/// `bubblewrap 0.8.0` → (0, 8).
+fn bwrap_version(text: &str) -> Option<(u32, u32)> {
+    let version = text.split_whitespace().last()?;
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether the kernel offers Landlock (as its list of security modules
+/// says).
+fn landlock_offered() -> Option<bool> {
+    std::fs::read_to_string("/sys/kernel/security/lsm")
+        .ok()
+        .map(|lsm| lsm.split(',').any(|m| m.trim() == "landlock"))
+}
+
+impl NativeBackend {
+    pub fn new(settings: NativeSettings) -> NativeBackend {
+        NativeBackend { settings }
+    }
+
+    /// bubblewrap, its version line, and whether it can make the sandbox's
+    /// namespaces here.
+    async fn probe(&self) -> Result<(PathBuf, String), (String, String)> {
+        if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+            return Err((
+                "this build's seccomp allowlist is for x86_64 Linux".into(),
+                "run bot-bottle on x86_64 Linux, or use the docker backend".into(),
+            ));
+        }
+        let Some(bwrap) = which("bwrap") else {
+            return Err((
+                "bwrap (bubblewrap) is not on PATH".into(),
+                "install it: apt-get install bubblewrap".into(),
+            ));
+        };
+        let out = tokio::process::Command::new(&bwrap)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|e| {
+                (
+                    format!("{} does not run: {e}", bwrap.display()),
+                    "reinstall bubblewrap".into(),
+                )
+            })?;
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        match bwrap_version(&line) {
+            Some(v) if v >= MIN_BWRAP => {}
+            _ => {
+                return Err((
+                    format!(
+                        "{} is {line:?}; the sandbox needs bubblewrap 0.8 or newer",
+                        bwrap.display()
+                    ),
+                    "install bubblewrap 0.8 or newer (Debian 12 and Ubuntu 24.04 have it)".into(),
+                ));
+            }
+        }
+        if !Path::new(HOST_TRUST_BUNDLE).is_file() {
+            return Err((
+                format!("{HOST_TRUST_BUNDLE} is missing: the agent's trust bundle is made from it"),
+                "install it: apt-get install ca-certificates".into(),
+            ));
+        }
+        let mut probe = bwrap::Args::default();
+        probe.isolation(true).system(None);
+        probe.args(["--", "true"]);
+        let out = tokio::process::Command::new(&bwrap)
+            .args(probe.into_vec())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| (e.to_string(), "reinstall bubblewrap".into()))?;
+        if !out.status.success() {
+            return Err((
+                format!(
+                    "bwrap cannot make the sandbox's namespaces here: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0)".into(),
+            ));
+        }
+        Ok((bwrap, line))
+    }
+
+    /// A gate role's sandbox: its own files, the sockets, the audit log.
+    fn gate_args(
+        &self,
+        p: &NativePrepared,
+        role: Role,
+    ) -> Result<Vec<std::ffi::OsString>, BackendError> {
+        let dir = &p.dir;
+        let etc = native_dir(dir).join("etc");
+        let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+        let passwd = etc.join("gate-passwd");
+        let group = etc.join("gate-group");
+        write(
+            &passwd,
+            format!("bottle:x:{uid}:{gid}:bot-bottle gate:/var/lib/bottle:/usr/sbin/nologin\n")
+                .as_bytes(),
+        )?;
+        write(&group, format!("bottle:x:{gid}:\n").as_bytes())?;
+        let paths = GatePaths::standard();
+        let exe = std::env::current_exe()?;
+        // Each role's own configuration directory, read-only in its /etc.
+        let (config_dir, inside) = match role {
+            Role::Git => (dir.git_gate_dir(), paths.git_config_dir.clone()),
+            _ => (dir.gate_dir(), paths.egress_dir.clone()),
+        };
+        let inside = inside.to_string_lossy().into_owned();
+        let mut a = bwrap::Args::default();
+        a.isolation(false)
+            .system(None)
+            .gate_etc(&passwd, &group, &[(config_dir, inside.clone())])
+            // The binary where the git gate's hooks run it; the host's
+            // /usr/local is not shown.
+            .args(["--tmpfs", "/usr/local"])
+            .ro_bind(&exe, GATE_BINARY)
+            .bind(&dir.socket_dir(), SOCKET_DIR)
+            .bind(&dir.audit_log(), &paths.audit_log.to_string_lossy())
+            .args(["--setenv", "RUST_LOG", "info"])
+            .args(["--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin"])
+            .args(["--setenv", "HOME", "/var/lib/bottle"]);
+        let config = match role {
+            Role::Git => {
+                a.bind(&dir.git_dir(), &paths.git_dir.to_string_lossy());
+                Path::new(&inside).join(GIT_CONFIG_FILE)
+            }
+            _ => {
+                if p.plan.supervise {
+                    a.bind(&dir.supervise_dir(), &paths.supervise_dir.to_string_lossy());
+                }
+                Path::new(&inside).join(EGRESS_CONFIG_FILE)
+            }
+        };
+        a.args(["--", GATE_BINARY, "gate", "--config"]).arg(config);
+        Ok(a.into_vec())
+    }
+
+    /// Starts one gate role; returns its process.
+    fn spawn_gate(
+        &self,
+        p: &NativePrepared,
+        role: Role,
+        secrets: Vec<String>,
+    ) -> Result<tokio::process::Child, BackendError> {
+        let log_path = native_dir(&p.dir).join(format!("{}.log", role.as_str()));
+        let log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
+        let mut child = tokio::process::Command::new(&p.bwrap)
+            .args(self.gate_args(p, role)?)
+            .stdin(if secrets.is_empty() {
+                std::process::Stdio::null()
+            } else {
+                std::process::Stdio::piped()
+            })
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| BackendError::GateFailed(format!("{}: {e}", p.bwrap.display())))?;
+        if let Some(pid) = child.id().and_then(Launcher::of) {
+            Processes::add(&p.dir, role, pid)?;
+        }
+        if let Some(mut stdin) = child.stdin.take() {
+            // The route secrets: on the gate's standard input, then closed;
+            // never in a file, the environment or argv.
+            let payload = serde_json::to_vec(&bottle_gate::config::Secrets { secrets })
+                .map_err(|e| BackendError::GateFailed(e.to_string()))?;
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stdin.write_all(&payload).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        Ok(child)
+    }
+
+    /// The agent's sandbox around `command`.
+    fn agent_args(
+        &self,
+        p: &NativePrepared,
+        run: &AgentRun<'_>,
+        tty: bool,
+        fds: &[i32],
+    ) -> Result<Vec<std::ffi::OsString>, BackendError> {
+        let plan = &p.plan;
+        let dir = &p.dir;
+        let etc = native_dir(dir).join("etc");
+        let passwd = etc.join("passwd");
+        let group = etc.join("group");
+        write(
+            &passwd,
+            format!(
+                "root:x:0:0:root:/root:/usr/sbin/nologin\n{AGENT_USER}:x:{AGENT_UID}:{AGENT_UID}:{AGENT_USER}:{AGENT_HOME}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            )
+            .as_bytes(),
+        )?;
+        write(
+            &group,
+            format!("root:x:0:\n{AGENT_USER}:x:{AGENT_UID}:\nnogroup:x:65534:\n").as_bytes(),
+        )?;
+        let mut extra: Vec<(PathBuf, String)> = vec![
+            (dir.ca_cert(), AGENT_CA_PATH.to_owned()),
+            (trust_bundle(dir), TRUST_BUNDLE.to_owned()),
+        ];
+        extra.extend(run.provisioned.iter().cloned());
+        let exe = std::env::current_exe()?;
+        let mut a = bwrap::Args::default();
+        a.isolation(true)
+            .args([
+                "--uid",
+                &AGENT_UID.to_string(),
+                "--gid",
+                &AGENT_UID.to_string(),
+            ])
+            .args(["--hostname", "bottle", "--as-pid-1"])
+            .system(Some(plan.resources.tmp_bytes))
+            .agent_etc(&passwd, &group, &extra)
+            .args(["--tmpfs", "/run"])
+            .ro_bind(&dir.socket_dir(), SOCKET_DIR)
+            .ro_bind(&exe, SHIM)
+            .bind(&home_dir(dir), AGENT_HOME)
+            .bind(&workspace_dir(dir), WORKDIR)
+            .args(["--chdir", WORKDIR]);
+        let mut env = vec![
+            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+            ("HOME".to_owned(), AGENT_HOME.to_owned()),
+            ("USER".to_owned(), AGENT_USER.to_owned()),
+            ("LOGNAME".to_owned(), AGENT_USER.to_owned()),
+            ("SHELL".to_owned(), "/bin/bash".to_owned()),
+        ];
+        env.extend(crate::sandbox::agent_env(plan, tty)?);
+        for (name, value) in env {
+            a.arg("--setenv").arg(name).arg(value);
+        }
+        for fd in fds {
+            a.arg("--add-seccomp-fd").arg(fd.to_string());
+        }
+        a.arg("--");
+        a.args(crate::sandbox::shim_argv(
+            plan,
+            &crate::sandbox::ShimOptions {
+                binary: SHIM,
+                socket_dir: SOCKET_DIR,
+                gate_timeout: self.settings.gate_timeout,
+                ca: None,
+                user: None,
+                nproc: Some(plan.resources.pids),
+                data_limit: Some(plan.resources.memory_bytes),
+                landlock: true,
+            },
+        ));
+        a.args(run.command.iter());
+        Ok(a.into_vec())
+    }
+}
+
+/// The agent's trust bundle: the system's roots and the bottle's CA.
+fn trust_bundle(dir: &BottleDir) -> PathBuf {
+    native_dir(dir).join("trust").join("ca-certificates.crt")
+}
+
+impl Backend for NativeBackend {
+    type Prepared = NativePrepared;
+    type Agent = NativeAgent;
+
+    fn name(&self) -> BackendName {
+        BackendName::Native
+    }
+
+    async fn availability(&self) -> Availability {
+        match self.probe().await {
+            Ok((_, version)) => Availability::Usable {
+                detail: format!(
+                    "{version}; Landlock {}; limits by rlimits",
+                    match landlock_offered() {
+                        Some(true) => "offered by the kernel",
+                        Some(false) => "not in this kernel",
+                        None => "unknown (no securityfs)",
+                    }
+                ),
+            },
+            Err((reason, fix)) => Availability::Unusable { reason, fix },
+        }
+    }
+
+    async fn describe_runtime(&self, plan: &Plan) -> Result<String, BackendError> {
+        let (_, version) =
+            self.probe()
+                .await
+                .map_err(|(reason, fix)| BackendError::Unavailable {
+                    backend: BackendName::Native,
+                    reason,
+                    fix,
+                })?;
+        Ok(format!(
+            "{version}: new user, pid, network, ipc, uts, cgroup and mount namespaces, no capabilities, seccomp allowlist (Docker's default), Landlock {}; limits by rlimits (no delegated cgroup v2 is used): {} processes, {} MiB writable memory per process, {} open files",
+            match landlock_offered() {
+                Some(false) => "(not in this kernel)",
+                _ => "where the kernel has it",
+            },
+            plan.resources.pids,
+            plan.resources.memory_bytes >> 20,
+            plan.resources.nofile,
+        ))
+    }
+
+    fn prepare(&self, plan: &Plan) -> Result<NativePrepared, BackendError> {
+        if let Some(network) = &plan.gate_network {
+            return Err(refused(
+                "gate_network",
+                format!(
+                    "{network:?} names a Docker network; a native bottle's gate uses the host's network (add the services' ranges to allow_private instead), or start with --backend docker"
+                ),
+            ));
+        }
+        if plan.runtime == Runtime::Runsc {
+            return Err(refused(
+                "runtime runsc",
+                "gVisor is a Docker runtime; remove \"runtime\" or start with --backend docker",
+            ));
+        }
+        if !plan.images.agent_is_default {
+            return Err(refused(
+                "image",
+                format!(
+                    "{:?} is a container image; a native bottle runs the host's own system directories: remove \"image\" or start with --backend docker",
+                    plan.images.agent
+                ),
+            ));
+        }
+        if let Some(own) = &plan.images.bottle {
+            return Err(refused(
+                "an approved image change",
+                format!(
+                    "{} is a container image; resume this bottle with the docker backend",
+                    own.tag
+                ),
+            ));
+        }
+        if !plan.git.is_empty() {
+            for program in ["git", "ssh"] {
+                if which(program).is_none() {
+                    return Err(BackendError::Unavailable {
+                        backend: BackendName::Native,
+                        reason: format!(
+                            "the git gate runs the host's {program}, which is not on PATH"
+                        ),
+                        fix: "install it: apt-get install git openssh-client".into(),
+                    });
+                }
+            }
+        }
+        Ok(NativePrepared {
+            plan: plan.clone(),
+            dir: BottleDir::new(&plan.state_dir),
+            bwrap: which("bwrap").unwrap_or_else(|| PathBuf::from("bwrap")),
+        })
+    }
+
+    fn gate_paths(&self) -> GatePaths {
+        GatePaths::standard()
+    }
+
+    async fn run_gates(
+        &self,
+        p: &NativePrepared,
+        gates: Gates,
+        ready: &GatesReady,
+        reporter: &dyn Reporter,
+    ) -> Result<String, BackendError> {
+        let Gates {
+            mut egress,
+            git,
+            secrets,
+        } = gates;
+        // The gate refuses an image change at once, and says why.
+        if let Some(supervise) = egress.supervise.as_mut() {
+            supervise.image_changes = Some(
+                "this bottle runs on the native backend, which runs the host's own system directories and has no image to change".to_owned(),
+            );
+        }
+        p.dir.write_json(&p.dir.gate_config(), &egress)?;
+        if let Some(git) = &git {
+            p.dir.write_json(&p.dir.git_gate_config(), git)?;
+        }
+        private_dir(&native_dir(&p.dir))?;
+        let mut egress_gate = self.spawn_gate(p, Role::Gate, secrets)?;
+        let mut git_gate = git
+            .as_ref()
+            .map(|_| self.spawn_gate(p, Role::Git, Vec::new()))
+            .transpose()?;
+        ready.mark();
+        reporter.detail("gate started");
+        let git_ended = async {
+            match git_gate.as_mut() {
+                Some(child) => (child.wait().await, Role::Git, "pushes and fetches"),
+                None => std::future::pending().await,
+            }
+        };
+        let (status, role, what) = tokio::select! {
+            status = egress_gate.wait() => (status, Role::Gate, "requests"),
+            ended = git_ended => ended,
+        };
+        let status = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let log =
+            std::fs::read_to_string(native_dir(&p.dir).join(format!("{}.log", role.as_str())))
+                .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        Ok(format!(
+            "the {} gate stopped ({status}): the bottle has no way out there now; its {what} fail until the command ends{}",
+            if role == Role::Git { "git" } else { "egress" },
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its last lines:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            }
+        ))
+    }
+
+    async fn ready_agent(
+        &self,
+        p: &NativePrepared,
+        reporter: &dyn Reporter,
+    ) -> Result<NativeAgent, BackendError> {
+        private_dir(&home_dir(&p.dir))?;
+        private_dir(&workspace_dir(&p.dir))?;
+        let mut bundle =
+            std::fs::read(HOST_TRUST_BUNDLE).map_err(io_err(Path::new(HOST_TRUST_BUNDLE)))?;
+        if !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+        let ca = p.dir.ca_cert();
+        bundle.extend(std::fs::read(&ca).map_err(io_err(&ca))?);
+        write(&trust_bundle(&p.dir), &bundle)?;
+        let filters = vec![
+            seccomp::allowlist().map_err(|e| BackendError::Other(std::io::Error::other(e)))?,
+            seccomp::no_clone3().map_err(|e| BackendError::Other(std::io::Error::other(e)))?,
+        ];
+        reporter.detail("agent sandbox: bubblewrap, seccomp, Landlock");
+        Ok(NativeAgent { filters })
+    }
+
+    async fn run_agent(
+        &self,
+        p: &NativePrepared,
+        agent: &NativeAgent,
+        run: AgentRun<'_>,
+        reporter: &dyn Reporter,
+    ) -> Result<i32, BackendError> {
+        if let Some(own) = run.own_image {
+            return Err(refused(
+                "an approved image change",
+                format!("{} is a container image", own.tag),
+            ));
+        }
+        if let Some(workspace) = p.plan.workspace.as_ref().filter(|_| run.first) {
+            let started = Instant::now();
+            let copied = session::copy_in(workspace, &workspace_dir(&p.dir)).await?;
+            reporter.step(&crate::workspace::describe_copy(
+                &copied,
+                workspace,
+                started.elapsed(),
+            ));
+        }
+        if let Some(skills) = crate::provision::skills(&p.plan.provision)? {
+            session::unpack(skills, &home_dir(&p.dir))?;
+        }
+        run.gates_ready.wait().await;
+        let tty = crate::terminal::is_interactive();
+        let fds = session::filter_fds(&agent.filters)?;
+        let raw: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        let args = self.agent_args(p, &run, tty, &raw)?;
+        let code = session::run(&p.bwrap, &args, tty, &p.dir, fds, run.timing).await?;
+        Ok(code)
+    }
+
+    async fn rebuild(
+        &self,
+        _plan: &Plan,
+        _change: &crate::capability::ImageChange,
+        _reporter: &dyn Reporter,
+    ) -> Result<(), BackendError> {
+        Err(refused(
+            "an image change",
+            "a native bottle runs the host's own system directories and has no image to change; install what it needs on the host, or use the docker backend",
+        ))
+    }
+
+    async fn stop_agent(&self, _identity: &str, dir: &BottleDir) -> Result<bool, BackendError> {
+        let Some(sandbox) = Processes::read(dir).alive(Role::Agent) else {
+            return Ok(false);
+        };
+        // The shim passes SIGTERM on to the command; bubblewrap's end
+        // takes the sandbox with it.
+        if let Some(shim) = processes::child_of(sandbox.pid) {
+            let _ = kill(Pid::from_raw(shim as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while sandbox.is_alive() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if sandbox.is_alive() {
+            let _ = kill(Pid::from_raw(sandbox.pid as i32), Signal::SIGKILL);
+        }
+        Ok(true)
+    }
+
+    async fn teardown(
+        &self,
+        _identity: &str,
+        dir: &BottleDir,
+        scope: Scope<'_>,
+    ) -> Result<(), BackendError> {
+        let record = Processes::read(dir);
+        let mine = scope.launcher.is_none_or(|l| l == record.launcher);
+        if mine {
+            let alive: Vec<Launcher> = record
+                .each()
+                .map(|(_, p)| p)
+                .filter(Launcher::is_alive)
+                .collect();
+            for p in &alive {
+                let _ = kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while alive.iter().any(Launcher::is_alive) {
+                if Instant::now() >= deadline {
+                    return Err(BackendError::Other(std::io::Error::other(format!(
+                        "{}: a process of the bottle outlived SIGKILL (run `bottle cleanup` to retry)",
+                        dir.root.display()
+                    ))));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let path = processes::path(dir);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(BackendError::Io { path, source: e });
+                }
+                _ => {}
+            }
+        }
+        if scope.data {
+            let native = native_dir(dir);
+            match std::fs::remove_dir_all(&native) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(BackendError::Io {
+                        path: native,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn enumerate(&self, state_root: &Path) -> Result<BTreeMap<String, Found>, BackendError> {
+        let mut out = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(state_root) else {
+            return Ok(out);
+        };
+        for entry in entries.flatten() {
+            let dir = BottleDir::new(entry.path());
+            if !processes::path(&dir).is_file() {
+                continue;
+            }
+            let record = Processes::read(&dir);
+            let mut found = Found::new(BackendName::Native);
+            found.launcher = Some(record.launcher.clone()).filter(|l| !l.is_empty());
+            found.state_dir = Some(dir.root.clone());
+            for (role, process) in record.each() {
+                found.parts.push(Part {
+                    kind: "process",
+                    name: format!("{} (pid {})", role.as_str(), process.pid),
+                    role: Some(role),
+                    running: process.is_alive(),
+                    health: None,
+                });
+            }
+            out.insert(entry.file_name().to_string_lossy().into_owned(), found);
+        }
+        Ok(out)
+    }
+
+    fn attach_argv(&self, _identity: &str, _dir: &BottleDir) -> Result<Vec<String>, BackendError> {
+        Err(refused(
+            "attaching from another terminal",
+            "a native bottle's terminal is held by the launcher that started it, and this build has no detached start (bottle start -d) yet",
+        ))
+    }
+
+    async fn leftovers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn remove_leftovers(&self, _leftovers: &[String]) {}
+}

@@ -1,0 +1,246 @@
+//! Running a native sandbox attached to the launcher: its own terminal (a
+//! pseudo-terminal the launcher pumps, so the sandbox never holds the
+//! person's), or the launcher's pipes; and laying files into its
+//! directories.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use bottle_manifest::plan::WorkspacePlan;
+use bytes::Bytes;
+
+use super::processes::Processes;
+use crate::process::Launcher;
+use crate::state::BottleDir;
+use crate::{BackendError, Role};
+
+/// The compiled seccomp filters, each in a memory file that bubblewrap
+/// inherits (`--add-seccomp-fd`). They hold no secret.
+pub fn filter_fds(filters: &[Vec<u8>]) -> Result<Vec<OwnedFd>, BackendError> {
+    filters
+        .iter()
+        .map(|bytes| {
+            let fd = nix::sys::memfd::memfd_create(
+                c"bottle-seccomp",
+                nix::sys::memfd::MFdFlags::empty(),
+            )
+            .map_err(std::io::Error::from)?;
+            let mut file = File::from(fd);
+            file.write_all(bytes)?;
+            std::io::Seek::rewind(&mut file)?;
+            Ok(OwnedFd::from(file))
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(BackendError::from)
+}
+
+/// Unpacks a tar stream into `into` (the skills into the home). Owners
+/// are not kept: the files are the user's, the agent's inside.
+pub fn unpack(tar: Bytes, into: &Path) -> Result<(), BackendError> {
+    let mut archive = tar::Archive::new(std::io::Cursor::new(tar));
+    archive.set_preserve_ownerships(false);
+    archive.set_overwrite(true);
+    archive.unpack(into).map_err(|source| BackendError::Io {
+        path: into.to_owned(),
+        source,
+    })
+}
+
+/// Copies the `--cwd` selection into the sandbox's workspace directory.
+pub async fn copy_in(
+    workspace: &WorkspacePlan,
+    into: &Path,
+) -> Result<crate::workspace::Copied, BackendError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let plan = workspace.clone();
+    let writer = tokio::task::spawn_blocking(move || crate::workspace::write_tar(&plan, tx));
+    let target = into.to_owned();
+    let reader = tokio::task::spawn_blocking(move || {
+        let stream = ChannelReader {
+            rx: &mut rx,
+            chunk: Bytes::new(),
+        };
+        let mut archive = tar::Archive::new(stream);
+        archive.set_preserve_ownerships(false);
+        archive.set_preserve_permissions(true);
+        archive.unpack(&target)
+    });
+    let written = writer.await.map_err(std::io::Error::other)?;
+    let unpacked = reader.await.map_err(std::io::Error::other)?;
+    let copied = written.map_err(|source| BackendError::Io {
+        path: workspace.source.clone(),
+        source,
+    })?;
+    unpacked.map_err(|source| BackendError::Io {
+        path: into.to_owned(),
+        source,
+    })?;
+    Ok(copied)
+}
+
+/// The tar stream's chunks as a reader.
+struct ChannelReader<'a> {
+    rx: &'a mut tokio::sync::mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Runs bubblewrap with `args`, attached to a terminal of its own when
+/// the launcher has one (`tty`), else to the launcher's pipes; records the
+/// sandbox's process; returns the command's exit status.
+pub async fn run(
+    bwrap: &Path,
+    args: &[std::ffi::OsString],
+    tty: bool,
+    dir: &BottleDir,
+    filters: Vec<OwnedFd>,
+    timing: &(dyn Fn(&str) + Sync),
+) -> Result<i32, BackendError> {
+    let mut command = tokio::process::Command::new(bwrap);
+    command.args(args);
+    // Only the filters' descriptors cross into bubblewrap: they are made
+    // inheritable just for this spawn.
+    for fd in &filters {
+        nix::fcntl::fcntl(
+            fd.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    let pty = if tty {
+        let pty = Pty::open()?;
+        command
+            .stdin(pty.slave.try_clone()?)
+            .stdout(pty.slave.try_clone()?)
+            .stderr(pty.slave.try_clone()?);
+        Some(pty)
+    } else {
+        None
+    };
+    let spawned = command.spawn();
+    drop(filters);
+    let mut child = spawned.map_err(|e| {
+        BackendError::Other(std::io::Error::other(format!(
+            "cannot run {}: {e}",
+            bwrap.display()
+        )))
+    })?;
+    if let Some(pid) = child.id().and_then(Launcher::of) {
+        Processes::add(dir, Role::Agent, pid)?;
+    }
+    timing("agent started");
+    let _raw = pty.as_ref().and_then(|_| crate::terminal::RawMode::enter());
+    let pumps = pty.map(Pty::pump);
+    let status = child.wait().await?;
+    timing("command finished");
+    drop(pumps);
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(crate::signal_exit_code))
+        .unwrap_or(1))
+}
+
+/// A pseudo-terminal for the sandbox: the launcher keeps the master and
+/// copies between it and its own terminal.
+struct Pty {
+    master: File,
+    slave: File,
+}
+
+/// The copying threads of a [`Pty`], stopped with it.
+struct Pumps {
+    resizer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Pumps {
+    fn drop(&mut self) {
+        self.resizer.abort();
+    }
+}
+
+impl Pty {
+    fn open() -> Result<Pty, BackendError> {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .map_err(std::io::Error::from)?;
+        grantpt(&master).map_err(std::io::Error::from)?;
+        unlockpt(&master).map_err(std::io::Error::from)?;
+        let name = ptsname(&master, Vec::new()).map_err(std::io::Error::from)?;
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+        if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout()) {
+            let _ = rustix::termios::tcsetwinsize(&master, size);
+        }
+        Ok(Pty {
+            master: File::from(master),
+            slave,
+        })
+    }
+
+    /// Copies keys in and output out on threads of their own (they end
+    /// with the terminal), and keeps the sandbox's window the launcher's
+    /// size.
+    fn pump(self) -> Pumps {
+        let Pty { master, slave } = self;
+        // The sandbox holds its own copies of the slave.
+        drop(slave);
+        if let Ok(mut input) = master.try_clone() {
+            std::thread::spawn(move || {
+                let mut stdin = std::io::stdin();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stdin.read(&mut buf) {
+                    if n == 0 || input.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let resize = master.try_clone().ok();
+        let mut output = master;
+        std::thread::spawn(move || {
+            let mut stdout = std::io::stdout();
+            let mut buf = [0u8; 8192];
+            // Ends with EIO once the sandbox has closed the terminal.
+            while let Ok(n) = output.read(&mut buf) {
+                if n == 0 || stdout.write_all(&buf[..n]).and(stdout.flush()).is_err() {
+                    break;
+                }
+            }
+        });
+        let resizer = tokio::spawn(async move {
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                if let (Some(master), Ok(size)) =
+                    (&resize, rustix::termios::tcgetwinsize(std::io::stdout()))
+                {
+                    let _ = rustix::termios::tcsetwinsize(master, size);
+                }
+            }
+        });
+        Pumps { resizer }
+    }
+}
+
+use std::os::unix::ffi::OsStrExt;
