@@ -8,6 +8,17 @@
   const proxy = process.env.HTTPS_PROXY || process.env.https_proxy ||
     process.env.HTTP_PROXY || process.env.http_proxy;
   if (!proxy) return;
+  // Debian's packaged modules (node-undici and what it needs) are in
+  // /usr/share/nodejs, which Debian's Node searches and other builds of
+  // Node (a native bottle runs the host's) do not: add it, last.
+  const debian = '/usr/share/nodejs';
+  const Module = require('module');
+  if (!Module.globalPaths.includes(debian) && typeof Module._initPaths === 'function') {
+    const saved = process.env.NODE_PATH;
+    process.env.NODE_PATH = [saved, debian].filter(Boolean).join(require('path').delimiter);
+    Module._initPaths();
+    if (saved === undefined) delete process.env.NODE_PATH; else process.env.NODE_PATH = saved;
+  }
   let undici;
   for (const name of ['undici', '/usr/share/nodejs/undici']) {
     try { undici = require(name); break; } catch (_) { /* next */ }

@@ -10,7 +10,9 @@
 
 pub mod capability;
 pub mod docker;
+pub mod fake;
 pub mod gate_config;
+pub mod health;
 pub mod lifecycle;
 pub mod native;
 pub mod process;

@@ -38,11 +38,13 @@ fn image_description(plan: &Plan) -> String {
 
 /// Creates the bottle, runs its command with the launcher's terminal or
 /// pipes, and tears it down when the command exits or the launcher is
-/// interrupted (SIGINT, SIGTERM, SIGHUP).
+/// interrupted (SIGINT, SIGTERM, SIGHUP). `guardian` is the `bottle`
+/// binary whose `reap` guards the bottle (`None` only in unit tests).
 pub async fn launch<B: Backend>(
     backend: &B,
     plan: &Plan,
     prepared: B::Prepared,
+    guardian: Option<&std::path::Path>,
     reporter: &dyn Reporter,
 ) -> Result<Outcome, BackendError> {
     // Signals first: an interrupt at any point below still tears down.
@@ -60,7 +62,9 @@ pub async fn launch<B: Backend>(
     };
     dir.write_ca(&ca, plan.egress.upstream_ca.as_deref())?;
     dir.write_git(&plan.git)?;
-    spawn_guardian(backend.name(), &plan.identity, &dir)?;
+    if let Some(binary) = guardian {
+        spawn_guardian(binary, backend.name(), &plan.identity, &dir)?;
+    }
     let mut metadata = Metadata::starting(plan);
     metadata.write(&dir)?;
 
@@ -195,13 +199,14 @@ pub fn reap_argv(
 /// remove; after a crash it is everything the launcher would have
 /// removed.
 fn spawn_guardian(
+    binary: &std::path::Path,
     backend: crate::BackendName,
     identity: &str,
     dir: &BottleDir,
 ) -> Result<(), BackendError> {
     use std::os::unix::process::CommandExt;
     let launcher = Launcher::current()?;
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    let mut cmd = std::process::Command::new(binary);
     cmd.args(reap_argv(backend, identity, &launcher, dir))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -299,5 +304,191 @@ impl Interrupts {
             _ = self.term.recv() => libc::SIGTERM,
             _ = self.hup.recv() => libc::SIGHUP,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::Restart;
+    use crate::fake::{Call, FakeBackend};
+    use crate::state::BottleState;
+    use bottle_manifest::provision::GrantedImage;
+
+    const V1: &str = include_str!("../tests/fixtures/metadata-v1.json");
+
+    struct Quiet;
+    impl Reporter for Quiet {
+        fn step(&self, _: &str) {}
+        fn detail(&self, _: &str) {}
+    }
+
+    fn plan(root: &std::path::Path, rm: bool) -> Plan {
+        let mut plan = Metadata::parse(V1.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .plan;
+        plan.state_dir = root.join(&plan.identity);
+        plan.remove_on_exit = rm;
+        plan.command = vec!["work".into()];
+        plan.resume_command = vec!["work".into(), "--continue".into()];
+        plan
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_launch_runs_gates_and_agent_then_tears_down_and_records_the_stop() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(root.path(), false);
+        let fake = FakeBackend::new(crate::BackendName::Native);
+        fake.script.lock().unwrap_or_else(|e| e.into_inner()).runs = vec![(3, None)];
+        let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
+        let outcome = block_on(launch(&fake, &plan, prepared, None, &Quiet))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(outcome, Outcome::Exited(3));
+        let calls = fake.calls();
+        assert_eq!(calls[0], Call::Prepare(plan.identity.clone()));
+        assert!(calls.contains(&Call::RunGates {
+            egress_identity: plan.identity.clone(),
+            git: false,
+            secrets: 0
+        }));
+        assert!(calls.contains(&Call::RunAgent {
+            command: vec!["work".into()],
+            first: true,
+            own_image: None
+        }));
+        // After a normal exit the slow parts are the guardian's; the data
+        // stays for resume.
+        assert_eq!(
+            calls.last(),
+            Some(&Call::Teardown {
+                identity: plan.identity.clone(),
+                network: false,
+                data: false,
+                launcher: true
+            })
+        );
+        let dir = BottleDir::new(&plan.state_dir);
+        let meta = Metadata::read(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(meta.state, BottleState::Stopped);
+        assert_eq!(meta.backend, plan.backend);
+        assert!(dir.ca_cert().is_file(), "the CA is written first");
+    }
+
+    #[test]
+    fn a_capability_block_brings_the_agent_back_on_its_new_image() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(root.path(), true);
+        let fake = FakeBackend::new(crate::BackendName::Docker);
+        let image = GrantedImage {
+            tag: "bot-bottle/bottle-x:latest".into(),
+            fragments: vec!["RUN true".into()],
+            requests: vec!["r-aaaaaa".into()],
+        };
+        fake.script.lock().unwrap_or_else(|e| e.into_inner()).runs = vec![
+            (
+                0,
+                Some(Restart {
+                    request: "r-aaaaaa".into(),
+                    image: image.clone(),
+                }),
+            ),
+            (7, None),
+        ];
+        let dir = BottleDir::new(&plan.state_dir);
+        dir.create().unwrap_or_else(|e| panic!("{e}"));
+        crate::capability::mark_preserved(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
+        let outcome = block_on(launch(&fake, &plan, prepared, None, &Quiet))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(outcome, Outcome::Exited(7));
+        let calls = fake.calls();
+        let runs: Vec<&Call> = calls
+            .iter()
+            .filter(|c| matches!(c, Call::RunAgent { .. } | Call::Rebuild(_)))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                &Call::RunAgent {
+                    command: vec!["work".into()],
+                    first: true,
+                    own_image: None
+                },
+                &Call::Rebuild(image.tag.clone()),
+                &Call::RunAgent {
+                    command: vec!["work".into(), "--continue".into()],
+                    first: false,
+                    own_image: Some(image.tag.clone())
+                },
+            ]
+        );
+        // Preserved: kept even under --rm.
+        let meta =
+            Metadata::read(&BottleDir::new(&plan.state_dir)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(meta.state, BottleState::Preserved);
+    }
+
+    #[test]
+    fn the_guardian_reaps_a_crashed_bottle_and_leaves_a_resumed_one_alone() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(root.path(), false);
+        let dir = BottleDir::new(&plan.state_dir);
+        dir.create().unwrap_or_else(|e| panic!("{e}"));
+        // A launcher that is gone (no process has this start time).
+        let gone = Launcher {
+            pid: std::process::id(),
+            start: 1,
+        };
+        let mut meta = Metadata::starting(&plan);
+        meta.launcher = gone.to_string();
+        meta.write(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let fake = FakeBackend::new(crate::BackendName::Native);
+        block_on(reap(
+            &fake,
+            &plan.identity,
+            Some(gone),
+            Some(&dir.root),
+            Duration::from_secs(1),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            fake.calls(),
+            [Call::Teardown {
+                identity: plan.identity.clone(),
+                network: true,
+                data: false,
+                launcher: true
+            }]
+        );
+        let after = Metadata::read(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(after.state, BottleState::Stopped);
+        assert!(after.stopped_by.is_some_and(|s| s.contains("guardian")));
+
+        // Resumed since by another launcher: not the guardian's to touch.
+        let resumed = FakeBackend::new(crate::BackendName::Native);
+        let mut meta = Metadata::starting(&plan);
+        meta.launcher = Launcher { pid: 1, start: 2 }.to_string();
+        meta.write(&dir).unwrap_or_else(|e| panic!("{e}"));
+        block_on(reap(
+            &resumed,
+            &plan.identity,
+            Some(gone),
+            Some(&dir.root),
+            Duration::from_secs(1),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resumed.calls(), Vec::<Call>::new());
+        assert_eq!(
+            Metadata::read(&dir).map(|m| m.state),
+            Ok(BottleState::Running)
+        );
     }
 }

@@ -10,6 +10,10 @@ use bottle_manifest::plan::{GIT_PORT, PROXY_PORT, Plan, SUPERVISE_PORT};
 
 use crate::BackendError;
 
+/// The preload that makes Node's built-in `fetch` use the proxy
+/// (`NODE_OPTIONS=--require=…`); every backend puts it in the sandbox.
+pub const NODE_PROXY_JS: &str = include_str!("../../../images/agent/node-proxy.cjs");
+
 /// The agent's environment: the plan's literals and bot-bottle's own
 /// variables, and the host variables it forwards by name, read now
 /// (never written to a file). With a terminal, `TERM` too.
@@ -55,6 +59,9 @@ pub struct ShimOptions<'a> {
     pub nproc: Option<i64>,
     /// RLIMIT_DATA for the command, where no memory cgroup bounds it.
     pub data_limit: Option<u64>,
+    /// RLIMIT_NOFILE for the command, where the sandbox's runtime does not
+    /// set it.
+    pub nofile: Option<u64>,
     /// Confine the command with Landlock (where the kernel has it).
     pub landlock: bool,
 }
@@ -85,6 +92,9 @@ pub fn shim_argv(plan: &Plan, o: &ShimOptions<'_>) -> Vec<String> {
     }
     if let Some(bytes) = o.data_limit {
         argv.extend(["--data-limit".to_owned(), bytes.to_string()]);
+    }
+    if let Some(n) = o.nofile {
+        argv.extend(["--nofile".to_owned(), n.to_string()]);
     }
     if o.landlock {
         argv.push("--landlock".to_owned());

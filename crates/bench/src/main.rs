@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod git;
 mod lifecycle;
+mod native;
 mod proxy;
 mod supervise;
 
@@ -94,6 +95,18 @@ enum Bench {
         #[arg(long, default_value = ".")]
         repo: PathBuf,
     },
+    /// A native bottle's start against a bare bubblewrap sandbox, and
+    /// `list active` with docker and native bottles running.
+    Native {
+        #[arg(long, default_value = "15")]
+        runs: usize,
+        /// Bottles of each backend running for `list active`.
+        #[arg(long, default_value = "10")]
+        each: usize,
+        /// The `bottle` binary [default: beside this one].
+        #[arg(long)]
+        bottle: Option<PathBuf>,
+    },
     /// Start latency against `docker run`, and the gate's idle memory.
     Start {
         /// Runs of each command (after one warm-up run each).
@@ -139,6 +152,7 @@ fn main() -> anyhow::Result<()> {
             runs,
             bottle,
         } => lifecycle::run(&bottle_path(bottle)?, running, runs),
+        Bench::Native { runs, each, bottle } => native::run(&bottle_path(bottle)?, runs, each),
         Bench::Git {
             files,
             mib,

@@ -244,6 +244,9 @@ pub struct ShimArgs {
     /// where no memory cgroup bounds the sandbox.
     #[arg(long, value_name = "BYTES")]
     pub data_limit: Option<u64>,
+    /// Most open files of each process (RLIMIT_NOFILE, soft and hard).
+    #[arg(long, value_name = "N")]
+    pub nofile: Option<u64>,
     /// Confine the command with Landlock where the kernel has it.
     #[arg(long)]
     pub landlock: bool,

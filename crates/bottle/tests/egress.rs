@@ -148,7 +148,7 @@ fn audit_log_records_every_decision() {
     // workspace volume stay, for resume.
     assert_eq!(running_parts(&identity), Vec::<String>::new());
     assert_eq!(
-        labelled_resources(&identity).len(),
+        world.parts(&identity).len(),
         2,
         "the workspace and home volumes are kept"
     );
@@ -196,6 +196,11 @@ fn no_route_out_but_the_gate() {
          for a in {all}; do curl -sS -m 3 --noproxy '*' http://$a:{port}/ >/dev/null 2>&1 && echo reached=$a; \
            echo proxied_$a=$(curl -sS -m 3 -o /dev/null -w '%{{http_code}}' http://$a:{port}/); done\n\
          (exec 3<>/dev/tcp/{origin}/80) 2>/dev/null; echo devtcp_rc=$?\n\
+         curl -sS -m 3 --noproxy '*' http://127.0.0.1:{port}/ >/dev/null 2>&1; echo loopback_rc=$?\n\
+         echo loopback_proxied=$(curl -sS -m 3 -o /dev/null -w '%{{http_code}}' -x http://127.0.0.1:3128 --noproxy '' http://127.0.0.1:{port}/)\n\
+         for s in /var/run/docker.sock /run/docker.sock /run/containerd/containerd.sock; do [ -e $s ] && echo socket_seen=$s; done\n\
+         curl -sS -m 3 --unix-socket /var/run/docker.sock http://engine/version >/dev/null 2>&1; echo engine_rc=$?\n\
+         echo homes=$(ls /home | tr '\\n' ' '); ls /root >/dev/null 2>&1; echo root_rc=$?\n\
          getent hosts allowed.test; echo getent_rc=$?\n\
          echo addrs=$(ip -o addr | awk '{{print $2\"/\"$4}}' | tr '\\n' ' ')\n\
          echo routes=$( (ip route; ip -6 route) 2>/dev/null | grep -v 'dev lo' | grep -c . )\n\
@@ -206,7 +211,15 @@ fn no_route_out_but_the_gate() {
     stop.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
 
-    for key in ["noproxy_rc", "noproxy_ip_rc", "gateway_rc", "devtcp_rc"] {
+    for key in [
+        "noproxy_rc",
+        "noproxy_ip_rc",
+        "gateway_rc",
+        "devtcp_rc",
+        "loopback_rc",
+        "engine_rc",
+        "root_rc",
+    ] {
         assert_ne!(probe.get(key), "0", "{key}: a direct connection succeeded");
     }
     assert_eq!(
@@ -227,6 +240,17 @@ fn no_route_out_but_the_gate() {
             "{address} through the gate"
         );
     }
+    assert_eq!(
+        probe.get("loopback_proxied"),
+        "403",
+        "the host's loopback through the gate"
+    );
+    assert!(
+        !probe.values.contains_key("socket_seen"),
+        "an engine's socket is in the bottle: {}",
+        probe.get("socket_seen")
+    );
+    assert_eq!(probe.get("homes"), "agent", "no home but the agent's");
     assert_eq!(probe.get("getent_rc"), "2", "the bottle has no DNS");
     assert!(
         probe
@@ -318,17 +342,16 @@ fn a_dead_gate_closes_the_only_door() {
         .spawn()
         .unwrap();
     // Wait for the gate of this world's bottle, then kill it.
-    let gate_filter = "label=bot-bottle.role=gate";
-    let mut gate = String::new();
+    let mut gate = None;
     assert!(
         wait_until(Duration::from_secs(60), || {
-            gate = world.containers(&[gate_filter, "label=bot-bottle.agent=killgate"]);
-            !gate.is_empty()
+            gate = world.running("killgate", "gate");
+            gate.is_some()
         }),
-        "the gate container never ran"
+        "the gate never ran"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    docker(&["kill", gate.lines().next().unwrap()]);
+    world.kill(&gate.unwrap().1);
     let out = child.wait_with_output().unwrap();
     let text = stdout(&out);
     assert!(text.contains("first=200"), "{text}\n{}", stderr(&out));
@@ -353,25 +376,16 @@ fn sigint_tears_everything_down() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    let mut agent = String::new();
+    let mut agent = None;
     assert!(
         wait_until(Duration::from_secs(60), || {
             // This world's bottle: the one whose state is under its root.
-            agent = world.containers(&[
-                "label=bot-bottle.role=agent",
-                "label=bot-bottle.agent=sigint",
-                "status=running",
-            ]);
-            !agent.is_empty()
+            agent = world.running("sigint", "agent");
+            agent.is_some()
         }),
-        "the agent container never ran"
+        "the agent never ran"
     );
-    let identity = docker(&[
-        "inspect",
-        "-f",
-        "{{index .Config.Labels \"bot-bottle.identity\"}}",
-        agent.trim(),
-    ]);
+    let identity = agent.unwrap().0;
     assert!(world.state_root().join(&identity).is_dir());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -380,7 +394,7 @@ fn sigint_tears_everything_down() {
     .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
-    assert_eq!(labelled_resources(&identity), Vec::<String>::new());
+    assert_eq!(world.parts(&identity), Vec::<String>::new());
     assert!(
         !world.state_root().join(&identity).exists(),
         "--rm leaves no state directory"
@@ -405,6 +419,9 @@ fn host_ipv4_addresses() -> Vec<String> {
 #[test]
 fn a_bottle_of_its_own_network_leaves_nothing_behind() {
     let Some(world) = world() else { return };
+    if docker_only("a gate network made for the bottle") {
+        return;
+    }
     // No gate_network: the gate gets a network made for this bottle.
     let mut manifest = world.manifest(&[]);
     manifest["bottles"]["test"]
@@ -427,7 +444,7 @@ fn a_bottle_of_its_own_network_leaves_nothing_behind() {
         wait_until(Duration::from_secs(15), || running_parts(&identity)
             .is_empty()),
         "left behind: {:?}",
-        labelled_resources(&identity)
+        world.parts(&identity)
     );
     assert!(
         world

@@ -1,6 +1,6 @@
 //! Bottles have identities: list, clean up, run many at once, survive the
-//! launcher's crash. Real Docker; checked with the Docker CLI, not only the
-//! tool's own listing.
+//! launcher's crash. Real Docker (or the native backend); checked with the
+//! Docker CLI or /proc, not only the tool's own listing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -21,28 +21,15 @@ fn running_bottle(world: &World) -> (std::process::Child, String) {
         .spawn()
         .unwrap();
     let mut identity = String::new();
-    let state = world.state_root();
     assert!(
         wait_until(Duration::from_secs(60), || {
-            let Some(id) = std::fs::read_dir(&state)
-                .ok()
-                .and_then(|d| d.flatten().next())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-            else {
-                return false;
-            };
-            identity = id;
-            !docker(&[
-                "ps",
-                "-q",
-                "--filter",
-                &format!("label=bot-bottle.identity={identity}"),
-                "--filter",
-                "label=bot-bottle.role=agent",
-                "--filter",
-                "status=running",
-            ])
-            .is_empty()
+            match world.running("sigint", "agent") {
+                Some((id, _)) => {
+                    identity = id;
+                    true
+                }
+                None => false,
+            }
         }),
         "the bottle never ran"
     );
@@ -107,7 +94,7 @@ fn kill_9_of_the_launcher_leaves_nothing_running() {
 
     let out = world.command().args(["cleanup", "-y"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(labelled_resources(&identity), Vec::<String>::new());
+    assert_eq!(world.parts(&identity), Vec::<String>::new());
     assert!(!world.state_root().join(&identity).exists());
     // Idempotent.
     let again = world.command().args(["cleanup", "-y"]).output().unwrap();
@@ -159,10 +146,11 @@ fn cleanup_never_touches_what_is_not_ours() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        wait_until(Duration::from_secs(10), || labelled_resources(&identity)
+        wait_until(Duration::from_secs(10), || world
+            .parts(&identity)
             .is_empty()),
         "{:?}",
-        labelled_resources(&identity)
+        world.parts(&identity)
     );
 }
 
@@ -192,10 +180,9 @@ fn ten_bottles_at_once() {
     assert_eq!(unique.len(), 10, "{identities:?}");
     for identity in &identities {
         assert!(
-            wait_until(Duration::from_secs(20), || labelled_resources(identity)
-                .is_empty()),
+            wait_until(Duration::from_secs(20), || world.parts(identity).is_empty()),
             "{identity}: {:?}",
-            labelled_resources(identity)
+            world.parts(identity)
         );
     }
 }
@@ -255,6 +242,9 @@ fn a_stopped_bottle_resumes_with_its_files_and_ca() {
 #[test]
 fn a_pinned_container_name_in_use_is_a_clear_error() {
     let Some(world) = world() else { return };
+    if docker_only("BOTTLE_CONTAINER names the agent's container") {
+        return;
+    }
     let taken = format!("bbtest-taken-{}", &world.network[world.network.len() - 6..]);
     docker(&["create", "--name", &taken, BASE_IMAGE, "true"]);
     let out = world
@@ -272,9 +262,10 @@ fn a_pinned_container_name_in_use_is_a_clear_error() {
     );
     let identity = identity_from(&stderr(&out)).unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || labelled_resources(&identity)
+        wait_until(Duration::from_secs(10), || world
+            .parts(&identity)
             .is_empty()),
         "{:?}",
-        labelled_resources(&identity)
+        world.parts(&identity)
     );
 }

@@ -136,7 +136,10 @@ fn the_secret_is_nowhere_in_the_bottle() {
 
     // Every process's environment and command line, and every file.
     assert_nowhere_in(&container, &secret);
-    let response = docker(&["exec", &container, "cat", "/workspace/response.json"]);
+    let response = exec_in(&container, "agent", &["cat", "/workspace/response.json"])
+        .output()
+        .unwrap();
+    let response = String::from_utf8_lossy(&response.stdout);
     assert!(
         response.contains("bbtest-origin"),
         "the search ran over real files: {response}"

@@ -54,6 +54,8 @@ pub struct ShimConfig {
     /// RLIMIT_DATA for the command (its writable private memory, per
     /// process), where no memory cgroup bounds the sandbox.
     pub data_limit: Option<u64>,
+    /// RLIMIT_NOFILE for the command, where the runtime does not set it.
+    pub nofile: Option<u64>,
     /// Confine the command with Landlock: the filesystem rules of
     /// [`confine`], where the kernel has Landlock.
     pub landlock: bool,
@@ -136,6 +138,10 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     }
     if let Some(limit) = config.nproc {
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, limit, limit)
+            .map_err(|e| ShimError::Io(std::io::Error::from(e)))?;
+    }
+    if let Some(limit) = config.nofile {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
             .map_err(|e| ShimError::Io(std::io::Error::from(e)))?;
     }
     if let Some(limit) = config.data_limit {

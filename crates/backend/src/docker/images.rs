@@ -28,10 +28,7 @@ pub const MANAGED_LABEL: &str = "bot-bottle.managed";
 const GATE_DOCKERFILE: &str = include_str!("../../../../images/gate/Dockerfile");
 const AGENT_DOCKERFILE: &str = include_str!("../../../../images/agent/Dockerfile");
 /// Files of the agent's build context besides the Dockerfile and binary.
-const AGENT_FILES: &[(&str, &str)] = &[(
-    "node-proxy.cjs",
-    include_str!("../../../../images/agent/node-proxy.cjs"),
-)];
+const AGENT_FILES: &[(&str, &str)] = &[("node-proxy.cjs", crate::sandbox::NODE_PROXY_JS)];
 
 /// Which image to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

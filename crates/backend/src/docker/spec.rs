@@ -97,6 +97,7 @@ pub fn agent_container(
             user: Some((AGENT_UID, AGENT_UID)),
             nproc: gvisor.then_some(p.plan.resources.pids),
             data_limit: None,
+            nofile: None,
             landlock: false,
         },
     );

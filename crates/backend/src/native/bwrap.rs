@@ -83,7 +83,12 @@ impl Args {
     /// Namespaces every native sandbox gets: user, pid, ipc, uts and
     /// cgroup (and network where `own_network`), no capabilities, no
     /// further user namespaces, a new session (no way to push keys into
-    /// the launcher's terminal), killed with the launcher.
+    /// the launcher's terminal), killed with the launcher. The sandboxed
+    /// process is pid 1, so no process of bubblewrap's (which would be
+    /// readable inside) shares its pid namespace. Its environment is the
+    /// one bubblewrap was started with: [`super::session::command`] clears
+    /// the launcher's, which holds the route secrets, and sets only the
+    /// sandbox's, never on a command line.
     pub fn isolation(&mut self, own_network: bool) -> &mut Args {
         self.args([
             "--unshare-user",
@@ -101,7 +106,7 @@ impl Args {
             "--cap-drop",
             "ALL",
             "--disable-userns",
-            "--clearenv",
+            "--as-pid-1",
         ])
     }
 
@@ -197,6 +202,11 @@ impl Args {
         self.args(["--remount-ro", "/etc"])
     }
 }
+
+/// The sandbox's own `/etc/hosts`: its loopback names, nothing of the
+/// host's.
+pub const AGENT_HOSTS: &str =
+    "127.0.0.1\tlocalhost bottle\n::1\tlocalhost ip6-localhost ip6-loopback bottle\n";
 
 #[cfg(test)]
 mod tests {

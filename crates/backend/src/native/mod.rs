@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bottle_manifest::manifest::Runtime;
 use bottle_manifest::plan::{
-    AGENT_CA_PATH, AGENT_HOME, AGENT_UID, AGENT_USER, Plan, TRUST_BUNDLE, WORKDIR,
+    AGENT_CA_PATH, AGENT_HOME, AGENT_UID, AGENT_USER, NODE_PRELOAD, Plan, TRUST_BUNDLE, WORKDIR,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -43,10 +43,15 @@ const SHIM: &str = "/run/bot-bottle/bottle";
 /// The `bottle` binary inside a gate's sandbox, where the git gate's
 /// hooks expect it.
 const GATE_BINARY: &str = "/usr/local/bin/bottle";
+/// Node's proxy preload in the native sandbox (see
+/// [`crate::sandbox::NODE_PROXY_JS`]).
+const NATIVE_NODE_PRELOAD: &str = "/etc/bot-bottle/node-proxy.cjs";
 /// The system trust bundle the agent's is made from.
 const HOST_TRUST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Seconds an interrupted agent gets to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long `list` waits for a gate's socket to answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// The oldest bubblewrap with what the sandbox needs (`--disable-userns`).
 const MIN_BWRAP: (u32, u32) = (0, 8);
 
@@ -248,10 +253,7 @@ impl NativeBackend {
             .args(["--tmpfs", "/usr/local"])
             .ro_bind(&exe, GATE_BINARY)
             .bind(&dir.socket_dir(), SOCKET_DIR)
-            .bind(&dir.audit_log(), &paths.audit_log.to_string_lossy())
-            .args(["--setenv", "RUST_LOG", "info"])
-            .args(["--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin"])
-            .args(["--setenv", "HOME", "/var/lib/bottle"]);
+            .bind(&dir.audit_log(), &paths.audit_log.to_string_lossy());
         let config = match role {
             Role::Git => {
                 a.bind(&dir.git_dir(), &paths.git_dir.to_string_lossy());
@@ -277,17 +279,24 @@ impl NativeBackend {
     ) -> Result<tokio::process::Child, BackendError> {
         let log_path = native_dir(&p.dir).join(format!("{}.log", role.as_str()));
         let log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
-        let mut child = tokio::process::Command::new(&p.bwrap)
-            .args(self.gate_args(p, role)?)
-            .stdin(if secrets.is_empty() {
-                std::process::Stdio::null()
-            } else {
-                std::process::Stdio::piped()
-            })
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| BackendError::GateFailed(format!("{}: {e}", p.bwrap.display())))?;
+        let mut child = session::command(
+            &p.bwrap,
+            [
+                ("RUST_LOG", "info"),
+                ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+                ("HOME", "/var/lib/bottle"),
+            ],
+        )
+        .args(self.gate_args(p, role)?)
+        .stdin(if secrets.is_empty() {
+            std::process::Stdio::null()
+        } else {
+            std::process::Stdio::piped()
+        })
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| BackendError::GateFailed(format!("{}: {e}", p.bwrap.display())))?;
         if let Some(pid) = child.id().and_then(Launcher::of) {
             Processes::add(&p.dir, role, pid)?;
         }
@@ -310,7 +319,6 @@ impl NativeBackend {
         &self,
         p: &NativePrepared,
         run: &AgentRun<'_>,
-        tty: bool,
         fds: &[i32],
     ) -> Result<Vec<std::ffi::OsString>, BackendError> {
         let plan = &p.plan;
@@ -329,7 +337,16 @@ impl NativeBackend {
             &group,
             format!("root:x:0:\n{AGENT_USER}:x:{AGENT_UID}:\nnogroup:x:65534:\n").as_bytes(),
         )?;
+        let hosts = etc.join("hosts");
+        write(&hosts, bwrap::AGENT_HOSTS.as_bytes())?;
+        let preload = etc.join("node-proxy.cjs");
+        write(&preload, crate::sandbox::NODE_PROXY_JS.as_bytes())?;
+        let hostname = etc.join("hostname");
+        write(&hostname, b"bottle\n")?;
         let mut extra: Vec<(PathBuf, String)> = vec![
+            (hosts, "/etc/hosts".to_owned()),
+            (hostname, "/etc/hostname".to_owned()),
+            (preload, NATIVE_NODE_PRELOAD.to_owned()),
             (dir.ca_cert(), AGENT_CA_PATH.to_owned()),
             (trust_bundle(dir), TRUST_BUNDLE.to_owned()),
         ];
@@ -343,7 +360,7 @@ impl NativeBackend {
                 "--gid",
                 &AGENT_UID.to_string(),
             ])
-            .args(["--hostname", "bottle", "--as-pid-1"])
+            .args(["--hostname", "bottle"])
             .system(Some(plan.resources.tmp_bytes))
             .agent_etc(&passwd, &group, &extra)
             .args(["--tmpfs", "/run"])
@@ -352,17 +369,6 @@ impl NativeBackend {
             .bind(&home_dir(dir), AGENT_HOME)
             .bind(&workspace_dir(dir), WORKDIR)
             .args(["--chdir", WORKDIR]);
-        let mut env = vec![
-            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            ("HOME".to_owned(), AGENT_HOME.to_owned()),
-            ("USER".to_owned(), AGENT_USER.to_owned()),
-            ("LOGNAME".to_owned(), AGENT_USER.to_owned()),
-            ("SHELL".to_owned(), "/bin/bash".to_owned()),
-        ];
-        env.extend(crate::sandbox::agent_env(plan, tty)?);
-        for (name, value) in env {
-            a.arg("--setenv").arg(name).arg(value);
-        }
         for fd in fds {
             a.arg("--add-seccomp-fd").arg(fd.to_string());
         }
@@ -377,12 +383,39 @@ impl NativeBackend {
                 user: None,
                 nproc: Some(plan.resources.pids),
                 data_limit: Some(plan.resources.memory_bytes),
+                nofile: Some(plan.resources.nofile),
                 landlock: true,
             },
         ));
         a.args(run.command.iter());
         Ok(a.into_vec())
     }
+}
+
+/// The agent's environment in a native sandbox: a login's basics, then
+/// the plan's (see [`crate::sandbox::agent_env`]).
+fn agent_env(plan: &Plan, tty: bool) -> Result<Vec<(String, String)>, BackendError> {
+    let mut env = vec![
+        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME".to_owned(), AGENT_HOME.to_owned()),
+        ("USER".to_owned(), AGENT_USER.to_owned()),
+        ("LOGNAME".to_owned(), AGENT_USER.to_owned()),
+        ("SHELL".to_owned(), "/bin/bash".to_owned()),
+    ];
+    // The host's /usr is read-only here: Node's preload is in the
+    // sandbox's own /etc instead.
+    env.extend(
+        crate::sandbox::agent_env(plan, tty)?
+            .into_iter()
+            .map(|(name, value)| match name.as_str() {
+                "NODE_OPTIONS" => {
+                    let value = value.replace(NODE_PRELOAD, NATIVE_NODE_PRELOAD);
+                    (name, value)
+                }
+                _ => (name, value),
+            }),
+    );
+    Ok(env)
 }
 
 /// The agent's trust bundle: the system's roots and the bottle's CA.
@@ -424,12 +457,17 @@ impl Backend for NativeBackend {
                     fix,
                 })?;
         Ok(format!(
-            "{version}: new user, pid, network, ipc, uts, cgroup and mount namespaces, no capabilities, seccomp allowlist (Docker's default), Landlock {}; limits by rlimits (no delegated cgroup v2 is used): {} processes, {} MiB writable memory per process, {} open files",
+            "{version}: new user, pid, network, ipc, uts, cgroup and mount namespaces, no capabilities, seccomp allowlist (Docker's default), Landlock {}; limits by rlimits (no delegated cgroup v2 is used): {} processes{}, {} MiB writable memory per process, {} open files; no CPU limit",
             match landlock_offered() {
                 Some(false) => "(not in this kernel)",
                 _ => "where the kernel has it",
             },
             plan.resources.pids,
+            if nix::unistd::getuid().is_root() {
+                " (not binding: started by root, the agent is root outside its namespaces, which the kernel does not count)"
+            } else {
+                ""
+            },
             plan.resources.memory_bytes >> 20,
             plan.resources.nofile,
         ))
@@ -606,8 +644,9 @@ impl Backend for NativeBackend {
         let tty = crate::terminal::is_interactive();
         let fds = session::filter_fds(&agent.filters)?;
         let raw: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-        let args = self.agent_args(p, &run, tty, &raw)?;
-        let code = session::run(&p.bwrap, &args, tty, &p.dir, fds, run.timing).await?;
+        let args = self.agent_args(p, &run, &raw)?;
+        let env = agent_env(&p.plan, tty)?;
+        let code = session::run(&p.bwrap, &args, env, tty, &p.dir, fds, run.timing).await?;
         Ok(code)
     }
 
@@ -707,12 +746,39 @@ impl Backend for NativeBackend {
             found.launcher = Some(record.launcher.clone()).filter(|l| !l.is_empty());
             found.state_dir = Some(dir.root.clone());
             for (role, process) in record.each() {
+                let running = process.is_alive();
+                // As Docker's health checks ask: does the role's socket
+                // answer?
+                let socket = match role {
+                    Role::Gate => Some(bottle_gate::config::EGRESS_SOCKET),
+                    Role::Git => Some(bottle_gate::config::GIT_SOCKET),
+                    Role::Agent => None,
+                };
+                let health = match socket {
+                    Some(name) if running => {
+                        let path = dir.socket_dir().join(name);
+                        let answered = tokio::task::spawn_blocking(move || {
+                            crate::health::socket(&path, HEALTH_TIMEOUT)
+                        })
+                        .await
+                        .map_err(std::io::Error::other)?;
+                        Some(
+                            if answered.is_ok() {
+                                "healthy"
+                            } else {
+                                "unhealthy"
+                            }
+                            .to_owned(),
+                        )
+                    }
+                    _ => None,
+                };
                 found.parts.push(Part {
                     kind: "process",
                     name: format!("{} (pid {})", role.as_str(), process.pid),
                     role: Some(role),
-                    running: process.is_alive(),
-                    health: None,
+                    running,
+                    health,
                 });
             }
             out.insert(entry.file_name().to_string_lossy().into_owned(), found);

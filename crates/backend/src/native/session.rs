@@ -100,18 +100,33 @@ impl Read for ChannelReader<'_> {
     }
 }
 
+/// bubblewrap with only `env` for environment: the launcher's own (with
+/// the route secrets it read) never reaches a sandbox, and values travel
+/// in the environment, never on bubblewrap's command line, which every
+/// user of the host can read.
+pub fn command<K, V>(bwrap: &Path, env: impl IntoIterator<Item = (K, V)>) -> tokio::process::Command
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut command = tokio::process::Command::new(bwrap);
+    command.env_clear().envs(env);
+    command
+}
+
 /// Runs bubblewrap with `args`, attached to a terminal of its own when
 /// the launcher has one (`tty`), else to the launcher's pipes; records the
 /// sandbox's process; returns the command's exit status.
 pub async fn run(
     bwrap: &Path,
     args: &[std::ffi::OsString],
+    env: Vec<(String, String)>,
     tty: bool,
     dir: &BottleDir,
     filters: Vec<OwnedFd>,
     timing: &(dyn Fn(&str) + Sync),
 ) -> Result<i32, BackendError> {
-    let mut command = tokio::process::Command::new(bwrap);
+    let mut command = command(bwrap, env);
     command.args(args);
     // Only the filters' descriptors cross into bubblewrap: they are made
     // inheritable just for this spawn.

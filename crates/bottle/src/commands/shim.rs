@@ -34,6 +34,7 @@ pub fn run(args: ShimArgs) -> Result<i32, Failure> {
         gate_timeout: Duration::from_millis(args.gate_timeout_ms),
         nproc: args.nproc,
         data_limit: args.data_limit,
+        nofile: args.nofile,
         landlock: args.landlock,
         command: args.command,
     }))

@@ -95,7 +95,14 @@ pub fn launch(
             plan.identity, plan.agent, plan.bottle, choice.name
         ));
     }
-    let outcome = runtime.block_on(lifecycle::launch(&backend, plan, prepared, printer));
+    let me = std::env::current_exe().map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+    let outcome = runtime.block_on(lifecycle::launch(
+        &backend,
+        plan,
+        prepared,
+        Some(&me),
+        printer,
+    ));
     // A read of our stdin may still be blocked in a runtime thread; it
     // must not keep the launcher from exiting.
     runtime.shutdown_background();

@@ -125,6 +125,8 @@ pub struct World {
     pub origin: String,
     pub origin_ip: String,
     pub gateway: String,
+    /// The test network's subnet (a native gate's `allow_private`).
+    pub subnet: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -142,6 +144,7 @@ impl World {
             origin: origin.clone(),
             origin_ip: String::new(),
             gateway: String::new(),
+            subnet: String::new(),
             dir: world_dir,
         };
         docker(&[
@@ -202,9 +205,121 @@ impl World {
             "{{(index .IPAM.Config 0).Gateway}}",
             &network,
         ]);
+        world.subnet = docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Subnet}}",
+            &network,
+        ]);
+        std::fs::write(world.hosts(), "127.0.0.1 localhost\n").unwrap();
+        world.add_host(
+            &world.origin_ip.clone(),
+            &[
+                "allowed.test",
+                "forbidden.test",
+                "other.allowed.test",
+                "route.test",
+            ],
+        );
         std::fs::create_dir_all(world.home()).unwrap();
         world.write_manifest(&world.manifest(&[]));
         world
+    }
+
+    /// The names a native gate resolves (the `/etc/hosts` its launcher
+    /// sees; a Docker gate finds the network's aliases instead).
+    pub fn hosts(&self) -> PathBuf {
+        self.dir.path().join("hosts")
+    }
+
+    /// Everything a backend holds for `identity`: on Docker what carries
+    /// its label (containers, networks, volumes); on the native backend
+    /// its processes (found in /proc) and its kept data (workspace, home).
+    pub fn parts(&self, identity: &str) -> Vec<String> {
+        if !native() {
+            return labelled_resources(identity);
+        }
+        let mut found = running_parts(identity);
+        for data in ["home", "workspace"] {
+            let dir = self.state_root().join(identity).join("native").join(data);
+            if dir.exists() {
+                found.push(format!("directory {}", dir.display()));
+            }
+        }
+        found
+    }
+
+    /// The running `role` (`agent`, `gate`, `git`) of this world's bottle
+    /// of `agent`, if there is one: its identity, and its container (Docker)
+    /// or process id (native).
+    pub fn running(&self, agent: &str, role: &str) -> Option<(String, String)> {
+        if !native() {
+            let id = self.containers(&[
+                &format!("label=bot-bottle.role={role}"),
+                &format!("label=bot-bottle.agent={agent}"),
+                "status=running",
+            ]);
+            let id = id.lines().next()?.to_owned();
+            let identity = docker(&[
+                "inspect",
+                "-f",
+                "{{index .Config.Labels \"bot-bottle.identity\"}}",
+                &id,
+            ]);
+            return Some((identity, id));
+        }
+        for entry in std::fs::read_dir(self.state_root()).ok()?.flatten() {
+            let dir = entry.path();
+            let Ok(meta) = std::fs::read(dir.join("metadata.json")) else {
+                continue;
+            };
+            let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap_or_default();
+            if meta["agent"] != agent {
+                continue;
+            }
+            let Ok(record) = std::fs::read(dir.join("native/processes.json")) else {
+                continue;
+            };
+            let record: serde_json::Value = serde_json::from_slice(&record).unwrap_or_default();
+            let Some(pid) = record["roles"][role]
+                .as_str()
+                .and_then(|p| p.split(':').next())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                return Some((
+                    entry.file_name().to_string_lossy().into_owned(),
+                    pid.to_owned(),
+                ));
+            }
+        }
+        None
+    }
+
+    /// Kills what [`World::running`] found, as a crash would (SIGKILL).
+    pub fn kill(&self, id: &str) {
+        if native() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(id.parse().unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        } else {
+            docker(&["kill", id]);
+        }
+    }
+
+    /// Adds `names` for `ip` to [`World::hosts`], in place (the file is
+    /// bind-mounted by inode).
+    pub fn add_host(&self, ip: &str, names: &[&str]) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.hosts())
+            .unwrap();
+        writeln!(file, "{ip} {}", names.join(" ")).unwrap();
     }
 
     /// The test CA, which the manifest's `upstream_ca` makes the gate trust.
@@ -218,9 +333,18 @@ impl World {
         format!("bbtest-secret-{}-Zq9", self.network)
     }
 
-    /// The default test manifest with `extra_allow` added.
+    /// The default test manifest with `extra_allow` added. On the native
+    /// backend the gate is the host's, so the test network is a private
+    /// range it may reach, not a Docker network it joins.
     pub fn manifest(&self, extra_allow: &[&str]) -> serde_json::Value {
-        default_manifest(&self.network, &self.test_ca(), extra_allow)
+        let mut manifest = default_manifest(&self.network, &self.test_ca(), extra_allow);
+        if native() {
+            let bottle = manifest["bottles"]["test"].as_object_mut().unwrap();
+            bottle.remove("gate_network");
+            bottle.remove("runtime");
+            bottle.insert("allow_private".into(), serde_json::json!([self.subnet]));
+        }
+        manifest
     }
 
     /// Lines the origin logged for requests it received (`REQUEST {...}`).
@@ -275,9 +399,27 @@ impl World {
         .unwrap();
     }
 
-    /// A `bottle` command set up for this world.
+    /// A `bottle` command set up for this world. On the native backend
+    /// the launcher runs in a mount namespace of its own whose
+    /// `/etc/hosts` is [`World::hosts`]: its gate resolves the test's
+    /// names as a Docker gate does on the test network.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(bottle_bin());
+        let mut cmd = if native() {
+            let mut cmd = Command::new("unshare");
+            cmd.args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+            ])
+            .arg(self.hosts())
+            .arg(bottle_bin());
+            cmd
+        } else {
+            Command::new(bottle_bin())
+        };
         cmd.env("HOME", self.home())
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
@@ -285,7 +427,7 @@ impl World {
             .env("BOTTLE_INSTALL_CLAUDE", "0")
             .env(SECRET_VAR, self.secret())
             .env("NO_COLOR", "1")
-            .env_remove("BOTTLE_BACKEND")
+            .env("BOTTLE_BACKEND", test_backend())
             .stdin(Stdio::null());
         cmd
     }
@@ -347,6 +489,30 @@ impl Drop for World {
 /// configuration cannot change what CI tests.
 pub fn test_runtime() -> String {
     std::env::var("BBTEST_RUNTIME").unwrap_or_else(|_| "runc".to_owned())
+}
+
+/// The backend the end-to-end tests run on: `docker` unless
+/// `BBTEST_BACKEND` says `native` (the suite is one, run once per
+/// backend).
+pub fn test_backend() -> String {
+    std::env::var("BBTEST_BACKEND").unwrap_or_else(|_| "docker".to_owned())
+}
+
+/// Whether the suite runs on the native backend.
+pub fn native() -> bool {
+    test_backend() == "native"
+}
+
+/// For a test of something only Docker has (containers by name, image
+/// builds, gVisor): says so and returns true on another backend.
+pub fn docker_only(what: &str) -> bool {
+    if native() {
+        eprintln!(
+            "not on the native backend: {what} (a Docker-only feature; its test runs in the docker pass)"
+        );
+        return true;
+    }
+    false
 }
 
 /// The launcher's variable holding the route secret.
@@ -449,13 +615,39 @@ pub fn labelled_resources(identity: &str) -> Vec<String> {
     found
 }
 
-/// The containers and networks of `identity` (what must not outlive its
-/// launcher; volumes are kept for resume unless `--rm`).
+/// What of `identity` must not outlive its launcher: on Docker its
+/// containers and networks (volumes are kept for resume unless `--rm`);
+/// on the native backend every process whose command line names the
+/// bottle's state directory, found in /proc, not in bot-bottle's record.
 pub fn running_parts(identity: &str) -> Vec<String> {
+    if native() {
+        return processes_naming(&format!("/{identity}/"));
+    }
     labelled_resources(identity)
         .into_iter()
         .filter(|r| !r.starts_with("volume "))
         .collect()
+}
+
+/// Processes (but this one) whose command line contains `needle`.
+pub fn processes_naming(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        // The guardian names the bottle too, and waits for its launcher.
+        if cmdline.contains(needle) && !cmdline.contains(" reap ") {
+            found.push(format!("process {name}: {cmdline}"));
+        }
+    }
+    found
 }
 
 /// Polls `check` until it returns true or `timeout` passes.
@@ -592,6 +784,8 @@ impl Upstream {
             ),
             &container,
         ]);
+        // A native git gate resolves it as its launcher does.
+        world.add_host(&ip, &["upstream.test"]);
         let checkout = world.dir.path().join("checkout");
         let ssh = format!(
             "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
@@ -696,21 +890,95 @@ pub fn curl(name: &str, args: &str) -> String {
     )
 }
 
+/// Pid 1 of a native bottle's sandbox for `container` (`IDENTITY-agent`,
+/// `IDENTITY-gate`, `IDENTITY-git`): the child of the bubblewrap process
+/// that binds that part's own directory.
+pub fn native_pid1(container: &str) -> Option<u32> {
+    let (identity, part) = container.rsplit_once('-')?;
+    let bound = match part {
+        "agent" => "native/workspace",
+        "gate" => "gate",
+        "git" => "gate-git",
+        _ => return None,
+    };
+    let needle = format!("/{identity}/{bound}\0");
+    let mut found = None;
+    wait_until(Duration::from_secs(30), || {
+        found = std::fs::read_dir("/proc").ok().and_then(|d| {
+            d.flatten().find_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if !cmdline.starts_with("/usr/bin/bwrap\0") || !cmdline.contains(&needle) {
+                    return None;
+                }
+                let children =
+                    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+                children.split_whitespace().next()?.parse().ok()
+            })
+        });
+        found.is_some()
+    });
+    found
+}
+
+/// A command run inside the bottle whose agent is `container`
+/// (`IDENTITY-agent`): `docker exec` on Docker; on the native backend
+/// `nsenter` into the sandbox's namespaces with the sandbox's environment.
+/// `user` is `agent` (the agent's uid) or `root` (a root that sees what
+/// the sandbox shows, for searching it).
+pub fn exec_in(container: &str, user: &str, args: &[&str]) -> Command {
+    // The test's own containers (the origin, the upstream) are Docker's
+    // on every backend.
+    let bottle_part = ["-agent", "-gate", "-git"]
+        .iter()
+        .any(|p| container.ends_with(p));
+    if !native() || !bottle_part {
+        let mut cmd = Command::new("docker");
+        cmd.arg("exec")
+            .arg("-i")
+            .arg("-u")
+            .arg(if user == "root" { "0" } else { "10001:10001" })
+            .arg(container)
+            .args(args);
+        return cmd;
+    }
+    let shim = native_pid1(container)
+        .unwrap_or_else(|| panic!("no sandbox of {container} runs"))
+        .to_string();
+    let mut cmd = Command::new("/usr/bin/nsenter");
+    cmd.args(["-t", &shim, "-m", "-p", "-n", "-i", "-u", "-r", "-w"]);
+    if user != "root" && container.ends_with("-agent") {
+        cmd.args(["-U", "-S", "10001", "-G", "10001"]);
+    }
+    cmd.arg("--").args(args);
+    // A gate is not dumpable: its environment is not readable, and a
+    // search needs only a PATH.
+    cmd.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    let environ = std::fs::read(format!("/proc/{shim}/environ")).unwrap_or_default();
+    for pair in environ.split(|b| *b == 0) {
+        let pair = String::from_utf8_lossy(pair);
+        if let Some((k, v)) = pair.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
 /// Asserts `needle` is in no file of `container` and in no process's
 /// environment or command line. The needle goes in on stdin, never argv.
 pub fn assert_nowhere_in(container: &str, needle: &str) {
-    let procs = Command::new("docker")
-        .args([
-            "exec",
-            "-u",
-            "0",
-            container,
+    let procs = exec_in(
+        container,
+        "root",
+        &[
             "sh",
             "-c",
             "cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null",
-        ])
-        .output()
-        .unwrap();
+        ],
+    )
+    .output()
+    .unwrap();
     assert!(!procs.stdout.is_empty(), "read no process of {container}");
     assert!(
         !procs
@@ -719,15 +987,15 @@ pub fn assert_nowhere_in(container: &str, needle: &str) {
             .any(|w| w == needle.as_bytes()),
         "found in /proc of {container}"
     );
-    let mut grep = Command::new("docker")
-        .args([
-            "exec", "-i", "-u", "0", container, "grep", "-rlsF", "-f", "-", "/",
-        ])
+    let mut grep = exec_in(container, "root", &["grep", "-rlsF", "-f", "-", "/"])
         .args([
             "--exclude-dir=proc",
             "--exclude-dir=sys",
             "--exclude-dir=dev",
         ])
+        // A native sandbox shows the host's read-only /usr (gigabytes,
+        // nothing of the bottle's); a container's /usr is its image's.
+        .args(native().then_some("--exclude-dir=usr"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -744,17 +1012,15 @@ pub fn assert_nowhere_in(container: &str, needle: &str) {
 /// Waits until `container` accepts connections on `port`.
 pub fn wait_for_port(container: &str, port: u16) -> bool {
     wait_until(Duration::from_secs(30), || {
-        Command::new("docker")
-            .args([
-                "exec",
-                container,
-                "bash",
-                "-c",
-                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}"),
-            ])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        exec_in(
+            container,
+            "agent",
+            &["bash", "-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")],
+        )
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
     })
 }
 
@@ -781,7 +1047,11 @@ impl Running {
         use std::os::unix::process::ExitStatusExt;
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("BBTEST_DEBUG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
@@ -797,6 +1067,10 @@ impl Running {
             before.push_str(&line);
             before.push('\n');
         };
+        // The rest is read and dropped: a bottle whose reader went away
+        // would get SIGPIPE on its next line, where the bottle's own
+        // output is its launcher's (the native backend).
+        std::thread::spawn(move || for _ in lines.by_ref() {});
         let probe = Probe::new(Output {
             status: std::process::ExitStatus::from_raw(0),
             stdout: before.into_bytes(),
