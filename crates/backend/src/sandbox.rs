@@ -62,8 +62,17 @@ pub struct ShimOptions<'a> {
     /// RLIMIT_NOFILE for the command, where the sandbox's runtime does not
     /// set it.
     pub nofile: Option<u64>,
-    /// Confine the command with Landlock (where the kernel has it).
-    pub landlock: bool,
+    /// Confine the command with Landlock.
+    pub landlock: Option<Landlock>,
+}
+
+/// How much Landlock a sandbox needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landlock {
+    /// Where the kernel has it.
+    BestEffort,
+    /// Not starting without it.
+    Required,
 }
 
 /// The shim's command line, up to and including the `--` before the
@@ -96,8 +105,12 @@ pub fn shim_argv(plan: &Plan, o: &ShimOptions<'_>) -> Vec<String> {
     if let Some(n) = o.nofile {
         argv.extend(["--nofile".to_owned(), n.to_string()]);
     }
-    if o.landlock {
-        argv.push("--landlock".to_owned());
+    match o.landlock {
+        Some(Landlock::BestEffort) => {
+            argv.extend(["--landlock".to_owned(), "best-effort".to_owned()])
+        }
+        Some(Landlock::Required) => argv.extend(["--landlock".to_owned(), "required".to_owned()]),
+        None => {}
     }
     if !plan.git.is_empty() {
         argv.extend(forward(GIT_PORT, GIT_SOCKET));

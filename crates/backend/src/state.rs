@@ -258,12 +258,45 @@ impl BottleDir {
 
     /// Removes the whole directory (`--rm`).
     pub fn remove(&self) -> Result<(), BackendError> {
-        match std::fs::remove_dir_all(&self.root) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(BackendError::Io {
-                path: self.root.clone(),
-                source: err,
-            }),
-            _ => Ok(()),
+        remove_tree(&self.root).map_err(|source| BackendError::Io {
+            path: self.root.clone(),
+            source,
+        })
+    }
+}
+
+/// Removes `path` and everything under it; gone already is fine. A tree
+/// an agent wrote (a native bottle's home and workspace are its files on
+/// the host) may hold directories it made unreadable: those are opened up
+/// (never through a link) and the removal tried again.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            open_up(path);
+            match std::fs::remove_dir_all(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Makes every directory under `dir` (not following links) the owner's to
+/// list, enter and change.
+fn open_up(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let is_dir = std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir());
+    if !is_dir {
+        return;
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&entry.path());
+            }
         }
     }
 }

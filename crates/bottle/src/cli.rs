@@ -247,9 +247,10 @@ pub struct ShimArgs {
     /// Most open files of each process (RLIMIT_NOFILE, soft and hard).
     #[arg(long, value_name = "N")]
     pub nofile: Option<u64>,
-    /// Confine the command with Landlock where the kernel has it.
-    #[arg(long)]
-    pub landlock: bool,
+    /// Confine the command with Landlock: `best-effort` where the kernel
+    /// has it, or `required` (refuse to start without it).
+    #[arg(long, value_parser = ["best-effort", "required"])]
+    pub landlock: Option<String>,
     /// The command to run.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

@@ -17,6 +17,12 @@ touch /usr/local/x 2>/dev/null; echo root_rc=$?
 touch /etc/x 2>/dev/null; echo etc_rc=$?
 touch /run/bot-bottle/x 2>/dev/null; echo trust_rc=$?
 touch /tmp/x && touch $HOME/x && touch /workspace/x; echo writable_rc=$?
+# The kernel's settings, other namespaces and the host's secrets in /etc.
+echo 1 > /proc/sys/vm/drop_caches 2>/dev/null; echo sysctl_rc=$?
+unshare -U true 2>/dev/null; echo userns_rc=$?
+unshare -m true 2>/dev/null; echo mountns_rc=$?
+ls /etc/ssl/private >/dev/null 2>&1; echo ssl_private_rc=$?
+dd if=/dev/zero of=/dev/shm/fill bs=1M count=100 2>/dev/null; echo shm_rc=$?; rm -f /dev/shm/fill
 # cgroup v1 or v2, whichever the kernel gives (gVisor emulates its own).
 read_cg() { for f in "$@"; do [ -r "$f" ] && { cat "$f"; return; }; done; echo none; }
 echo cg_memory=$(read_cg /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max)
@@ -80,6 +86,19 @@ fn limits_are_in_force_and_a_process_past_them_is_stopped() {
         "0",
         "/tmp, home and /workspace are writable"
     );
+    for key in ["sysctl_rc", "userns_rc", "mountns_rc", "ssl_private_rc"] {
+        assert_ne!(
+            probe.get(key),
+            "0",
+            "{key}: {}",
+            stdout(&running.probe.output)
+        );
+    }
+    // /dev/shm is bounded (Docker's 64 MiB, native's `tmp`); gVisor's is
+    // the sandbox's memory.
+    if test_runtime() == "runc" || native() {
+        assert_ne!(probe.get("shm_rc"), "0", "/dev/shm is bounded");
+    }
     let forked: u32 = probe.get("forked").parse().unwrap();
     if native() && nix::unistd::getuid().is_root() {
         // Launched by root, the native agent's uid is root's outside its

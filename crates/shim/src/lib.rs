@@ -57,9 +57,18 @@ pub struct ShimConfig {
     /// RLIMIT_NOFILE for the command, where the runtime does not set it.
     pub nofile: Option<u64>,
     /// Confine the command with Landlock: the filesystem rules of
-    /// [`confine`], where the kernel has Landlock.
-    pub landlock: bool,
+    /// [`confine`].
+    pub landlock: Option<Landlock>,
     pub command: Vec<String>,
+}
+
+/// How much Landlock the command needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landlock {
+    /// Where the kernel has it.
+    BestEffort,
+    /// Refuse to start the command when the kernel enforces none of it.
+    Required,
 }
 
 /// Errors that keep the shim from starting the command.
@@ -154,8 +163,13 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     if std::io::stdin().is_terminal() {
         let _ = rustix::process::ioctl_tiocsctty(std::io::stdin());
     }
-    if config.landlock {
-        confine::landlock().map_err(ShimError::Landlock)?;
+    if let Some(need) = config.landlock {
+        let status = confine::landlock().map_err(ShimError::Landlock)?;
+        if need == Landlock::Required && status.ruleset == landlock::RulesetStatus::NotEnforced {
+            return Err(ShimError::Landlock(
+                "this kernel enforces no Landlock, which this sandbox requires (its agent is root outside its namespaces): start bottles as an ordinary user, or use the docker backend".to_owned(),
+            ));
+        }
     }
     if let Some((uid, gid)) = config.user {
         drop_privileges(uid, gid)?;

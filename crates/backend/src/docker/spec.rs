@@ -98,7 +98,7 @@ pub fn agent_container(
             nproc: gvisor.then_some(p.plan.resources.pids),
             data_limit: None,
             nofile: None,
-            landlock: false,
+            landlock: None,
         },
     );
     let mut labels = p.labels.clone();

@@ -6,7 +6,6 @@
 //! inside.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// System directories shown read-only, as on the host (a symbolic link
@@ -28,26 +27,78 @@ const GATE_ETC: &[&str] = &[
     "/etc/pki",
 ];
 
-/// Entries of the host's `/etc` the agent never sees: account and
-/// password databases (replaced by the bottle's own), sudo's rules, the
-/// host's SSH keys and configuration of privileged services.
-const AGENT_ETC_HIDDEN: &[&str] = &[
-    "passwd",
-    "group",
-    "shadow",
-    "gshadow",
-    "passwd-",
-    "group-",
-    "shadow-",
-    "gshadow-",
-    "sudoers",
-    "sudoers.d",
-    "ssh",
-    "security",
-    "docker",
-    "containerd",
-    "machine-id",
+/// Entries of the host's `/etc` the agent sees: what programs need to
+/// start, find libraries, name users and groups, read the time and locale,
+/// and trust certificates. Anything not named stays out (a host's `/etc`
+/// holds credentials of all kinds: `ssl/private`, runners' and clusters'
+/// configuration, VPN keys, package-source passwords).
+const AGENT_ETC: &[&str] = &[
+    "alternatives",
+    "bash.bashrc",
+    "bash_completion.d",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "debian_version",
+    "environment",
+    "host.conf",
+    "inputrc",
+    "issue",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "locale.conf",
+    "locale.gen",
+    "localtime",
+    "lsb-release",
+    "magic",
+    "magic.mime",
+    "mime.types",
+    "nanorc",
+    "networks",
+    "nsswitch.conf",
+    "os-release",
+    "profile",
+    "profile.d",
+    "protocols",
+    "python3",
+    "rpc",
+    "services",
+    "shells",
+    "skel",
+    "terminfo",
+    "timezone",
+    "vim",
+    "xdg",
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "pki/tls/certs",
+    "pki/ca-trust",
 ];
+
+/// `/proc` entries shown read-only (as Docker does): writing them, as the
+/// host's root outside the namespace would be allowed to, changes the
+/// kernel.
+const PROC_READ_ONLY: &[&str] = &[
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
+];
+
+/// `/proc` files hidden (as Docker does): the kernel's memory, keys and
+/// timing internals.
+const PROC_MASKED: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+];
+
+/// `/proc` directories hidden (as Docker does).
+const PROC_MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/scsi", "/proc/asound"];
 
 /// A bubblewrap command line under construction.
 #[derive(Debug, Default)]
@@ -127,11 +178,28 @@ impl Args {
                 _ => {}
             }
         }
-        self.args(["--proc", "/proc", "--dev", "/dev"]);
-        if let Some(bytes) = tmp_bytes {
-            self.arg("--size").arg(bytes.to_string());
+        self.args(["--proc", "/proc"]);
+        for path in PROC_READ_ONLY {
+            self.arg("--ro-bind-try").arg(path).arg(path);
         }
-        self.args(["--perms", "1777", "--tmpfs", "/tmp"])
+        // This kernel's /proc is the sandbox's: mask what it has.
+        for path in PROC_MASKED.iter().filter(|p| Path::new(p).exists()) {
+            self.arg("--ro-bind").arg("/dev/null").arg(path);
+        }
+        for dir in PROC_MASKED_DIRS {
+            if Path::new(dir).is_dir() {
+                self.args(["--tmpfs", dir]);
+            }
+        }
+        self.args(["--dev", "/dev"]);
+        // /tmp and /dev/shm are the sandbox's scratch space, both bounded.
+        for dir in ["/tmp", "/dev/shm"] {
+            if let Some(bytes) = tmp_bytes {
+                self.arg("--size").arg(bytes.to_string());
+            }
+            self.args(["--perms", "1777", "--tmpfs", dir]);
+        }
+        self
     }
 
     /// A gate's `/etc`: name resolution, root certificates, an account
@@ -155,9 +223,10 @@ impl Args {
         self.args(["--remount-ro", "/etc"])
     }
 
-    /// The agent's `/etc`: the host's, entry by entry, less what
-    /// [`AGENT_ETC_HIDDEN`] names, with the bottle's account database and
-    /// `extra` files (host path, path inside) laid over it; read-only.
+    /// The agent's `/etc`: the entries of [`AGENT_ETC`] the host has, the
+    /// bottle's account database, and `extra` files (host path, path
+    /// inside) laid over it; read-only. A host link stays a link, resolved
+    /// inside the sandbox.
     pub fn agent_etc(
         &mut self,
         passwd: &Path,
@@ -165,33 +234,18 @@ impl Args {
         extra: &[(PathBuf, String)],
     ) -> &mut Args {
         self.args(["--tmpfs", "/etc"]);
-        let mut entries: Vec<_> = std::fs::read_dir("/etc")
-            .map(|d| d.flatten().collect())
-            .unwrap_or_default();
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let name = entry.file_name();
-            if AGENT_ETC_HIDDEN
-                .iter()
-                .any(|h| h.as_bytes() == name.as_bytes())
-            {
-                continue;
-            }
-            let path = entry.path();
-            let inside = Path::new("/etc").join(&name);
-            match entry.file_type() {
-                // A link stays a link: its target is resolved inside the
-                // sandbox (a link into /run finds nothing there).
-                Ok(t) if t.is_symlink() => {
+        for name in AGENT_ETC {
+            let path = Path::new("/etc").join(name);
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.file_type().is_symlink() => {
                     if let Ok(target) = std::fs::read_link(&path) {
-                        self.arg("--symlink").arg(target).arg(inside);
+                        self.arg("--symlink").arg(target).arg(&path);
                     }
                 }
-                // A file the user cannot read is left out, not an error.
-                Ok(t) if (t.is_dir() || t.is_file()) && std::fs::File::open(&path).is_ok() => {
-                    self.arg("--ro-bind").arg(&path).arg(inside);
+                Ok(_) => {
+                    self.arg("--ro-bind").arg(&path).arg(&path);
                 }
-                _ => {}
+                Err(_) => {}
             }
         }
         self.ro_bind(passwd, "/etc/passwd");
@@ -240,5 +294,6 @@ mod tests {
         assert!(joined.contains("--cap-drop ALL"));
         assert!(joined.contains("--disable-userns"));
         assert!(joined.contains("--ro-bind /x/passwd /etc/passwd"));
+        assert!(joined.contains("--ro-bind-try /proc/sys /proc/sys"));
     }
 }

@@ -224,6 +224,7 @@ impl NativeBackend {
         &self,
         p: &NativePrepared,
         role: Role,
+        fds: &[i32],
     ) -> Result<Vec<std::ffi::OsString>, BackendError> {
         let dir = &p.dir;
         let etc = native_dir(dir).join("etc");
@@ -266,6 +267,9 @@ impl NativeBackend {
                 Path::new(&inside).join(EGRESS_CONFIG_FILE)
             }
         };
+        for fd in fds {
+            a.arg("--add-seccomp-fd").arg(fd.to_string());
+        }
         a.args(["--", GATE_BINARY, "gate", "--config"]).arg(config);
         Ok(a.into_vec())
     }
@@ -279,7 +283,13 @@ impl NativeBackend {
     ) -> Result<tokio::process::Child, BackendError> {
         let log_path = native_dir(&p.dir).join(format!("{}.log", role.as_str()));
         let log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
-        let mut child = session::command(
+        let filters = session::filter_fds(&filters()?)?;
+        session::inheritable(&filters)?;
+        let raw: Vec<i32> = filters
+            .iter()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
+        let spawned = session::command(
             &p.bwrap,
             [
                 ("RUST_LOG", "info"),
@@ -287,7 +297,7 @@ impl NativeBackend {
                 ("HOME", "/var/lib/bottle"),
             ],
         )
-        .args(self.gate_args(p, role)?)
+        .args(self.gate_args(p, role, &raw)?)
         .stdin(if secrets.is_empty() {
             std::process::Stdio::null()
         } else {
@@ -295,8 +305,10 @@ impl NativeBackend {
         })
         .stdout(std::process::Stdio::null())
         .stderr(log)
-        .spawn()
-        .map_err(|e| BackendError::GateFailed(format!("{}: {e}", p.bwrap.display())))?;
+        .spawn();
+        drop(filters);
+        let mut child =
+            spawned.map_err(|e| BackendError::GateFailed(format!("{}: {e}", p.bwrap.display())))?;
         if let Some(pid) = child.id().and_then(Launcher::of) {
             Processes::add(&p.dir, role, pid)?;
         }
@@ -384,7 +396,13 @@ impl NativeBackend {
                 nproc: Some(plan.resources.pids),
                 data_limit: Some(plan.resources.memory_bytes),
                 nofile: Some(plan.resources.nofile),
-                landlock: true,
+                // Launched by root, the agent is root outside its
+                // namespaces: Landlock must hold, or it does not start.
+                landlock: Some(if nix::unistd::getuid().is_root() {
+                    crate::sandbox::Landlock::Required
+                } else {
+                    crate::sandbox::Landlock::BestEffort
+                }),
             },
         ));
         a.args(run.command.iter());
@@ -416,6 +434,17 @@ fn agent_env(plan: &Plan, tty: bool) -> Result<Vec<(String, String)>, BackendErr
             }),
     );
     Ok(env)
+}
+
+/// Every native sandbox's seccomp filters, compiled.
+fn filters() -> Result<Vec<Vec<u8>>, BackendError> {
+    let compiled = |f: Result<Vec<u8>, seccomp::FilterError>| {
+        f.map_err(|e| BackendError::Other(std::io::Error::other(e)))
+    };
+    Ok(vec![
+        compiled(seccomp::allowlist())?,
+        compiled(seccomp::no_clone3())?,
+    ])
 }
 
 /// The agent's trust bundle: the system's roots and the bottle's CA.
@@ -607,10 +636,7 @@ impl Backend for NativeBackend {
         let ca = p.dir.ca_cert();
         bundle.extend(std::fs::read(&ca).map_err(io_err(&ca))?);
         write(&trust_bundle(&p.dir), &bundle)?;
-        let filters = vec![
-            seccomp::allowlist().map_err(|e| BackendError::Other(std::io::Error::other(e)))?,
-            seccomp::no_clone3().map_err(|e| BackendError::Other(std::io::Error::other(e)))?,
-        ];
+        let filters = filters()?;
         reporter.detail("agent sandbox: bubblewrap, seccomp, Landlock");
         Ok(NativeAgent { filters })
     }
@@ -641,7 +667,9 @@ impl Backend for NativeBackend {
             session::unpack(skills, &home_dir(&p.dir))?;
         }
         run.gates_ready.wait().await;
-        let tty = crate::terminal::is_interactive();
+        // A terminal of the launcher's is never handed in: when any of
+        // its streams is one, the sandbox gets a terminal of its own.
+        let tty = session::any_terminal();
         let fds = session::filter_fds(&agent.filters)?;
         let raw: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         let args = self.agent_args(p, &run, &raw)?;
@@ -718,15 +746,10 @@ impl Backend for NativeBackend {
         }
         if scope.data {
             let native = native_dir(dir);
-            match std::fs::remove_dir_all(&native) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(BackendError::Io {
-                        path: native,
-                        source: e,
-                    });
-                }
-                _ => {}
-            }
+            crate::state::remove_tree(&native).map_err(|source| BackendError::Io {
+                path: native.clone(),
+                source,
+            })?;
         }
         Ok(())
     }

@@ -16,6 +16,14 @@ use crate::process::Launcher;
 use crate::state::BottleDir;
 use crate::{BackendError, Role};
 
+/// Whether any of the launcher's standard streams is a terminal.
+pub fn any_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal()
+        || std::io::stdout().is_terminal()
+        || std::io::stderr().is_terminal()
+}
+
 /// The compiled seccomp filters, each in a memory file that bubblewrap
 /// inherits (`--add-seccomp-fd`). They hold no secret.
 pub fn filter_fds(filters: &[Vec<u8>]) -> Result<Vec<OwnedFd>, BackendError> {
@@ -34,6 +42,19 @@ pub fn filter_fds(filters: &[Vec<u8>]) -> Result<Vec<OwnedFd>, BackendError> {
         })
         .collect::<std::io::Result<_>>()
         .map_err(BackendError::from)
+}
+
+/// Makes the filters' descriptors inheritable: only they cross into
+/// bubblewrap (with the standard streams).
+pub fn inheritable(fds: &[OwnedFd]) -> Result<(), BackendError> {
+    for fd in fds {
+        nix::fcntl::fcntl(
+            fd.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    Ok(())
 }
 
 /// Unpacks a tar stream into `into` (the skills into the home). Owners
@@ -159,11 +180,18 @@ pub async fn run(
         Processes::add(dir, Role::Agent, pid)?;
     }
     timing("agent started");
-    let _raw = pty.as_ref().and_then(|_| crate::terminal::RawMode::enter());
+    // Keys reach the sandbox's terminal as typed when the launcher's
+    // input is a terminal.
+    let _raw = pty
+        .as_ref()
+        .filter(|_| std::io::IsTerminal::is_terminal(&std::io::stdin()))
+        .and_then(|_| crate::terminal::RawMode::enter());
     let pumps = pty.map(Pty::pump);
     let status = child.wait().await?;
     timing("command finished");
-    drop(pumps);
+    if let Some(pumps) = pumps {
+        pumps.finish();
+    }
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()
@@ -181,6 +209,20 @@ struct Pty {
 /// The copying threads of a [`Pty`], stopped with it.
 struct Pumps {
     resizer: tokio::task::JoinHandle<()>,
+    output: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pumps {
+    /// Waits (briefly) until the sandbox's last output is out: the copy
+    /// ends when the terminal reports that no one holds it any more.
+    fn finish(mut self) {
+        if let Some(out) = self.output.take() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while !out.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
 }
 
 impl Drop for Pumps {
@@ -222,7 +264,13 @@ impl Pty {
                 let mut stdin = std::io::stdin();
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = stdin.read(&mut buf) {
-                    if n == 0 || input.write_all(&buf[..n]).is_err() {
+                    if n == 0 {
+                        // The end of the launcher's input is the end of the
+                        // sandbox's (VEOF on an empty line).
+                        let _ = input.write_all(b"\x04");
+                        break;
+                    }
+                    if input.write_all(&buf[..n]).is_err() {
                         break;
                     }
                 }
@@ -230,7 +278,7 @@ impl Pty {
         }
         let resize = master.try_clone().ok();
         let mut output = master;
-        std::thread::spawn(move || {
+        let out = std::thread::spawn(move || {
             let mut stdout = std::io::stdout();
             let mut buf = [0u8; 8192];
             // Ends with EIO once the sandbox has closed the terminal.
@@ -254,7 +302,10 @@ impl Pty {
                 }
             }
         });
-        Pumps { resizer }
+        Pumps {
+            resizer,
+            output: Some(out),
+        }
     }
 }
 

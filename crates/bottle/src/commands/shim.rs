@@ -35,7 +35,11 @@ pub fn run(args: ShimArgs) -> Result<i32, Failure> {
         nproc: args.nproc,
         data_limit: args.data_limit,
         nofile: args.nofile,
-        landlock: args.landlock,
+        landlock: match args.landlock.as_deref() {
+            Some("required") => Some(bottle_shim::Landlock::Required),
+            Some(_) => Some(bottle_shim::Landlock::BestEffort),
+            None => None,
+        },
         command: args.command,
     }))
 }
