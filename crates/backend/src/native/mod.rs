@@ -734,7 +734,7 @@ impl Backend for NativeBackend {
                         dir.root.display()
                     ))));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let path = processes::path(dir);
             match std::fs::remove_file(&path) {
