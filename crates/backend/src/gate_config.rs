@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use bottle_gate::config::{
+use bottle_contract::config::{
     EgressConfig, GateConfig, GateRole, GitConfig, GitEntryConfig, PushConfig, RemoteView,
     RouteConfig, SuperviseConfig, TlsConfig,
 };

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use bottle_gate::config::GateConfig;
+use bottle_contract::config::GateConfig;
 use bottle_manifest::plan::Plan;
 use bottle_manifest::provision::GrantedImage;
 
@@ -105,7 +105,33 @@ pub enum BackendError {
     Other(#[from] std::io::Error),
 }
 
+/// What kind of failure a [`BackendError`] is, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The backend cannot be used here (an engine, a tool, an image missing).
+    Unavailable,
+    /// What the bottle asks is not possible as configured.
+    Config,
+    /// bot-bottle failed while working.
+    Software,
+}
+
 impl BackendError {
+    pub fn kind(&self) -> ErrorKind {
+        use BackendError as E;
+        match self {
+            E::DockerUnavailable(_)
+            | E::Unavailable { .. }
+            | E::BaseImageMissing { .. }
+            | E::RuntimeMissing
+            | E::ImageMissing { .. } => ErrorKind::Unavailable,
+            E::NetworkMissing { .. } | E::NameTaken { .. } | E::Refused { .. } | E::State(_) => {
+                ErrorKind::Config
+            }
+            _ => ErrorKind::Software,
+        }
+    }
+
     pub(crate) fn docker(context: impl Into<String>, err: impl std::fmt::Display) -> BackendError {
         BackendError::Docker {
             context: context.into(),
@@ -143,7 +169,17 @@ impl Outcome {
 
 /// The backends of this build.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum BackendName {

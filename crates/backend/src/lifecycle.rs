@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bottle_gate::ca::mint_ca;
+use bottle_contract::ca::mint_ca;
 use bottle_manifest::plan::{AGENT_UID, Plan};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -173,23 +173,37 @@ async fn drive<B: Backend>(
     }
 }
 
-/// The command line of the guardian, `bottle reap`.
-pub fn reap_argv(
-    backend: crate::BackendName,
-    identity: &str,
-    launcher: &Launcher,
-    dir: &BottleDir,
-) -> Vec<std::ffi::OsString> {
-    vec![
-        "reap".into(),
-        identity.into(),
-        "--backend".into(),
-        backend.as_str().into(),
-        "--launcher".into(),
-        launcher.to_string().into(),
-        "--state".into(),
-        dir.root.clone().into_os_string(),
-    ]
+/// The guardian's command line, `bottle reap …`: one typed value, parsed
+/// by `bottle reap` and built by [`spawn_guardian`] with
+/// [`ReapArgs::to_args`].
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ReapArgs {
+    /// The bottle's identity.
+    pub identity: String,
+    /// Wait until this launcher (PID:START) is gone first.
+    #[arg(long)]
+    pub launcher: Option<Launcher>,
+    /// The bottle's state directory.
+    #[arg(long)]
+    pub state: Option<std::path::PathBuf>,
+    /// The backend the bottle runs on.
+    #[arg(long, default_value = "docker")]
+    pub backend: crate::BackendName,
+}
+
+impl ReapArgs {
+    /// The arguments after `bottle reap`, which parse back to `self`.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![self.identity.clone().into()];
+        if let Some(launcher) = &self.launcher {
+            args.extend(["--launcher".into(), launcher.to_string().into()]);
+        }
+        if let Some(state) = &self.state {
+            args.extend(["--state".into(), state.clone().into_os_string()]);
+        }
+        args.extend(["--backend".into(), self.backend.as_str().into()]);
+        args
+    }
 }
 
 /// Starts the bottle's guardian, `bottle reap`, detached in a session of
@@ -207,7 +221,14 @@ fn spawn_guardian(
     use std::os::unix::process::CommandExt;
     let launcher = Launcher::current()?;
     let mut cmd = std::process::Command::new(binary);
-    cmd.args(reap_argv(backend, identity, &launcher, dir))
+    let args = ReapArgs {
+        identity: identity.to_owned(),
+        launcher: Some(launcher),
+        state: Some(dir.root.clone()),
+        backend,
+    };
+    cmd.arg("reap")
+        .args(args.to_args())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -434,6 +455,27 @@ mod tests {
         let meta =
             Metadata::read(&BottleDir::new(&plan.state_dir)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(meta.state, BottleState::Preserved);
+    }
+
+    #[test]
+    fn the_guardians_command_line_parses_back() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: ReapArgs,
+        }
+        let args = ReapArgs {
+            identity: "probe-abc123".into(),
+            launcher: Some(Launcher { pid: 42, start: 7 }),
+            state: Some("/state/with space/probe-abc123".into()),
+            backend: crate::BackendName::Native,
+        };
+        let argv = std::iter::once("reap".into()).chain(args.to_args());
+        let parsed = Wrap::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .args;
+        assert_eq!(parsed, args);
     }
 
     #[test]

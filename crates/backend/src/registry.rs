@@ -22,6 +22,36 @@ pub struct Settings {
     pub native: NativeSettings,
 }
 
+/// What the binary resolves for the backends (each takes what applies to
+/// it).
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// Whether the agent image installs Claude Code (`auto`, `0`, `1`).
+    pub install_claude: String,
+    /// Where launchers serialise image builds.
+    pub lock_dir: std::path::PathBuf,
+    /// How long the shim waits for the gate's sockets.
+    pub gate_timeout: std::time::Duration,
+    /// A fixed name for the agent's sandbox, where the backend names one.
+    pub container_name: Option<String>,
+}
+
+impl Settings {
+    pub fn new(common: Common) -> Settings {
+        Settings {
+            native: NativeSettings {
+                gate_timeout: common.gate_timeout,
+            },
+            docker: DockerSettings {
+                install_claude: common.install_claude,
+                lock_dir: common.lock_dir,
+                gate_timeout: common.gate_timeout,
+                container_name: common.container_name,
+            },
+        }
+    }
+}
+
 /// One backend of this build.
 #[derive(Debug)]
 pub enum AnyBackend {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use bottle_gate::config::{EGRESS_SOCKET, GIT_SOCKET, SUPERVISE_SOCKET};
+use bottle_contract::config::{EGRESS_SOCKET, GIT_SOCKET, SUPERVISE_SOCKET};
 use bottle_manifest::plan::{GIT_PORT, PROXY_PORT, Plan, SUPERVISE_PORT};
 
 use crate::BackendError;
@@ -66,58 +66,34 @@ pub struct ShimOptions<'a> {
     pub landlock: Option<Landlock>,
 }
 
-/// How much Landlock a sandbox needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Landlock {
-    /// Where the kernel has it.
-    BestEffort,
-    /// Not starting without it.
-    Required,
-}
+pub use bottle_shim::Landlock;
 
-/// The shim's command line, up to and including the `--` before the
-/// agent's command.
-pub fn shim_argv(plan: &Plan, o: &ShimOptions<'_>) -> Vec<String> {
-    let forward = |port: u16, socket: &str| {
-        [
-            "--forward".to_owned(),
-            format!("{port}={}/{socket}", o.socket_dir),
-        ]
+/// The shim's command line around `command`, from the shim's own typed
+/// arguments (see [`bottle_shim::ShimArgs`]).
+pub fn shim_argv(plan: &Plan, o: &ShimOptions<'_>, command: &[String]) -> Vec<String> {
+    let forward = |port: u16, socket: &str| bottle_shim::Forward {
+        port,
+        socket: std::path::Path::new(o.socket_dir).join(socket),
     };
-    let mut argv = vec![o.binary.to_owned(), "shim".to_owned()];
-    argv.extend(forward(PROXY_PORT, EGRESS_SOCKET));
-    argv.extend([
-        "--gate-timeout-ms".to_owned(),
-        o.gate_timeout.as_millis().to_string(),
-    ]);
-    if let Some(ca) = o.ca {
-        argv.extend(["--ca".to_owned(), ca.to_owned()]);
-    }
-    if let Some((uid, gid)) = o.user {
-        argv.extend(["--user".to_owned(), format!("{uid}:{gid}")]);
-    }
-    if let Some(n) = o.nproc {
-        argv.extend(["--nproc".to_owned(), n.to_string()]);
-    }
-    if let Some(bytes) = o.data_limit {
-        argv.extend(["--data-limit".to_owned(), bytes.to_string()]);
-    }
-    if let Some(n) = o.nofile {
-        argv.extend(["--nofile".to_owned(), n.to_string()]);
-    }
-    match o.landlock {
-        Some(Landlock::BestEffort) => {
-            argv.extend(["--landlock".to_owned(), "best-effort".to_owned()])
-        }
-        Some(Landlock::Required) => argv.extend(["--landlock".to_owned(), "required".to_owned()]),
-        None => {}
-    }
+    let mut forwards = vec![forward(PROXY_PORT, EGRESS_SOCKET)];
     if !plan.git.is_empty() {
-        argv.extend(forward(GIT_PORT, GIT_SOCKET));
+        forwards.push(forward(GIT_PORT, GIT_SOCKET));
     }
     if plan.supervise {
-        argv.extend(forward(SUPERVISE_PORT, SUPERVISE_SOCKET));
+        forwards.push(forward(SUPERVISE_PORT, SUPERVISE_SOCKET));
     }
-    argv.push("--".to_owned());
+    let args = bottle_shim::ShimArgs {
+        forwards,
+        gate_timeout_ms: u64::try_from(o.gate_timeout.as_millis()).unwrap_or(u64::MAX),
+        ca: o.ca.map(Into::into),
+        user: o.user.map(|(uid, gid)| bottle_shim::User { uid, gid }),
+        nproc: o.nproc.and_then(|n| u64::try_from(n).ok()),
+        data_limit: o.data_limit,
+        nofile: o.nofile,
+        landlock: o.landlock,
+        command: command.to_vec(),
+    };
+    let mut argv = vec![o.binary.to_owned(), "shim".to_owned()];
+    argv.extend(args.to_args());
     argv
 }

@@ -20,7 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use bottle_gate::ca::MintedCa;
+use bottle_contract::ca::MintedCa;
 use bottle_manifest::plan::{GitPlan, Plan};
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +71,7 @@ impl BottleDir {
     /// The gate's control socket (approvals applied live).
     pub fn control_socket(&self) -> PathBuf {
         self.supervise_dir()
-            .join(bottle_gate::supervise::control::CONTROL_SOCKET)
+            .join(bottle_contract::config::CONTROL_SOCKET)
     }
     /// What a person approved, kept for every later start.
     pub fn grants(&self) -> PathBuf {
@@ -250,7 +250,7 @@ impl BottleDir {
 
     /// Writes `value` as JSON to `path` atomically (temp file + rename).
     pub fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), BackendError> {
-        bottle_gate::files::write_json_atomic(path, value).map_err(|source| BackendError::Io {
+        bottle_contract::files::write_json_atomic(path, value).map_err(|source| BackendError::Io {
             path: path.to_owned(),
             source,
         })

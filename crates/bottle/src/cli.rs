@@ -88,10 +88,10 @@ pub enum Command {
     Manifest(ManifestCommand),
     /// Run a bottle's gate (inside the gate container).
     #[command(hide = true)]
-    Gate(GateArgs),
+    Gate(bottle_gate::GateArgs),
     /// Run as pid 1 in the agent's sandbox.
     #[command(hide = true)]
-    Shim(ShimArgs),
+    Shim(bottle_shim::ShimArgs),
     /// Prepare an image's trust stores for a read-only root (run while
     /// bot-bottle builds the image).
     #[command(hide = true)]
@@ -116,19 +116,7 @@ pub enum Command {
     },
     /// Remove what is left of a bottle after its launcher returned.
     #[command(hide = true)]
-    Reap {
-        /// The bottle's identity.
-        identity: String,
-        /// Wait until this launcher (PID:START) is gone first.
-        #[arg(long)]
-        launcher: Option<String>,
-        /// The bottle's state directory.
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// The backend the bottle runs on.
-        #[arg(long, value_enum, default_value = "docker")]
-        backend: BackendName,
-    },
+    Reap(bottle_backend::lifecycle::ReapArgs),
     /// Say which backends can run bottles here, and what to install or
     /// change where one cannot.
     Doctor {
@@ -143,22 +131,7 @@ pub enum Format {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendName {
-    /// Containers through the Docker Engine API.
-    Docker,
-    /// bubblewrap namespaces, seccomp and Landlock; no daemon.
-    Native,
-}
-
-impl From<BackendName> for bottle_backend::BackendName {
-    fn from(name: BackendName) -> Self {
-        match name {
-            BackendName::Docker => bottle_backend::BackendName::Docker,
-            BackendName::Native => bottle_backend::BackendName::Native,
-        }
-    }
-}
+pub use bottle_backend::BackendName;
 
 #[derive(Debug, Args)]
 pub struct ManifestArg {
@@ -212,48 +185,6 @@ pub enum ManifestCommand {
     },
     /// Print the manifest's JSON Schema.
     Schema,
-}
-
-#[derive(Debug, Args)]
-pub struct GateArgs {
-    /// The gate's configuration file.
-    #[arg(long)]
-    pub config: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct ShimArgs {
-    /// PORT=SOCKET: forward 127.0.0.1:PORT to the Unix socket.
-    #[arg(long = "forward", value_name = "PORT=SOCKET")]
-    pub forwards: Vec<String>,
-    /// How long to wait for the gate's sockets.
-    #[arg(long, default_value = "15000")]
-    pub gate_timeout_ms: u64,
-    /// The bottle's CA, added to the system trust stores (as root).
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// UID:GID the command runs as.
-    #[arg(long, value_name = "UID:GID")]
-    pub user: Option<String>,
-    /// Most processes of the command's user (RLIMIT_NPROC): set where the
-    /// sandbox has a kernel of its own (gVisor), so the count is the
-    /// bottle's alone.
-    #[arg(long, value_name = "N")]
-    pub nproc: Option<u64>,
-    /// Most writable private memory of each process (RLIMIT_DATA): set
-    /// where no memory cgroup bounds the sandbox.
-    #[arg(long, value_name = "BYTES")]
-    pub data_limit: Option<u64>,
-    /// Most open files of each process (RLIMIT_NOFILE, soft and hard).
-    #[arg(long, value_name = "N")]
-    pub nofile: Option<u64>,
-    /// Confine the command with Landlock: `best-effort` where the kernel
-    /// has it, or `required` (refuse to start without it).
-    #[arg(long, value_parser = ["best-effort", "required"])]
-    pub landlock: Option<String>,
-    /// The command to run.
-    #[arg(last = true, required = true)]
-    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -36,17 +36,10 @@ impl From<bottle_manifest::ManifestError> for Failure {
 
 impl From<bottle_backend::BackendError> for Failure {
     fn from(err: bottle_backend::BackendError) -> Failure {
-        use bottle_backend::BackendError as E;
-        let code = match err {
-            E::DockerUnavailable(_)
-            | E::Unavailable { .. }
-            | E::BaseImageMissing { .. }
-            | E::RuntimeMissing
-            | E::ImageMissing { .. } => exit::UNAVAILABLE,
-            E::NetworkMissing { .. } | E::NameTaken { .. } | E::Refused { .. } | E::State(_) => {
-                exit::CONFIG
-            }
-            _ => exit::SOFTWARE,
+        let code = match err.kind() {
+            bottle_backend::ErrorKind::Unavailable => exit::UNAVAILABLE,
+            bottle_backend::ErrorKind::Config => exit::CONFIG,
+            bottle_backend::ErrorKind::Software => exit::SOFTWARE,
         };
         Failure::new(code, err)
     }
@@ -88,12 +81,7 @@ fn main() {
         Command::Deny { id, reason } => commands::deny::run(&id, reason.as_deref(), &printer),
         Command::Gate(args) => commands::gate::run(args),
         Command::Shim(args) => commands::shim::run(args),
-        Command::Reap {
-            identity,
-            launcher,
-            state,
-            backend,
-        } => commands::reap::run(&identity, backend, launcher.as_deref(), state.as_deref()),
+        Command::Reap(args) => commands::reap::run(args),
         Command::Doctor { format } => commands::doctor::run(format, &printer),
         Command::GitHook { name } => commands::gate::hook(&name),
         Command::PrepareTrust => commands::shim::prepare_trust(),

@@ -16,8 +16,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bottle_manifest::load::Lookup;
 
-use bottle_backend::docker::DockerSettings;
-use bottle_backend::native::NativeSettings;
 use bottle_backend::registry::Wanted;
 
 use crate::cli::{BackendName, ManifestArg};
@@ -117,21 +115,15 @@ impl Start {
             })?),
         };
         Ok(Start {
-            wanted: Wanted {
-                flag: flag.map(bottle_backend::BackendName::from),
-                env,
-            },
+            wanted: Wanted { flag, env },
             base_image: env::read(env::BOTTLE_BASE_IMAGE)
                 .unwrap_or_else(|| DEFAULT_BASE_IMAGE.into()),
-            backends: bottle_backend::registry::Settings {
-                docker: DockerSettings {
-                    install_claude,
-                    lock_dir: global.lock_dir(),
-                    gate_timeout,
-                    container_name: env::read(env::BOTTLE_CONTAINER),
-                },
-                native: NativeSettings { gate_timeout },
-            },
+            backends: bottle_backend::registry::Settings::new(bottle_backend::registry::Common {
+                install_claude,
+                lock_dir: global.lock_dir(),
+                gate_timeout,
+                container_name: env::read(env::BOTTLE_CONTAINER),
+            }),
         })
     }
 }

@@ -197,6 +197,8 @@ fn no_route_out_but_the_gate() {
            echo proxied_$a=$(curl -sS -m 3 -o /dev/null -w '%{{http_code}}' http://$a:{port}/); done\n\
          (exec 3<>/dev/tcp/{origin}/80) 2>/dev/null; echo devtcp_rc=$?\n\
          curl -sS -m 3 --noproxy '*' http://127.0.0.1:{port}/ >/dev/null 2>&1; echo loopback_rc=$?\n\
+         python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)' 2>/dev/null; echo raw_rc=$?\n\
+         python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)' 2>/dev/null; echo packet_rc=$?\n\
          echo loopback_proxied=$(curl -sS -m 3 -o /dev/null -w '%{{http_code}}' -x http://127.0.0.1:3128 --noproxy '' http://127.0.0.1:{port}/)\n\
          for s in /var/run/docker.sock /run/docker.sock /run/containerd/containerd.sock; do [ -e $s ] && echo socket_seen=$s; done\n\
          curl -sS -m 3 --unix-socket /var/run/docker.sock http://engine/version >/dev/null 2>&1; echo engine_rc=$?\n\
@@ -217,6 +219,8 @@ fn no_route_out_but_the_gate() {
         "gateway_rc",
         "devtcp_rc",
         "loopback_rc",
+        "raw_rc",
+        "packet_rc",
         "engine_rc",
         "root_rc",
     ] {

@@ -14,21 +14,17 @@ use std::time::{Duration, Instant};
 
 use bottle_manifest::host::Host;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::ServerConfig;
 use time::OffsetDateTime;
 
-/// How long a CA is valid: the life of a bottle, generously.
-const CA_VALIDITY: time::Duration = time::Duration::days(3650);
 /// How long a leaf is valid: short, so a leaked leaf key is worth little.
 const LEAF_VALIDITY: time::Duration = time::Duration::hours(12);
 /// Leaves are re-minted well before they expire.
 const LEAF_REUSE: Duration = Duration::from_secs(6 * 3600);
-/// Allowance for clocks that disagree between gate and agent.
-const CLOCK_SKEW: time::Duration = time::Duration::hours(1);
 /// Most leaves kept at once; past it the cache starts over.
 const LEAF_CACHE_MAX: usize = 1024;
 
@@ -43,43 +39,11 @@ pub enum CaError {
     Rustls(#[from] rustls::Error),
 }
 
-/// A freshly minted CA, as PEM.
-#[derive(Clone)]
-pub struct MintedCa {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+pub use bottle_contract::ca::{CLOCK_SKEW, MintedCa};
 
-impl std::fmt::Debug for MintedCa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MintedCa")
-            .field("key_pem", &"***")
-            .finish_non_exhaustive()
-    }
-}
-
-/// Mints a CA for the bottle `identity`.
+/// Mints a CA for the bottle `identity` (see [`bottle_contract::ca`]).
 pub fn mint_ca(identity: &str) -> Result<MintedCa, CaError> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, format!("bot-bottle {identity}"));
-    name.push(DnType::OrganizationName, "bot-bottle");
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - CLOCK_SKEW;
-    params.not_after = now + CA_VALIDITY;
-    let cert = params.self_signed(&key)?;
-    Ok(MintedCa {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(bottle_contract::ca::mint_ca(identity)?)
 }
 
 /// Signs leaves for the agent's side of intercepted connections.

@@ -11,11 +11,13 @@
 
 pub mod audit;
 pub mod ca;
-pub mod config;
+pub use bottle_contract::config;
 pub mod egress;
-pub mod files;
+pub use bottle_contract::files;
 pub mod git;
 pub mod supervise;
+
+pub use bottle_contract::GateArgs;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -35,6 +37,8 @@ pub enum GateError {
     Io(#[from] std::io::Error),
     #[error("gate configuration {}: {message}", .path.display())]
     Config { path: PathBuf, message: String },
+    #[error(transparent)]
+    LoadConfig(#[from] config::ConfigError),
     #[error("invalid allow rule in the gate configuration: {0}")]
     Rule(#[from] bottle_manifest::host::RuleError),
     #[error("the bottle's CA: {0}")]

@@ -23,18 +23,14 @@ use nix::unistd::Pid;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
+mod args;
 pub mod confine;
 pub mod trust;
 
 /// Exit status when the shim itself fails (sysexits' EX_SOFTWARE).
 pub const EXIT_SHIM_FAILED: i32 = 70;
 
-/// One loopback port bridged to one gate socket.
-#[derive(Debug, Clone)]
-pub struct Forward {
-    pub port: u16,
-    pub socket: PathBuf,
-}
+pub use args::{Forward, Landlock, ShimArgs, User};
 
 /// What the shim runs.
 #[derive(Debug, Clone)]
@@ -60,15 +56,6 @@ pub struct ShimConfig {
     /// [`confine`].
     pub landlock: Option<Landlock>,
     pub command: Vec<String>,
-}
-
-/// How much Landlock the command needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Landlock {
-    /// Where the kernel has it.
-    BestEffort,
-    /// Refuse to start the command when the kernel enforces none of it.
-    Required,
 }
 
 /// Errors that keep the shim from starting the command.
@@ -99,6 +86,22 @@ pub enum ShimError {
     },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<ShimArgs> for ShimConfig {
+    fn from(a: ShimArgs) -> ShimConfig {
+        ShimConfig {
+            forwards: a.forwards,
+            ca: a.ca,
+            user: a.user.map(|u| (u.uid, u.gid)),
+            gate_timeout: Duration::from_millis(a.gate_timeout_ms),
+            nproc: a.nproc,
+            data_limit: a.data_limit,
+            nofile: a.nofile,
+            landlock: a.landlock,
+            command: a.command,
+        }
+    }
 }
 
 /// Runs the shim; returns the exit status for the process.

@@ -5,7 +5,7 @@
 
 use bollard::Docker;
 use bollard::query_parameters::{LogsOptions, WaitContainerOptions};
-use bottle_gate::config::Secrets;
+use bottle_contract::config::Secrets;
 use futures_util::StreamExt;
 
 use crate::BackendError;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, ResourcesUlimits};
-use bottle_gate::config::{EGRESS_SOCKET, GIT_SOCKET};
+use bottle_contract::config::{EGRESS_SOCKET, GIT_SOCKET};
 use bottle_manifest::plan::{AGENT_CA_PATH, AGENT_HOME, AGENT_UID, PROXY_PORT, TRUST_TMPFS};
 
 use super::{
@@ -100,6 +100,8 @@ pub fn agent_container(
             nofile: None,
             landlock: None,
         },
+        // The command is the container's own (`cmd`), after the `--`.
+        &[],
     );
     let mut labels = p.labels.clone();
     labels.insert(ROLE_LABEL.into(), "agent".into());
@@ -229,10 +231,12 @@ fn gate_body(p: &DockerPrepared, spec: GateSpec<'_>) -> ContainerCreateBody {
     let gid = nix::unistd::getgid();
     ContainerCreateBody {
         image: Some(p.plan.images.gate.clone()),
-        cmd: Some(vec![
-            "--config".into(),
-            format!("{GATE_CONFIG_DIR}/{}", spec.config_file),
-        ]),
+        cmd: Some(
+            bottle_contract::GateArgs {
+                config: std::path::Path::new(GATE_CONFIG_DIR).join(spec.config_file),
+            }
+            .to_args(),
+        ),
         // The launching user: what the gate writes on the host is theirs.
         user: Some(format!("{uid}:{gid}")),
         labels: Some(labels),

@@ -270,7 +270,8 @@ impl NativeBackend {
         for fd in fds {
             a.arg("--add-seccomp-fd").arg(fd.to_string());
         }
-        a.args(["--", GATE_BINARY, "gate", "--config"]).arg(config);
+        a.args(["--", GATE_BINARY, "gate"])
+            .args(bottle_contract::GateArgs { config }.to_args());
         Ok(a.into_vec())
     }
 
@@ -315,7 +316,7 @@ impl NativeBackend {
         if let Some(mut stdin) = child.stdin.take() {
             // The route secrets: on the gate's standard input, then closed;
             // never in a file, the environment or argv.
-            let payload = serde_json::to_vec(&bottle_gate::config::Secrets { secrets })
+            let payload = serde_json::to_vec(&bottle_contract::config::Secrets { secrets })
                 .map_err(|e| BackendError::GateFailed(e.to_string()))?;
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
@@ -404,8 +405,8 @@ impl NativeBackend {
                     crate::sandbox::Landlock::BestEffort
                 }),
             },
+            run.command,
         ));
-        a.args(run.command.iter());
         Ok(a.into_vec())
     }
 }
@@ -773,8 +774,8 @@ impl Backend for NativeBackend {
                 // As Docker's health checks ask: does the role's socket
                 // answer?
                 let socket = match role {
-                    Role::Gate => Some(bottle_gate::config::EGRESS_SOCKET),
-                    Role::Git => Some(bottle_gate::config::GIT_SOCKET),
+                    Role::Gate => Some(bottle_contract::config::EGRESS_SOCKET),
+                    Role::Git => Some(bottle_contract::config::GIT_SOCKET),
                     Role::Agent => None,
                 };
                 let health = match socket {

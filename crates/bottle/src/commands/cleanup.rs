@@ -25,14 +25,27 @@ pub fn rm(identity: &str, yes: bool, printer: &Printer) -> Result<i32, Failure> 
 fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Result<i32, Failure> {
     let global = Global::resolve()?;
     let backends = backends(&global)?;
-    super::runtime()?.block_on(async {
-        let (bottles, mut trouble) = gather(&global, &backends).await;
+    super::runtime()?.block_on(run_on(&backends, &global, only, dry_run, yes, printer))
+}
+
+/// `cleanup` (every bottle no live launcher holds) or `rm` (`only`) on
+/// `backends`.
+async fn run_on<B: Backend>(
+    backends: &[B],
+    global: &Global,
+    only: Option<&str>,
+    dry_run: bool,
+    yes: bool,
+    printer: &Printer,
+) -> Result<i32, Failure> {
+    {
+        let (bottles, mut trouble) = gather(global, backends).await;
         if !trouble.is_empty() {
             return Err(Failure::from(trouble.remove(0)));
         }
         let mut leftovers = Vec::new();
         if only.is_none() {
-            for backend in &backends {
+            for backend in backends {
                 leftovers.push(backend.leftovers().await);
             }
         }
@@ -89,7 +102,10 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
         }
         let unused: usize = leftovers.iter().map(Vec::len).sum();
         if unused > 0 {
-            lines.push(format!("  {unused} unused thing(s) bot-bottle made: {}", leftovers.concat().join(", ")));
+            lines.push(format!(
+                "  {unused} unused thing(s) bot-bottle made: {}",
+                leftovers.concat().join(", ")
+            ));
         }
         if lines.is_empty() {
             printer.step("nothing to clean up");
@@ -124,14 +140,12 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
             launcher: None,
         };
         for b in &targets {
-            let dir = b
-                .record
-                .as_ref()
-                .map(|r| r.dir.clone())
-                .unwrap_or_else(|| bottle_backend::state::BottleDir::new(global.state_root.join(&b.identity)));
+            let dir = b.record.as_ref().map(|r| r.dir.clone()).unwrap_or_else(|| {
+                bottle_backend::state::BottleDir::new(global.state_root.join(&b.identity))
+            });
             // Every usable backend that holds anything of it, and the one
             // it is recorded on.
-            for backend in &backends {
+            for backend in backends {
                 let holds = b.found.iter().any(|f| f.backend == backend.name())
                     || b.backend() == Some(backend.name());
                 if holds && backend.availability().await.is_usable() {
@@ -147,7 +161,7 @@ fn run(only: Option<&str>, dry_run: bool, yes: bool, printer: &Printer) -> Resul
         }
         printer.step(&format!("removed {} bottle(s)", targets.len()));
         Ok(0)
-    })
+    }
 }
 
 /// The bottle's own image (from approved image changes), if it has one.
@@ -157,4 +171,64 @@ fn own_image(bottle: &Bottle) -> Option<String> {
         .ok()?
         .image
         .map(|i| i.tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::inventory::tests::{found, global, record};
+    use bottle_backend::BackendName;
+    use bottle_backend::fake::{Call, FakeBackend};
+    use bottle_backend::process::Launcher;
+
+    #[test]
+    fn cleanup_removes_what_no_launcher_holds_on_every_backend_and_rm_refuses_a_live_one() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let global = global(root.path());
+        let me = Launcher::current().unwrap_or_else(|e| panic!("{e}"));
+        record(&global, "live-aaaaaa", Some(me));
+        record(&global, "stopped-bbbbbb", None);
+        let mut native = FakeBackend::new(BackendName::Native);
+        native
+            .found
+            .insert("live-aaaaaa".into(), found(BackendName::Native, Some(me)));
+        let docker = FakeBackend::new(BackendName::Docker);
+        let backends = [native, docker];
+        let printer = Printer::new(false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+
+        let refused = rt.block_on(run_on(
+            &backends,
+            &global,
+            Some("live-aaaaaa"),
+            false,
+            true,
+            &printer,
+        ));
+        assert!(matches!(refused, Err(f) if f.code == exit::NOT_CONFIRMED));
+
+        let done = rt.block_on(run_on(&backends, &global, None, false, true, &printer));
+        assert!(matches!(done, Ok(0)));
+        let torn: Vec<Call> = backends
+            .iter()
+            .flat_map(|b| b.calls())
+            .filter(|c| matches!(c, Call::Teardown { .. }))
+            .collect();
+        // The stopped bottle is recorded on docker: torn down there, with
+        // its data; the live one is not touched.
+        assert_eq!(
+            torn,
+            [Call::Teardown {
+                identity: "stopped-bbbbbb".into(),
+                network: true,
+                data: true,
+                launcher: false
+            }]
+        );
+        assert!(!global.state_root.join("stopped-bbbbbb").exists());
+        assert!(global.state_root.join("live-aaaaaa").exists());
+    }
 }

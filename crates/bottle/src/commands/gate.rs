@@ -2,8 +2,8 @@
 
 use bottle_gate::GateConfig;
 
-use crate::cli::GateArgs;
 use crate::{Failure, exit};
+use bottle_gate::GateArgs;
 
 pub fn run(args: GateArgs) -> Result<i32, Failure> {
     tracing_subscriber::fmt()

@@ -117,7 +117,10 @@ impl Bottle {
 /// Every bottle: from the state root and every usable backend. A backend
 /// that is not usable here is skipped; one that fails to answer is
 /// reported.
-pub async fn gather(global: &Global, backends: &[AnyBackend]) -> (Vec<Bottle>, Vec<BackendError>) {
+pub async fn gather<B: Backend>(
+    global: &Global,
+    backends: &[B],
+) -> (Vec<Bottle>, Vec<BackendError>) {
     let mut by_id: BTreeMap<String, Bottle> = state::records(&global.state_root)
         .into_iter()
         .map(|r| {
@@ -165,4 +168,125 @@ pub async fn gather(global: &Global, backends: &[AnyBackend]) -> (Vec<Bottle>, V
 pub fn backends(global: &Global) -> anyhow::Result<Vec<AnyBackend>> {
     let settings = Start::resolve(None, global)?;
     Ok(AnyBackend::all(&settings.backends))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bottle_backend::fake::FakeBackend;
+    use bottle_backend::state::{BottleDir, Metadata};
+    use bottle_backend::{Part, process::Launcher};
+
+    const V1: &str = include_str!("../../../backend/tests/fixtures/metadata-v1.json");
+
+    pub(crate) fn global(root: &std::path::Path) -> Global {
+        Global {
+            home: root.to_owned(),
+            cwd: root.to_owned(),
+            state_root: root.join("state"),
+            config_home: None,
+        }
+    }
+
+    /// A recorded bottle `identity` in `state`, running under `launcher`
+    /// or stopped.
+    pub(crate) fn record(global: &Global, identity: &str, launcher: Option<Launcher>) {
+        let mut plan = Metadata::parse(V1.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .plan;
+        plan.identity = identity.to_owned();
+        plan.state_dir = global.state_root.join(identity);
+        let dir = BottleDir::new(&plan.state_dir);
+        dir.create().unwrap_or_else(|e| panic!("{e}"));
+        let mut meta = Metadata::starting(&plan);
+        match launcher {
+            Some(l) => meta.launcher = l.to_string(),
+            None => meta.stop(false),
+        }
+        meta.write(&dir).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub(crate) fn found(backend: BackendName, launcher: Option<Launcher>) -> Found {
+        let mut f = Found::new(backend);
+        f.launcher = launcher.map(|l| l.to_string());
+        f.parts.push(Part {
+            kind: "process",
+            name: "gate (pid 1)".into(),
+            role: Some(Role::Gate),
+            running: true,
+            health: Some("healthy".into()),
+        });
+        f
+    }
+
+    #[test]
+    fn bottles_are_joined_across_the_state_and_every_usable_backend() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let global = global(root.path());
+        let me = Launcher::current().unwrap_or_else(|e| panic!("{e}"));
+        let gone = Launcher {
+            pid: me.pid,
+            start: 1,
+        };
+        record(&global, "live-aaaaaa", Some(me));
+        record(&global, "stopped-bbbbbb", None);
+        record(&global, "crashed-cccccc", Some(gone));
+        let mut native = FakeBackend::new(BackendName::Native);
+        native
+            .found
+            .insert("live-aaaaaa".into(), found(BackendName::Native, Some(me)));
+        let mut docker = FakeBackend::new(BackendName::Docker);
+        docker.found.insert(
+            "stray-dddddd".into(),
+            found(BackendName::Docker, Some(gone)),
+        );
+        let mut absent = FakeBackend::new(BackendName::Docker);
+        absent.usable = false;
+        absent
+            .found
+            .insert("never-eeeeee".into(), found(BackendName::Docker, None));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (bottles, trouble) = rt.block_on(gather(&global, &[native, docker, absent.clone()]));
+        assert!(trouble.is_empty());
+        let state = |id: &str| {
+            bottles.iter().find(|b| b.identity == id).map(|b| {
+                (
+                    b.state(),
+                    b.backend().map(BackendName::as_str),
+                    b.services(),
+                )
+            })
+        };
+        assert_eq!(
+            state("live-aaaaaa"),
+            Some(("running", Some("docker"), vec!["gate"]))
+        );
+        assert_eq!(
+            state("stopped-bbbbbb"),
+            Some(("stopped", Some("docker"), vec![]))
+        );
+        assert_eq!(
+            state("crashed-cccccc"),
+            Some(("orphaned", Some("docker"), vec![]))
+        );
+        assert_eq!(
+            state("stray-dddddd"),
+            Some(("orphaned", Some("docker"), vec!["gate"]))
+        );
+        assert_eq!(
+            state("never-eeeeee"),
+            None,
+            "an unusable backend is not asked"
+        );
+        assert!(absent.calls().is_empty());
+        let row = bottles
+            .iter()
+            .find(|b| b.identity == "live-aaaaaa")
+            .map(|b| serde_json::to_value(b.row()).unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(row["health"]["gate"], "healthy");
+    }
 }

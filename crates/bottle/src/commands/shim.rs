@@ -1,47 +1,11 @@
 //! `bottle shim`: pid 1 in the agent's sandbox.
 
-use std::time::Duration;
-
 use anyhow::anyhow;
-use bottle_shim::{Forward, ShimConfig};
 
-use crate::cli::ShimArgs;
 use crate::{Failure, exit};
 
-pub fn run(args: ShimArgs) -> Result<i32, Failure> {
-    let forwards = args
-        .forwards
-        .iter()
-        .map(|spec| {
-            let (port, socket) = spec
-                .split_once('=')
-                .ok_or_else(|| anyhow!("--forward {spec:?}: expected PORT=SOCKET"))?;
-            let port = port
-                .parse()
-                .map_err(|_| anyhow!("--forward {spec:?}: {port:?} is not a port"))?;
-            Ok(Forward {
-                port,
-                socket: socket.into(),
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()
-        .map_err(|e| Failure::new(exit::USAGE, e))?;
-    let user = args.user.as_deref().map(user).transpose()?;
-    Ok(bottle_shim::run(ShimConfig {
-        forwards,
-        ca: args.ca,
-        user,
-        gate_timeout: Duration::from_millis(args.gate_timeout_ms),
-        nproc: args.nproc,
-        data_limit: args.data_limit,
-        nofile: args.nofile,
-        landlock: match args.landlock.as_deref() {
-            Some("required") => Some(bottle_shim::Landlock::Required),
-            Some(_) => Some(bottle_shim::Landlock::BestEffort),
-            None => None,
-        },
-        command: args.command,
-    }))
+pub fn run(args: bottle_shim::ShimArgs) -> Result<i32, Failure> {
+    Ok(bottle_shim::run(args.into()))
 }
 
 /// `--user UID:GID`, parsed.

@@ -20,7 +20,7 @@ use crate::egress::credentials::{Route, Secret};
 use bottle_manifest::host::{HostRule, normalize_host};
 
 /// File name of the control socket in the supervise directory.
-pub const CONTROL_SOCKET: &str = "control.sock";
+pub use bottle_contract::config::CONTROL_SOCKET;
 /// Longest control line: a route's secret and its names.
 const MAX_LINE: usize = 64 * 1024;
 

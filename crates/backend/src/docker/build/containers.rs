@@ -9,7 +9,7 @@ use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, NetworkC
 use bollard::query_parameters::{
     CommitContainerOptions, KillContainerOptions, RemoveContainerOptions, UploadToContainerOptions,
 };
-use bottle_gate::config::{EGRESS_SOCKET, GateConfig, GateRole, TlsConfig};
+use bottle_contract::config::{EGRESS_SOCKET, GateConfig, GateRole, TlsConfig};
 use bottle_manifest::plan::{PROXY_PORT, TRUST_TMPFS};
 
 use super::{BUILD_CAPS, Build, GATE_AUDIT_LOG, GATE_BUILD_DIR, GATE_DIR, SOCKETS, State, TOOLS};
@@ -162,10 +162,12 @@ impl Build<'_> {
         let gid = nix::unistd::getgid();
         let body = ContainerCreateBody {
             image: Some(policy.gate_image.clone()),
-            cmd: Some(vec![
-                "--config".into(),
-                format!("{GATE_BUILD_DIR}/gate.json"),
-            ]),
+            cmd: Some(
+                bottle_contract::GateArgs {
+                    config: std::path::Path::new(GATE_BUILD_DIR).join("gate.json"),
+                }
+                .to_args(),
+            ),
             user: Some(format!("{uid}:{gid}")),
             labels: Some(self.labels("build-gate")),
             env: Some(vec!["RUST_LOG=info".into()]),

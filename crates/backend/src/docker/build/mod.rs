@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::ExecConfig;
-use bottle_gate::config::EgressConfig;
+use bottle_contract::config::EgressConfig;
 use bottle_manifest::fragment::{self, Command, Op};
 use bottle_manifest::plan::{CA_BUNDLE_VARS, NO_PROXY, PROXY_PORT, TRUST_BUNDLE};
 use futures_util::StreamExt;

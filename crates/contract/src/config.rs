@@ -188,11 +188,24 @@ impl EgressConfig {
 
 impl GateConfig {
     /// Reads the configuration the launcher wrote.
-    pub fn load(path: &Path) -> Result<GateConfig, crate::GateError> {
+    pub fn load(path: &Path) -> Result<GateConfig, ConfigError> {
         let text = fs_err::read_to_string(path)?;
-        serde_json::from_str(&text).map_err(|e| crate::GateError::Config {
+        serde_json::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             message: e.to_string(),
         })
     }
 }
+
+/// Why a gate's configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("gate configuration {}: {message}", .path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The supervise role's control socket (approvals applied live), in its
+/// directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
