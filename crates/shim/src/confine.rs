@@ -1,7 +1,7 @@
 //! Landlock for the agent's command, where the kernel has it: the
 //! filesystem an allowlist on top of the sandbox's own mounts. The system
-//! directories may be read and run, never written; the workspace, the home,
-//! `/tmp` and the terminal devices may be written; nothing else may be
+//! directories may be read and run, never written; the workspace, the
+//! agent's home, `/tmp` and the devices may be written; nothing else may be
 //! written at all, whatever a mount's own flags say. Abstract Unix sockets
 //! and signals are scoped to the sandbox where the kernel can (ABI 6).
 //! On an older kernel the rules it knows apply and the rest is left to the
@@ -22,7 +22,7 @@ const READ_ONLY: &[&str] = &[
 ];
 
 /// Read, run and write.
-const WRITABLE: &[&str] = &["/workspace", "/home", "/tmp", "/dev"];
+const WRITABLE: &[&str] = &["/workspace", "/home/agent", "/tmp", "/dev"];
 
 /// Applies the rules to this process and everything it starts.
 pub fn landlock() -> Result<RestrictionStatus, String> {

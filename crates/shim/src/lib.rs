@@ -152,6 +152,10 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, limit, limit)
             .map_err(|e| ShimError::Io(std::io::Error::from(e)))?;
     }
+    // No core dumps: a crash of the agent's must not run the host's
+    // core-dump helper (a `core_pattern` pipe runs outside the sandbox).
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|e| ShimError::Io(std::io::Error::from(e)))?;
     if let Some(limit) = config.nofile {
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
             .map_err(|e| ShimError::Io(std::io::Error::from(e)))?;

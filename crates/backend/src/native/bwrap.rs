@@ -5,7 +5,7 @@
 //! `/srv`, `/mnt`, `/media`, the state root, the Docker socket) exists
 //! inside.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 /// System directories shown read-only, as on the host (a symbolic link
@@ -15,16 +15,18 @@ const SYSTEM: &[&str] = &[
 ];
 
 /// Files of the host's `/etc` a gate needs: name resolution and the
-/// system's root certificates.
+/// system's root certificates (never `ssl/private`).
 const GATE_ETC: &[&str] = &[
     "/etc/resolv.conf",
     "/etc/hosts",
     "/etc/nsswitch.conf",
     "/etc/host.conf",
     "/etc/gai.conf",
-    "/etc/ssl",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
     "/etc/ca-certificates",
-    "/etc/pki",
+    "/etc/pki/tls/certs",
+    "/etc/pki/ca-trust",
 ];
 
 /// Entries of the host's `/etc` the agent sees: what programs need to
@@ -39,7 +41,6 @@ const AGENT_ETC: &[&str] = &[
     "ca-certificates",
     "ca-certificates.conf",
     "debian_version",
-    "environment",
     "host.conf",
     "inputrc",
     "issue",
@@ -59,7 +60,6 @@ const AGENT_ETC: &[&str] = &[
     "nsswitch.conf",
     "os-release",
     "profile",
-    "profile.d",
     "protocols",
     "python3",
     "rpc",
@@ -95,6 +95,13 @@ const PROC_MASKED: &[&str] = &[
     "/proc/timer_list",
     "/proc/sched_debug",
     "/proc/latency_stats",
+    // The kernel's memory layout, beyond Docker's list.
+    "/proc/vmallocinfo",
+    "/proc/slabinfo",
+    "/proc/pagetypeinfo",
+    "/proc/kpageflags",
+    "/proc/kpagecount",
+    "/proc/kpagecgroup",
 ];
 
 /// `/proc` directories hidden (as Docker does).
@@ -102,11 +109,13 @@ const PROC_MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/scsi", "/proc/asound"];
 
 /// A bubblewrap command line under construction.
 #[derive(Debug, Default)]
-pub struct Args(Vec<OsString>);
+pub struct Args {
+    args: Vec<OsString>,
+}
 
 impl Args {
     pub fn arg(&mut self, a: impl Into<OsString>) -> &mut Args {
-        self.0.push(a.into());
+        self.args.push(a.into());
         self
     }
 
@@ -115,20 +124,24 @@ impl Args {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
-        self.0.extend(args.into_iter().map(Into::into));
+        self.args.extend(args.into_iter().map(Into::into));
         self
     }
 
-    pub fn ro_bind(&mut self, host: &Path, inside: &str) -> &mut Args {
-        self.arg("--ro-bind").arg(host).arg(inside)
+    fn bind_as(&mut self, flag: &str, host: &Path, inside: &OsStr) -> &mut Args {
+        self.arg(flag).arg(host).arg(inside)
     }
 
-    pub fn bind(&mut self, host: &Path, inside: &str) -> &mut Args {
-        self.arg("--bind").arg(host).arg(inside)
+    pub fn ro_bind(&mut self, host: &Path, inside: impl AsRef<OsStr>) -> &mut Args {
+        self.bind_as("--ro-bind", host, inside.as_ref())
+    }
+
+    pub fn bind(&mut self, host: &Path, inside: impl AsRef<OsStr>) -> &mut Args {
+        self.bind_as("--bind", host, inside.as_ref())
     }
 
     pub fn into_vec(self) -> Vec<OsString> {
-        self.0
+        self.args
     }
 
     /// Namespaces every native sandbox gets: user, pid, ipc, uts and
@@ -141,8 +154,8 @@ impl Args {
     /// the launcher's, which holds the route secrets, and sets only the
     /// sandbox's, never on a command line.
     pub fn isolation(&mut self, own_network: bool) -> &mut Args {
+        self.args(["--unshare-user", "--disable-userns"]);
         self.args([
-            "--unshare-user",
             "--unshare-pid",
             "--unshare-ipc",
             "--unshare-uts",
@@ -156,7 +169,6 @@ impl Args {
             "--new-session",
             "--cap-drop",
             "ALL",
-            "--disable-userns",
             "--as-pid-1",
         ])
     }
@@ -243,7 +255,7 @@ impl Args {
                     }
                 }
                 Ok(_) => {
-                    self.arg("--ro-bind").arg(&path).arg(&path);
+                    self.ro_bind(&path, &path);
                 }
                 Err(_) => {}
             }

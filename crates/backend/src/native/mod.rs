@@ -254,15 +254,15 @@ impl NativeBackend {
             .args(["--tmpfs", "/usr/local"])
             .ro_bind(&exe, GATE_BINARY)
             .bind(&dir.socket_dir(), SOCKET_DIR)
-            .bind(&dir.audit_log(), &paths.audit_log.to_string_lossy());
+            .bind(&dir.audit_log(), &paths.audit_log);
         let config = match role {
             Role::Git => {
-                a.bind(&dir.git_dir(), &paths.git_dir.to_string_lossy());
+                a.bind(&dir.git_dir(), &paths.git_dir);
                 Path::new(&inside).join(GIT_CONFIG_FILE)
             }
             _ => {
                 if p.plan.supervise {
-                    a.bind(&dir.supervise_dir(), &paths.supervise_dir.to_string_lossy());
+                    a.bind(&dir.supervise_dir(), &paths.supervise_dir);
                 }
                 Path::new(&inside).join(EGRESS_CONFIG_FILE)
             }
@@ -376,12 +376,15 @@ impl NativeBackend {
             .args(["--hostname", "bottle"])
             .system(Some(plan.resources.tmp_bytes))
             .agent_etc(&passwd, &group, &extra)
-            .args(["--tmpfs", "/run"])
+            .args(["--size", "1048576", "--tmpfs", "/run"])
             .ro_bind(&dir.socket_dir(), SOCKET_DIR)
             .ro_bind(&exe, SHIM)
             .bind(&home_dir(dir), AGENT_HOME)
             .bind(&workspace_dir(dir), WORKDIR)
-            .args(["--chdir", WORKDIR]);
+            .args(["--chdir", WORKDIR])
+            // Nothing but the named mounts is writable: not the root's
+            // own tmpfs (a /home beside /home/agent, a stray directory).
+            .args(["--remount-ro", "/"]);
         for fd in fds {
             a.arg("--add-seccomp-fd").arg(fd.to_string());
         }
