@@ -52,6 +52,11 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() {
+    // Whatever started this process may have left descriptors open past
+    // the standard streams (a socket, a directory): none of them is
+    // bot-bottle's to pass on, so none reaches a gate, a sandbox or an
+    // agent's command. Done first, before any thread exists.
+    close_fds::set_fds_cloexec_threadsafe(3, &[]);
     let cli = Cli::parse();
     let printer = Printer::new(cli.verbose);
     let result = match cli.command {

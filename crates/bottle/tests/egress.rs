@@ -273,6 +273,31 @@ fn no_route_out_but_the_gate() {
     );
 }
 
+/// A descriptor the launcher was started with (a file, a socket) does not
+/// reach the bottle: only the standard streams do.
+#[test]
+fn an_inherited_descriptor_stays_outside() {
+    let Some(world) = world() else { return };
+    let file = std::fs::File::open(world.manifest_path()).unwrap();
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let probe = world.probe(
+        "probe",
+        &format!("readlink /proc/self/fd/{fd} >/dev/null 2>&1; echo inherited_rc=$?\necho fds=$(ls /proc/self/fd | tr '\\n' ' ')\n"),
+    );
+    drop(file);
+    assert_ne!(
+        probe.get("inherited_rc"),
+        "0",
+        "fd {fd} reached the bottle: {}",
+        probe.get("fds")
+    );
+}
+
 #[test]
 fn ip_literals_and_odd_spellings_are_refused() {
     let Some(world) = world() else { return };
