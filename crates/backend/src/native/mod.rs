@@ -12,7 +12,10 @@
 //! and open files are bounded by rlimits the shim sets, which the preflight
 //! and `list` say.
 
+mod agent;
+use agent::{agent_env, trust_bundle};
 mod bwrap;
+mod gates;
 mod processes;
 pub mod seccomp;
 mod session;
@@ -23,9 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bottle_manifest::manifest::Runtime;
-use bottle_manifest::plan::{
-    AGENT_CA_PATH, AGENT_HOME, AGENT_UID, AGENT_USER, NODE_PRELOAD, Plan, TRUST_BUNDLE, WORKDIR,
-};
+use bottle_manifest::plan::Plan;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -218,226 +219,6 @@ impl NativeBackend {
         }
         Ok((bwrap, line))
     }
-
-    /// A gate role's sandbox: its own files, the sockets, the audit log.
-    fn gate_args(
-        &self,
-        p: &NativePrepared,
-        role: Role,
-        fds: &[i32],
-    ) -> Result<Vec<std::ffi::OsString>, BackendError> {
-        let dir = &p.dir;
-        let etc = native_dir(dir).join("etc");
-        let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
-        let passwd = etc.join("gate-passwd");
-        let group = etc.join("gate-group");
-        write(
-            &passwd,
-            format!("bottle:x:{uid}:{gid}:bot-bottle gate:/var/lib/bottle:/usr/sbin/nologin\n")
-                .as_bytes(),
-        )?;
-        write(&group, format!("bottle:x:{gid}:\n").as_bytes())?;
-        let paths = GatePaths::standard();
-        let exe = std::env::current_exe()?;
-        // Each role's own configuration directory, read-only in its /etc.
-        let (config_dir, inside) = match role {
-            Role::Git => (dir.git_gate_dir(), paths.git_config_dir.clone()),
-            _ => (dir.gate_dir(), paths.egress_dir.clone()),
-        };
-        let inside = inside.to_string_lossy().into_owned();
-        let mut a = bwrap::Args::default();
-        a.isolation(false)
-            .system(None)
-            .gate_etc(&passwd, &group, &[(config_dir, inside.clone())])
-            // The binary where the git gate's hooks run it; the host's
-            // /usr/local is not shown.
-            .args(["--tmpfs", "/usr/local"])
-            .ro_bind(&exe, GATE_BINARY)
-            .bind(&dir.socket_dir(), SOCKET_DIR)
-            .bind(&dir.audit_log(), &paths.audit_log);
-        let config = match role {
-            Role::Git => {
-                a.bind(&dir.git_dir(), &paths.git_dir);
-                Path::new(&inside).join(GIT_CONFIG_FILE)
-            }
-            _ => {
-                if p.plan.supervise {
-                    a.bind(&dir.supervise_dir(), &paths.supervise_dir);
-                }
-                Path::new(&inside).join(EGRESS_CONFIG_FILE)
-            }
-        };
-        for fd in fds {
-            a.arg("--add-seccomp-fd").arg(fd.to_string());
-        }
-        a.args(["--", GATE_BINARY, "gate"])
-            .args(bottle_contract::GateArgs { config }.to_args());
-        Ok(a.into_vec())
-    }
-
-    /// Starts one gate role; returns its process.
-    fn spawn_gate(
-        &self,
-        p: &NativePrepared,
-        role: Role,
-        secrets: Vec<String>,
-    ) -> Result<tokio::process::Child, BackendError> {
-        let log_path = native_dir(&p.dir).join(format!("{}.log", role.as_str()));
-        let log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
-        let filters = session::filter_fds(&filters()?)?;
-        session::inheritable(&filters)?;
-        let raw: Vec<i32> = filters
-            .iter()
-            .map(std::os::fd::AsRawFd::as_raw_fd)
-            .collect();
-        let spawned = session::command(
-            &p.bwrap,
-            [
-                ("RUST_LOG", "info"),
-                ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-                ("HOME", "/var/lib/bottle"),
-            ],
-        )
-        .args(self.gate_args(p, role, &raw)?)
-        .stdin(if secrets.is_empty() {
-            std::process::Stdio::null()
-        } else {
-            std::process::Stdio::piped()
-        })
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn();
-        drop(filters);
-        let mut child =
-            spawned.map_err(|e| BackendError::GateFailed(format!("{}: {e}", p.bwrap.display())))?;
-        if let Some(pid) = child.id().and_then(Launcher::of) {
-            Processes::add(&p.dir, role, pid)?;
-        }
-        if let Some(mut stdin) = child.stdin.take() {
-            // The route secrets: on the gate's standard input, then closed;
-            // never in a file, the environment or argv.
-            let payload = serde_json::to_vec(&bottle_contract::config::Secrets { secrets })
-                .map_err(|e| BackendError::GateFailed(e.to_string()))?;
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _ = stdin.write_all(&payload).await;
-                let _ = stdin.shutdown().await;
-            });
-        }
-        Ok(child)
-    }
-
-    /// The agent's sandbox around `command`.
-    fn agent_args(
-        &self,
-        p: &NativePrepared,
-        run: &AgentRun<'_>,
-        fds: &[i32],
-    ) -> Result<Vec<std::ffi::OsString>, BackendError> {
-        let plan = &p.plan;
-        let dir = &p.dir;
-        let etc = native_dir(dir).join("etc");
-        let passwd = etc.join("passwd");
-        let group = etc.join("group");
-        write(
-            &passwd,
-            format!(
-                "root:x:0:0:root:/root:/usr/sbin/nologin\n{AGENT_USER}:x:{AGENT_UID}:{AGENT_UID}:{AGENT_USER}:{AGENT_HOME}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-            )
-            .as_bytes(),
-        )?;
-        write(
-            &group,
-            format!("root:x:0:\n{AGENT_USER}:x:{AGENT_UID}:\nnogroup:x:65534:\n").as_bytes(),
-        )?;
-        let hosts = etc.join("hosts");
-        write(&hosts, bwrap::AGENT_HOSTS.as_bytes())?;
-        let preload = etc.join("node-proxy.cjs");
-        write(&preload, crate::sandbox::NODE_PROXY_JS.as_bytes())?;
-        let hostname = etc.join("hostname");
-        write(&hostname, b"bottle\n")?;
-        let mut extra: Vec<(PathBuf, String)> = vec![
-            (hosts, "/etc/hosts".to_owned()),
-            (hostname, "/etc/hostname".to_owned()),
-            (preload, NATIVE_NODE_PRELOAD.to_owned()),
-            (dir.ca_cert(), AGENT_CA_PATH.to_owned()),
-            (trust_bundle(dir), TRUST_BUNDLE.to_owned()),
-        ];
-        extra.extend(run.provisioned.iter().cloned());
-        let exe = std::env::current_exe()?;
-        let mut a = bwrap::Args::default();
-        a.isolation(true)
-            .args([
-                "--uid",
-                &AGENT_UID.to_string(),
-                "--gid",
-                &AGENT_UID.to_string(),
-            ])
-            .args(["--hostname", "bottle"])
-            .system(Some(plan.resources.tmp_bytes))
-            .agent_etc(&passwd, &group, &extra)
-            .args(["--size", "1048576", "--tmpfs", "/run"])
-            .ro_bind(&dir.socket_dir(), SOCKET_DIR)
-            .ro_bind(&exe, SHIM)
-            .bind(&home_dir(dir), AGENT_HOME)
-            .bind(&workspace_dir(dir), WORKDIR)
-            .args(["--chdir", WORKDIR])
-            // Nothing but the named mounts is writable: not the root's
-            // own tmpfs (a /home beside /home/agent, a stray directory).
-            .args(["--remount-ro", "/"]);
-        for fd in fds {
-            a.arg("--add-seccomp-fd").arg(fd.to_string());
-        }
-        a.arg("--");
-        a.args(crate::sandbox::shim_argv(
-            plan,
-            &crate::sandbox::ShimOptions {
-                binary: SHIM,
-                socket_dir: SOCKET_DIR,
-                gate_timeout: self.settings.gate_timeout,
-                ca: None,
-                user: None,
-                nproc: Some(plan.resources.pids),
-                data_limit: Some(plan.resources.memory_bytes),
-                nofile: Some(plan.resources.nofile),
-                // Launched by root, the agent is root outside its
-                // namespaces: Landlock must hold, or it does not start.
-                landlock: Some(if nix::unistd::getuid().is_root() {
-                    crate::sandbox::Landlock::Required
-                } else {
-                    crate::sandbox::Landlock::BestEffort
-                }),
-            },
-            run.command,
-        ));
-        Ok(a.into_vec())
-    }
-}
-
-/// The agent's environment in a native sandbox: a login's basics, then
-/// the plan's (see [`crate::sandbox::agent_env`]).
-fn agent_env(plan: &Plan, tty: bool) -> Result<Vec<(String, String)>, BackendError> {
-    let mut env = vec![
-        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("HOME".to_owned(), AGENT_HOME.to_owned()),
-        ("USER".to_owned(), AGENT_USER.to_owned()),
-        ("LOGNAME".to_owned(), AGENT_USER.to_owned()),
-        ("SHELL".to_owned(), "/bin/bash".to_owned()),
-    ];
-    // The host's /usr is read-only here: Node's preload is in the
-    // sandbox's own /etc instead.
-    env.extend(
-        crate::sandbox::agent_env(plan, tty)?
-            .into_iter()
-            .map(|(name, value)| match name.as_str() {
-                "NODE_OPTIONS" => {
-                    let value = value.replace(NODE_PRELOAD, NATIVE_NODE_PRELOAD);
-                    (name, value)
-                }
-                _ => (name, value),
-            }),
-    );
-    Ok(env)
 }
 
 /// Every native sandbox's seccomp filters, compiled.
@@ -449,11 +230,6 @@ fn filters() -> Result<Vec<Vec<u8>>, BackendError> {
         compiled(seccomp::allowlist())?,
         compiled(seccomp::no_clone3())?,
     ])
-}
-
-/// The agent's trust bundle: the system's roots and the bottle's CA.
-fn trust_bundle(dir: &BottleDir) -> PathBuf {
-    native_dir(dir).join("trust").join("ca-certificates.crt")
 }
 
 impl Backend for NativeBackend {
