@@ -41,39 +41,20 @@ pub fn agent_env(plan: &Plan, tty: bool) -> Result<Vec<(String, String)>, Backen
     Ok(env)
 }
 
-/// How a backend runs the shim.
-#[derive(Debug, Clone)]
-pub struct ShimOptions<'a> {
-    /// The `bottle` binary inside the sandbox.
-    pub binary: &'a str,
-    /// Where the gate's sockets are inside the sandbox.
-    pub socket_dir: &'a str,
-    pub gate_timeout: Duration,
-    /// The CA to add to the trust stores (as root, before the drop).
-    pub ca: Option<&'a str>,
-    /// The agent's `UID:GID` to drop to; `None` when the sandbox starts
-    /// as the agent already.
-    pub user: Option<(u32, u32)>,
-    /// RLIMIT_NPROC for the command, where the sandbox counts it for this
-    /// bottle alone.
-    pub nproc: Option<i64>,
-    /// RLIMIT_DATA for the command, where no memory cgroup bounds it.
-    pub data_limit: Option<u64>,
-    /// RLIMIT_NOFILE for the command, where the sandbox's runtime does not
-    /// set it.
-    pub nofile: Option<u64>,
-    /// Confine the command with Landlock.
-    pub landlock: Option<Landlock>,
-}
+pub use bottle_shim::{Landlock, ShimArgs, User};
 
-pub use bottle_shim::Landlock;
-
-/// The shim's command line around `command`, from the shim's own typed
-/// arguments (see [`bottle_shim::ShimArgs`]).
-pub fn shim_argv(plan: &Plan, o: &ShimOptions<'_>, command: &[String]) -> Vec<String> {
+/// The shim's arguments every backend starts from: a loopback forward to
+/// each of the bottle's gate sockets in `socket_dir`, the wait for the
+/// gate, and `command`; the backend sets what else its sandbox needs.
+pub fn shim_args(
+    plan: &Plan,
+    socket_dir: &str,
+    gate_timeout: Duration,
+    command: &[String],
+) -> ShimArgs {
     let forward = |port: u16, socket: &str| bottle_shim::Forward {
         port,
-        socket: std::path::Path::new(o.socket_dir).join(socket),
+        socket: std::path::Path::new(socket_dir).join(socket),
     };
     let mut forwards = vec![forward(PROXY_PORT, EGRESS_SOCKET)];
     if !plan.git.is_empty() {
@@ -82,18 +63,22 @@ pub fn shim_argv(plan: &Plan, o: &ShimOptions<'_>, command: &[String]) -> Vec<St
     if plan.supervise {
         forwards.push(forward(SUPERVISE_PORT, SUPERVISE_SOCKET));
     }
-    let args = bottle_shim::ShimArgs {
+    ShimArgs {
         forwards,
-        gate_timeout_ms: u64::try_from(o.gate_timeout.as_millis()).unwrap_or(u64::MAX),
-        ca: o.ca.map(Into::into),
-        user: o.user.map(|(uid, gid)| bottle_shim::User { uid, gid }),
-        nproc: o.nproc.and_then(|n| u64::try_from(n).ok()),
-        data_limit: o.data_limit,
-        nofile: o.nofile,
-        landlock: o.landlock,
+        gate_timeout_ms: u64::try_from(gate_timeout.as_millis()).unwrap_or(u64::MAX),
+        ca: None,
+        user: None,
+        nproc: None,
+        data_limit: None,
+        nofile: None,
+        landlock: None,
         command: command.to_vec(),
-    };
-    let mut argv = vec![o.binary.to_owned(), "shim".to_owned()];
+    }
+}
+
+/// `binary shim ARGS…`.
+pub fn shim_argv(binary: &str, args: &ShimArgs) -> Vec<String> {
+    let mut argv = vec![binary.to_owned(), "shim".to_owned()];
     argv.extend(args.to_args());
     argv
 }

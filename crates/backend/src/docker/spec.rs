@@ -87,22 +87,19 @@ pub fn agent_container(
     // processes are bounded by RLIMIT_NPROC, which that kernel counts for
     // this bottle alone, and the host limit leaves room for the sandbox.
     let gvisor = runtime.as_deref() == Some("runsc");
-    let entrypoint = crate::sandbox::shim_argv(
-        &p.plan,
-        &crate::sandbox::ShimOptions {
-            binary: BINARY,
-            socket_dir: SOCKET_DIR,
-            gate_timeout,
-            ca: Some(AGENT_CA_PATH),
-            user: Some((AGENT_UID, AGENT_UID)),
-            nproc: gvisor.then_some(p.plan.resources.pids),
-            data_limit: None,
-            nofile: None,
-            landlock: None,
-        },
+    let shim = crate::sandbox::ShimArgs {
+        ca: Some(AGENT_CA_PATH.into()),
+        user: Some(crate::sandbox::User {
+            uid: AGENT_UID,
+            gid: AGENT_UID,
+        }),
+        nproc: gvisor
+            .then(|| u64::try_from(p.plan.resources.pids).ok())
+            .flatten(),
         // The command is the container's own (`cmd`), after the `--`.
-        &[],
-    );
+        ..crate::sandbox::shim_args(&p.plan, SOCKET_DIR, gate_timeout, &[])
+    };
+    let entrypoint = crate::sandbox::shim_argv(BINARY, &shim);
     let mut labels = p.labels.clone();
     labels.insert(ROLE_LABEL.into(), "agent".into());
     let resources = &p.plan.resources;

@@ -72,27 +72,20 @@ impl NativeBackend {
             a.arg("--add-seccomp-fd").arg(fd.to_string());
         }
         a.arg("--");
-        a.args(crate::sandbox::shim_argv(
-            plan,
-            &crate::sandbox::ShimOptions {
-                binary: SHIM,
-                socket_dir: SOCKET_DIR,
-                gate_timeout: self.settings.gate_timeout,
-                ca: None,
-                user: None,
-                nproc: Some(plan.resources.pids),
-                data_limit: Some(plan.resources.memory_bytes),
-                nofile: Some(plan.resources.nofile),
-                // Launched by root, the agent is root outside its
-                // namespaces: Landlock must hold, or it does not start.
-                landlock: Some(if nix::unistd::getuid().is_root() {
-                    crate::sandbox::Landlock::Required
-                } else {
-                    crate::sandbox::Landlock::BestEffort
-                }),
-            },
-            run.command,
-        ));
+        let shim = crate::sandbox::ShimArgs {
+            nproc: u64::try_from(plan.resources.pids).ok(),
+            data_limit: Some(plan.resources.memory_bytes),
+            nofile: Some(plan.resources.nofile),
+            // Launched by root, the agent is root outside its namespaces:
+            // Landlock must hold, or it does not start.
+            landlock: Some(if nix::unistd::getuid().is_root() {
+                crate::sandbox::Landlock::Required
+            } else {
+                crate::sandbox::Landlock::BestEffort
+            }),
+            ..crate::sandbox::shim_args(plan, SOCKET_DIR, self.settings.gate_timeout, run.command)
+        };
+        a.args(crate::sandbox::shim_argv(SHIM, &shim));
         Ok(a.into_vec())
     }
 }

@@ -128,16 +128,12 @@ impl Args {
         self
     }
 
-    fn bind_as(&mut self, flag: &str, host: &Path, inside: &OsStr) -> &mut Args {
-        self.arg(flag).arg(host).arg(inside)
-    }
-
     pub fn ro_bind(&mut self, host: &Path, inside: impl AsRef<OsStr>) -> &mut Args {
-        self.bind_as("--ro-bind", host, inside.as_ref())
+        self.arg("--ro-bind").arg(host).arg(inside.as_ref())
     }
 
     pub fn bind(&mut self, host: &Path, inside: impl AsRef<OsStr>) -> &mut Args {
-        self.bind_as("--bind", host, inside.as_ref())
+        self.arg("--bind").arg(host).arg(inside.as_ref())
     }
 
     pub fn into_vec(self) -> Vec<OsString> {
@@ -227,6 +223,17 @@ impl Args {
         for path in GATE_ETC {
             self.arg("--ro-bind-try").arg(path).arg(path);
         }
+        self.etc_overlay(passwd, group, extra)
+    }
+
+    /// What every sandbox's `/etc` ends with: its own account database,
+    /// `extra` files (host path, path inside), and all of it read-only.
+    fn etc_overlay(
+        &mut self,
+        passwd: &Path,
+        group: &Path,
+        extra: &[(PathBuf, String)],
+    ) -> &mut Args {
         self.ro_bind(passwd, "/etc/passwd");
         self.ro_bind(group, "/etc/group");
         for (host, inside) in extra {
@@ -260,12 +267,7 @@ impl Args {
                 Err(_) => {}
             }
         }
-        self.ro_bind(passwd, "/etc/passwd");
-        self.ro_bind(group, "/etc/group");
-        for (host, inside) in extra {
-            self.ro_bind(host, inside);
-        }
-        self.args(["--remount-ro", "/etc"])
+        self.etc_overlay(passwd, group, extra)
     }
 }
 

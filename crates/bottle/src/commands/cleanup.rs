@@ -139,16 +139,21 @@ async fn run_on<B: Backend>(
             data: true,
             launcher: None,
         };
+        // Asked once, not once per bottle (a native probe starts processes).
+        let mut usable = Vec::new();
+        for backend in backends {
+            usable.push(backend.availability().await.is_usable());
+        }
         for b in &targets {
             let dir = b.record.as_ref().map(|r| r.dir.clone()).unwrap_or_else(|| {
                 bottle_backend::state::BottleDir::new(global.state_root.join(&b.identity))
             });
             // Every usable backend that holds anything of it, and the one
             // it is recorded on.
-            for backend in backends {
+            for (backend, usable) in backends.iter().zip(&usable) {
                 let holds = b.found.iter().any(|f| f.backend == backend.name())
                     || b.backend() == Some(backend.name());
-                if holds && backend.availability().await.is_usable() {
+                if holds && *usable {
                     backend.teardown(&b.identity, &dir, scope).await?;
                 }
             }
