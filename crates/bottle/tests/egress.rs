@@ -144,6 +144,13 @@ fn audit_log_records_every_decision() {
         .expect("denied request logged");
     assert_eq!(denied["decision"], "deny");
     assert_eq!(denied["status"], 403);
+    // The gate was stopped, not killed: it wrote out what it had queued.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["role"] == "gate" && l["event"] == "stop" && l["serves"] == "egress"),
+        "the egress gate records its stop:\n{log}"
+    );
     // Containers and network are gone; the state directory and the
     // workspace volume stay, for resume.
     assert_eq!(running_parts(&identity), Vec::<String>::new());

@@ -1,15 +1,20 @@
 //! Tearing a bottle down: by label, whatever this process recorded.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{
     ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions,
-    RemoveVolumeOptions,
+    RemoveVolumeOptions, StopContainerOptions,
 };
 use futures_util::future::join_all;
 
-use super::{IDENTITY_LABEL, LAUNCHER_LABEL, is_conflict, is_not_found};
+use super::{IDENTITY_LABEL, LAUNCHER_LABEL, ROLE_LABEL, is_conflict, is_not_found};
+
+/// How long a gate has to write out its audit log after SIGTERM before it
+/// is killed.
+const GATE_STOP_GRACE_SECS: i32 = 2;
 use crate::{BackendError, Scope};
 
 /// Removes every container (and, as `scope` says, network and volume)
@@ -39,6 +44,28 @@ pub async fn teardown(
         }))
         .await
         .map_err(|e| BackendError::docker("list containers", e))?;
+    // A gate stopped by SIGTERM writes what its audit log still has
+    // queued (and the counts of refusals it held back); one removed by
+    // force would lose the last few milliseconds of decisions.
+    let gates = containers.iter().filter(|c| {
+        c.state.as_ref().is_some_and(|s| s.to_string() == "running")
+            && c.labels
+                .as_ref()
+                .and_then(|l| l.get(ROLE_LABEL))
+                .is_some_and(|role| role != "agent")
+    });
+    join_all(gates.filter_map(|c| c.id.as_deref()).map(|id| async move {
+        let options = StopContainerOptions {
+            t: Some(GATE_STOP_GRACE_SECS),
+            ..Default::default()
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(GATE_STOP_GRACE_SECS as u64 + 5),
+            docker.stop_container(id, Some(options)),
+        )
+        .await;
+    }))
+    .await;
     let removals = containers
         .iter()
         .filter_map(|c| c.id.as_deref())
