@@ -336,7 +336,8 @@ pub fn upstream_host_port(upstream: &str) -> (String, u16) {
     (host_port.trim_matches(['[', ']']).to_owned(), 22)
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BackendError> {
+/// Writes `path` with `mode` exactly (the umask does not narrow it).
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BackendError> {
     let io = |source| BackendError::Io {
         path: path.to_owned(),
         source,
@@ -347,6 +348,8 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BackendError> 
         .write(true)
         .mode(mode)
         .open(path)
+        .map_err(io)?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(io)?;
     std::io::Write::write_all(&mut file, bytes).map_err(io)
 }

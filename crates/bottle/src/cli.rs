@@ -114,6 +114,10 @@ pub enum Command {
         /// The hook: pre-receive.
         name: String,
     },
+    /// Start a native sandbox as the agent's own host uid (a bottle
+    /// launched by root).
+    #[command(hide = true)]
+    NativeSandbox(bottle_backend::native::unprivileged::StageArgs),
     /// Remove what is left of a bottle after its launcher returned.
     #[command(hide = true)]
     Reap(bottle_backend::lifecycle::ReapArgs),

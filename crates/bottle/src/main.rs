@@ -55,9 +55,15 @@ fn main() {
     // Whatever started this process may have left descriptors open past
     // the standard streams (a socket, a directory): none of them is
     // bot-bottle's to pass on, so none reaches a gate, a sandbox or an
-    // agent's command. Done first, before any thread exists.
-    close_fds::set_fds_cloexec_threadsafe(3, &[]);
+    // agent's command. Done before any thread exists, once the command
+    // line is parsed (which starts none and opens none): the native
+    // sandbox's helper passes on the filters it was handed.
     let cli = Cli::parse();
+    let keep: &[i32] = match &cli.command {
+        Command::NativeSandbox(args) => &args.keep_fds,
+        _ => &[],
+    };
+    close_fds::set_fds_cloexec_threadsafe(3, keep);
     let printer = Printer::new(cli.verbose);
     let result = match cli.command {
         Command::Start(args) => commands::start::run(args, &printer),
@@ -87,6 +93,7 @@ fn main() {
         Command::Gate(args) => commands::gate::run(args),
         Command::Shim(args) => commands::shim::run(args),
         Command::Reap(args) => commands::reap::run(args),
+        Command::NativeSandbox(args) => commands::shim::native_sandbox(&args),
         Command::Doctor { format } => commands::doctor::run(format, &printer),
         Command::GitHook { name } => commands::gate::hook(&name),
         Command::PrepareTrust => commands::shim::prepare_trust(),

@@ -101,31 +101,21 @@ fn limits_are_in_force_and_a_process_past_them_is_stopped() {
     if test_runtime() == "runc" || native() {
         assert_ne!(probe.get("userns_rc"), "0", "a user namespace was made");
     }
-    // Launched by root, a native agent is root outside its namespaces and
-    // owns the host's device nodes bound into its /dev: a known gap
-    // (docs/backends.md, "Launched by root").
-    if !(native() && nix::unistd::getuid().is_root()) {
-        assert_ne!(
-            probe.get("devchmod_rc"),
-            "0",
-            "the host's /dev/null changed mode"
-        );
-    }
+    // Launched by root too, a native agent is not root outside its
+    // namespaces: the host's device nodes in its /dev are not its own.
+    assert_ne!(
+        probe.get("devchmod_rc"),
+        "0",
+        "the host's /dev/null changed mode"
+    );
     // /dev/shm is bounded (Docker's 64 MiB, native's `tmp`); gVisor's is
     // the sandbox's memory.
     if test_runtime() == "runc" || native() {
         assert_ne!(probe.get("shm_rc"), "0", "/dev/shm is bounded");
     }
     let forked: u32 = probe.get("forked").parse().unwrap();
-    if native() && nix::unistd::getuid().is_root() {
-        // Launched by root, the native agent's uid is root's outside its
-        // namespace, whose processes the kernel does not count against
-        // RLIMIT_NPROC (docs/backends.md): the limit is set, not binding.
-        assert_eq!(probe.get("nproc"), "64", "the shim set RLIMIT_NPROC");
-    } else {
-        assert!(forked < 64, "the pids limit stopped the forks at {forked}");
-        assert_eq!(probe.get("fork_errno"), "11", "fork failed with EAGAIN");
-    }
+    assert!(forked < 64, "the pids limit stopped the forks at {forked}");
+    assert_eq!(probe.get("fork_errno"), "11", "fork failed with EAGAIN");
     if test_runtime() == "runc" {
         assert_ne!(probe.get("hog_rc"), "0", "the memory hog was stopped");
     } else {

@@ -19,6 +19,7 @@ mod gates;
 mod processes;
 pub mod seccomp;
 mod session;
+pub mod unprivileged;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
@@ -114,11 +115,14 @@ fn private_dir(path: &Path) -> Result<(), BackendError> {
         .map_err(io_err(path))
 }
 
+/// Writes a file the sandbox reads (never a secret: the directories
+/// around it are private), readable by the agent's uid whatever the
+/// launcher's umask.
 fn write(path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
     if let Some(parent) = path.parent() {
         private_dir(parent)?;
     }
-    std::fs::write(path, bytes).map_err(io_err(path))
+    crate::state::write_file(path, bytes, 0o644)
 }
 
 /// A program on `PATH`.
@@ -276,9 +280,12 @@ impl Backend for NativeBackend {
             },
             plan.resources.pids,
             if nix::unistd::getuid().is_root() {
-                " (not binding: started by root, the agent is root outside its namespaces, which the kernel does not count)"
+                format!(
+                    " (launched by root, the agent runs as host uid {})",
+                    unprivileged::host_id(&plan.identity)?
+                )
             } else {
-                ""
+                String::new()
             },
             plan.resources.memory_bytes >> 20,
             plan.resources.nofile,
@@ -456,8 +463,21 @@ impl Backend for NativeBackend {
         let fds = session::filter_fds(&agent.filters)?;
         let raw: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         let args = self.agent_args(p, &run, &raw)?;
+        // Launched by root, the sandbox runs as an unprivileged host uid
+        // of the bottle's own (see `unprivileged`).
+        let (program, args) = if nix::unistd::getuid().is_root() {
+            let id = unprivileged::host_id(&p.plan.identity)?;
+            unprivileged::give(&home_dir(&p.dir), id)?;
+            unprivileged::give(&workspace_dir(&p.dir), id)?;
+            let staged = unprivileged::stage(&p.bwrap, args, &raw, id)?;
+            let mut argv = vec![std::ffi::OsString::from(unprivileged::SUBCOMMAND)];
+            argv.extend(staged.to_args());
+            (std::env::current_exe()?, argv)
+        } else {
+            (p.bwrap.clone(), args)
+        };
         let env = agent_env(&p.plan, tty)?;
-        let code = session::run(&p.bwrap, &args, env, tty, &p.dir, fds, run.timing).await?;
+        let code = session::run(&program, &args, env, tty, &p.dir, fds, run.timing).await?;
         Ok(code)
     }
 

@@ -8,6 +8,18 @@ pub fn run(args: bottle_shim::ShimArgs) -> Result<i32, Failure> {
     Ok(bottle_shim::run(args.into()))
 }
 
+/// `bottle native-sandbox`: becomes bubblewrap as the agent's host uid;
+/// returns only when it could not.
+pub fn native_sandbox(
+    args: &bottle_backend::native::unprivileged::StageArgs,
+) -> Result<i32, Failure> {
+    let error = bottle_backend::native::unprivileged::run(args);
+    Err(Failure::new(
+        exit::SOFTWARE,
+        anyhow!("starting the sandbox as host uid {}: {error}", args.id),
+    ))
+}
+
 /// `--user UID:GID`, parsed.
 pub fn user(spec: &str) -> Result<(u32, u32), Failure> {
     bottle_shim::parse_user(spec)
