@@ -8,6 +8,7 @@
 //! [`registry`] maps names to backends.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod capability;
 pub mod docker;
 pub mod fake;
@@ -79,6 +80,10 @@ pub enum BackendError {
     #[error("the bottle's CA: {0}")]
     Ca(String),
     #[error(
+        "{identity} is running already: another launcher holds it (bottle list active shows it; stop that one first)"
+    )]
+    Held { identity: String },
+    #[error(
         "the agent runs as uid {uid} in the bottle, and so do you: an agent that escaped would be you; start bottles as another user"
     )]
     AgentUidIsYours { uid: u32 },
@@ -125,9 +130,11 @@ impl BackendError {
             | E::BaseImageMissing { .. }
             | E::RuntimeMissing
             | E::ImageMissing { .. } => ErrorKind::Unavailable,
-            E::NetworkMissing { .. } | E::NameTaken { .. } | E::Refused { .. } | E::State(_) => {
-                ErrorKind::Config
-            }
+            E::NetworkMissing { .. }
+            | E::NameTaken { .. }
+            | E::Held { .. }
+            | E::Refused { .. }
+            | E::State(_) => ErrorKind::Config,
             _ => ErrorKind::Software,
         }
     }

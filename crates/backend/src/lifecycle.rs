@@ -51,6 +51,7 @@ pub async fn launch<B: Backend>(
     let mut signals = Interrupts::new()?;
     let dir = BottleDir::new(&plan.state_dir);
     dir.create()?;
+    let _held = dir.hold(&plan.identity)?;
     // A restart note no launcher took (its launcher ended first) is
     // stale: this run starts on the image its plan names.
     let _ = capability::take_restart(&dir);
@@ -401,6 +402,33 @@ mod tests {
         assert_eq!(meta.state, BottleState::Stopped);
         assert_eq!(meta.backend, plan.backend);
         assert!(dir.ca_cert().is_file(), "the CA is written first");
+    }
+
+    #[test]
+    fn a_bottle_another_launcher_holds_is_not_launched_twice() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(root.path(), false);
+        let dir = BottleDir::new(&plan.state_dir);
+        dir.create().unwrap_or_else(|e| panic!("{e}"));
+        // The other launcher's hold: another open file description.
+        let held = dir.hold(&plan.identity).unwrap_or_else(|e| panic!("{e}"));
+        let fake = FakeBackend::new(crate::BackendName::Native);
+        let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
+        let outcome = block_on(launch(&fake, &plan, prepared, None, &Quiet));
+        assert!(
+            matches!(outcome, Err(BackendError::Held { .. })),
+            "{outcome:?}"
+        );
+        assert!(
+            !fake
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Call::RunGates { .. })),
+            "nothing of the bottle started"
+        );
+        drop(held);
+        let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
+        block_on(launch(&fake, &plan, prepared, None, &Quiet)).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]

@@ -36,6 +36,31 @@ impl BottleDir {
     pub fn new(root: impl Into<PathBuf>) -> BottleDir {
         BottleDir { root: root.into() }
     }
+    /// Holds the bottle for this launcher until the file returned is
+    /// dropped (or the process ends): one launcher per bottle at a time,
+    /// so two `resume`s close together cannot both run it.
+    pub fn hold(&self, identity: &str) -> Result<std::fs::File, BackendError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.root.join("launcher.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|source| BackendError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(BackendError::Held {
+                identity: identity.to_owned(),
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(BackendError::Io { path, source }),
+        }
+    }
     pub fn metadata(&self) -> PathBuf {
         self.root.join("metadata.json")
     }
@@ -195,6 +220,7 @@ impl BottleDir {
                 .mode(0o700)
                 .create(parent)
                 .map_err(io(parent))?;
+            check_owned(parent)?;
         }
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -334,6 +360,51 @@ pub fn upstream_host_port(upstream: &str) -> (String, u16) {
         return (host.trim_matches(['[', ']']).to_owned(), port);
     }
     (host_port.trim_matches(['[', ']']).to_owned(), 22)
+}
+
+/// Refuses a state root another user could change: every directory on
+/// its path must be this user's or root's, and one that others may write
+/// must be sticky (as `/tmp` is: no one renames what is not theirs).
+/// Otherwise that user could swap a part of a bottle's state for a link
+/// and have the launcher (root, under `sudo -E`) write, give away or
+/// remove what the link points at.
+pub fn check_owned(root: &Path) -> Result<(), BackendError> {
+    use std::os::unix::fs::MetadataExt;
+    let real = root.canonicalize().map_err(|source| BackendError::Io {
+        path: root.to_owned(),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    for dir in real.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        let meta = std::fs::symlink_metadata(dir).map_err(|source| BackendError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(BackendError::Other(std::io::Error::other(format!(
+                "the state directory {} is under {}, which uid {} owns: another user could change a bottle's state there; set XDG_STATE_HOME to a directory of your own{}",
+                root.display(),
+                dir.display(),
+                meta.uid(),
+                if me == 0 {
+                    " (under sudo, do not keep the user's HOME)"
+                } else {
+                    ""
+                }
+            ))));
+        }
+        let writable_by_others = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if writable_by_others && !sticky {
+            return Err(BackendError::Other(std::io::Error::other(format!(
+                "the state directory {} is under {}, which others may write (mode {:o}): make it 0755 or narrower, or set XDG_STATE_HOME to a directory of your own",
+                root.display(),
+                dir.display(),
+                meta.mode() & 0o7777
+            ))));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `path` with `mode` exactly (the umask does not narrow it).
@@ -594,6 +665,27 @@ impl Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_root_others_could_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).unwrap_or_else(|e| panic!("{e}"));
+        assert!(check_owned(&open).is_ok());
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let dir = BottleDir::new(open.join("state").join("probe-x"));
+        let refused = match dir.create().map(|_| ()) {
+            Err(e) => e.to_string(),
+            Ok(()) => panic!("accepted"),
+        };
+        assert!(refused.contains("others may write"), "{refused}");
+        // Sticky, as /tmp is: others cannot rename what is not theirs.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777))
+            .unwrap_or_else(|e| panic!("{e}"));
+        dir.create().unwrap_or_else(|e| panic!("{e}"));
+    }
 
     /// A `metadata.json` as bot-bottle wrote it before the state had a
     /// version.

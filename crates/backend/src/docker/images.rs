@@ -247,10 +247,29 @@ pub async fn ensure(
 }
 
 fn lock_file(dir: &Path, tag: &str) -> Result<std::fs::File, BackendError> {
-    std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BackendError::Io { path, source }
+    };
+    // The directory is in the shared temporary directory, where another
+    // user may have made it first (with a link inside to a file of
+    // yours): it must be a directory of this user's that no one else can
+    // write, and the lock is never opened through a link.
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(dir)(e)),
+        _ => {}
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(BackendError::Other(std::io::Error::other(format!(
+            "{}: the image builds' lock directory is not a directory of yours that only you can write (owner uid {}, mode {:o}); remove it, or set TMPDIR to a directory of your own",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ))));
+    }
     let name: String = tag
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -260,6 +279,8 @@ fn lock_file(dir: &Path, tag: &str) -> Result<std::fs::File, BackendError> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|source| BackendError::Io { path, source })
 }
@@ -445,6 +466,26 @@ fn append_binary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_directory_others_could_write_or_a_planted_link_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = root.path().join("locks");
+        assert!(lock_file(&dir, "a:b").is_ok(), "made, then used");
+        let target = root.path().join("victim");
+        std::os::unix::fs::symlink(&target, dir.join(".build-c_d.lock"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(lock_file(&dir, "c:d").is_err(), "never through a link");
+        assert!(!target.exists(), "the link's target was not created");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refused = match lock_file(&dir, "a:b").map(|_| ()) {
+            Err(e) => e.to_string(),
+            Ok(()) => panic!("accepted"),
+        };
+        assert!(refused.contains("only you can write"), "{refused}");
+    }
 
     #[test]
     fn a_bottles_image_lays_bot_bottles_files_back_after_the_fragment() {

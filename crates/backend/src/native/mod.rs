@@ -118,7 +118,7 @@ fn private_dir(path: &Path) -> Result<(), BackendError> {
 /// Writes a file the sandbox reads (never a secret: the directories
 /// around it are private), readable by the agent's uid whatever the
 /// launcher's umask.
-fn write(path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
+pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
     if let Some(parent) = path.parent() {
         private_dir(parent)?;
     }
@@ -280,10 +280,7 @@ impl Backend for NativeBackend {
             },
             plan.resources.pids,
             if nix::unistd::getuid().is_root() {
-                format!(
-                    " (launched by root, the agent runs as host uid {})",
-                    unprivileged::host_id(&plan.identity)?
-                )
+                " (launched by root, the agent runs as a host uid of its own)".to_owned()
             } else {
                 String::new()
             },
@@ -466,7 +463,7 @@ impl Backend for NativeBackend {
         // Launched by root, the sandbox runs as an unprivileged host uid
         // of the bottle's own (see `unprivileged`).
         let (program, args) = if nix::unistd::getuid().is_root() {
-            let id = unprivileged::host_id(&p.plan.identity)?;
+            let id = unprivileged::host_id(&p.dir, &p.plan.identity)?;
             unprivileged::give(&home_dir(&p.dir), id)?;
             unprivileged::give(&workspace_dir(&p.dir), id)?;
             let staged = unprivileged::stage(&p.bwrap, args, &raw, id)?;

@@ -20,6 +20,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::BackendError;
+use crate::state::BottleDir;
 
 /// First host uid (and gid) of the range root-launched agents run as.
 const FIRST_ID: u32 = 0x7000_0000;
@@ -31,14 +32,38 @@ pub const SUBCOMMAND: &str = "native-sandbox";
 /// namespace (a tmpfs over it there; the host's is untouched).
 const STAGE: &str = "/tmp";
 
-/// The host uid and gid a root-launched bottle's agent runs as: the same
-/// for every start of the bottle, so its files stay its own on resume.
-pub fn host_id(identity: &str) -> Result<u32, BackendError> {
-    // FNV-1a: stable across builds and machines.
-    let hash = identity.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    let id = FIRST_ID + hash % IDS;
+/// Where a bottle's host id is on record.
+fn id_file(dir: &BottleDir) -> PathBuf {
+    super::native_dir(dir).join("host-id")
+}
+
+/// The host uid and gid a root-launched bottle's agent runs as: chosen at
+/// its first start and kept on record, so its files stay its own on
+/// resume. Never an id an account, a group or a subordinate range
+/// (`/etc/subuid`, `/etc/subgid`) of the host has, nor one another bottle
+/// of the state root has; and one this launcher's user namespace maps.
+pub fn host_id(dir: &BottleDir, identity: &str) -> Result<u32, BackendError> {
+    let recorded = id_file(dir);
+    let id = match std::fs::read_to_string(&recorded) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| (FIRST_ID..FIRST_ID + IDS).contains(id))
+            .ok_or_else(|| {
+                BackendError::Other(std::io::Error::other(format!(
+                    "{}: not a host id of bot-bottle's range; remove the bottle (bottle rm) and start it again",
+                    recorded.display()
+                )))
+            })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => choose(dir, identity)?,
+        Err(source) => {
+            return Err(BackendError::Io {
+                path: recorded,
+                source,
+            });
+        }
+    };
     for map in ["/proc/self/uid_map", "/proc/self/gid_map"] {
         let text = std::fs::read_to_string(map).map_err(|source| BackendError::Io {
             path: PathBuf::from(map),
@@ -53,6 +78,74 @@ pub fn host_id(identity: &str) -> Result<u32, BackendError> {
     Ok(id)
 }
 
+/// Most ids tried before giving up.
+const TRIES: u32 = 4096;
+
+/// Picks a free id, starting from the identity's, and records it; one
+/// launcher at a time per state root.
+fn choose(dir: &BottleDir, identity: &str) -> Result<u32, BackendError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BackendError::Io { path, source }
+    };
+    let state_root = dir.root.parent().unwrap_or(Path::new("/"));
+    // The state root itself is the lock: nothing is left in it.
+    let lock = std::fs::File::open(state_root).map_err(io(state_root))?;
+    lock.lock().map_err(io(state_root))?;
+    let others: std::collections::HashSet<u32> = std::fs::read_dir(state_root)
+        .map_err(io(state_root))?
+        .flatten()
+        .filter(|e| e.path() != dir.root)
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(id_file(&BottleDir::new(e.path()))).ok()?;
+            text.trim().parse().ok()
+        })
+        .collect();
+    let subordinate: Vec<(u64, u64)> = ["/etc/subuid", "/etc/subgid"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|line| {
+                    let mut fields = line.split(':').skip(1);
+                    let first: u64 = fields.next()?.trim().parse().ok()?;
+                    let count: u64 = fields.next()?.trim().parse().ok()?;
+                    Some((first, first + count))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // FNV-1a of the identity: the first id tried, stable across builds.
+    let hash = identity.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let free = (0..TRIES)
+        .map(|k| FIRST_ID + hash.wrapping_add(k) % IDS)
+        .find(|&id| {
+            let wide = u64::from(id);
+            !others.contains(&id)
+                && !subordinate.iter().any(|&(a, b)| a <= wide && wide < b)
+                && !known("passwd", id)
+                && !known("group", id)
+        })
+        .ok_or_else(|| {
+            BackendError::Other(std::io::Error::other(format!(
+                "native: no free host id among {TRIES} tried from {FIRST_ID}; remove bottles you no longer need (bottle cleanup)"
+            )))
+        })?;
+    let recorded = id_file(dir);
+    super::write(&recorded, format!("{free}\n").as_bytes())?;
+    drop(lock);
+    Ok(free)
+}
+
+/// Whether the host's name service knows `id` in `database` (`passwd`,
+/// `group`), directory services included; when it cannot be asked, the
+/// id is taken (never guess an id free).
+fn known(database: &str, id: u32) -> bool {
+    crate::accounts::name_of(database, id).is_none_or(|name| name.is_some())
+}
+
 /// Whether an id map (`inside outside count` lines) covers `id`.
 fn maps(text: &str, id: u32) -> bool {
     text.lines().any(|line| {
@@ -64,26 +157,72 @@ fn maps(text: &str, id: u32) -> bool {
     })
 }
 
-/// Gives `root` and everything under it to `id` (owner and group), never
-/// through a link and never past a mount point: the agent's home and
-/// workspace, which root wrote (the `--cwd` copy, the skills).
+/// Gives `root` and everything under it to `id` (owner and group): the
+/// agent's home and workspace, which root wrote (the `--cwd` copy, the
+/// skills). The walk goes by descriptor, each directory opened from its
+/// parent without following a link, and never past a mount point: a tree
+/// the agent shaped in an earlier run (links, deep paths) cannot turn a
+/// step of it into a change of anything outside.
 pub fn give(root: &Path, id: u32) -> Result<(), BackendError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| BackendError::Io { path, source }
-    };
-    let device = std::fs::symlink_metadata(root).map_err(io(root))?.dev();
-    let mut pending = vec![root.to_owned()];
-    while let Some(path) = pending.pop() {
-        let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
-        if meta.uid() != id || meta.gid() != id {
-            std::os::unix::fs::lchown(&path, Some(id), Some(id)).map_err(io(&path))?;
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{Mode, fstat, fstatat};
+    let fail = |what: &Path| {
+        let path = what.to_owned();
+        move |e: nix::Error| BackendError::Io {
+            path,
+            source: e.into(),
         }
-        if meta.is_dir() && meta.dev() == device {
-            for entry in std::fs::read_dir(&path).map_err(io(&path))? {
-                pending.push(entry.map_err(io(&path))?.path());
+    };
+    let directory = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let top = nix::fcntl::open(root, directory, Mode::empty()).map_err(fail(root))?;
+    let stat = fstat(&top).map_err(fail(root))?;
+    let device = stat.st_dev;
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(id),
+        nix::unistd::Gid::from_raw(id),
+    );
+    if stat.st_uid != id || stat.st_gid != id {
+        nix::unistd::fchown(&top, Some(uid), Some(gid)).map_err(fail(root))?;
+    }
+    // Directories still to walk: (parent, name), each parent open; depth
+    // first, so what is open is the path being walked.
+    let mut pending: Vec<(std::rc::Rc<OwnedFd>, CString)> = Vec::new();
+    let list = |dir: std::rc::Rc<OwnedFd>,
+                pending: &mut Vec<(std::rc::Rc<OwnedFd>, CString)>|
+     -> Result<(), BackendError> {
+        let listing = dir.try_clone().map_err(BackendError::from)?;
+        let mut listing = nix::dir::Dir::from_fd(listing).map_err(fail(root))?;
+        let names: Vec<CString> = listing
+            .iter()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .collect();
+        for name in names {
+            let stat = fstatat(&*dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(fail(root))?;
+            if stat.st_dev == device && (stat.st_uid != id || stat.st_gid != id) {
+                nix::unistd::fchownat(
+                    &*dir,
+                    name.as_c_str(),
+                    Some(uid),
+                    Some(gid),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(fail(root))?;
+            }
+            if stat.st_mode & libc::S_IFMT == libc::S_IFDIR && stat.st_dev == device {
+                pending.push((std::rc::Rc::clone(&dir), name));
             }
         }
+        Ok(())
+    };
+    list(std::rc::Rc::new(top), &mut pending)?;
+    while let Some((parent, name)) = pending.pop() {
+        let dir = nix::fcntl::openat(&*parent, name.as_c_str(), directory, Mode::empty())
+            .map_err(fail(root))?;
+        drop(parent);
+        list(std::rc::Rc::new(dir), &mut pending)?;
     }
     Ok(())
 }
@@ -287,10 +426,18 @@ mod tests {
 
     #[test]
     fn an_id_is_stable_and_in_its_range() {
-        let a = host_id("bottle-a").unwrap();
-        assert_eq!(a, host_id("bottle-a").unwrap());
-        assert_ne!(a, host_id("bottle-b").unwrap());
+        let root = tempfile::tempdir().unwrap();
+        let a_dir = BottleDir::new(root.path().join("a"));
+        let b_dir = BottleDir::new(root.path().join("b"));
+        for d in [&a_dir, &b_dir] {
+            std::fs::create_dir(&d.root).unwrap();
+        }
+        let a = host_id(&a_dir, "bottle-a").unwrap();
+        assert_eq!(a, host_id(&a_dir, "bottle-a").unwrap(), "kept on record");
         assert!((FIRST_ID..FIRST_ID + IDS).contains(&a));
+        // Another bottle whose identity starts at the same id gets the next.
+        let b = host_id(&b_dir, "bottle-a").unwrap();
+        assert_ne!(a, b, "two bottles never share an id");
         assert!(maps("0 0 4294967295\n", a));
         assert!(!maps("0 0 65536\n", a), "a narrow map does not cover it");
         assert!(maps("0 100000 65536\n1879048192 1 16777216\n", FIRST_ID));

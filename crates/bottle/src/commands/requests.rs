@@ -125,10 +125,8 @@ pub fn ensure_pending(request: &Request) -> Result<(), Failure> {
 /// The host user deciding, for the record.
 pub fn decider() -> String {
     let uid = nix::unistd::getuid();
-    nix::unistd::User::from_uid(uid)
-        .ok()
+    bottle_backend::accounts::name_of("passwd", uid.as_raw())
         .flatten()
-        .map(|u| u.name)
         .unwrap_or_else(|| format!("uid {uid}"))
 }
 
