@@ -114,6 +114,15 @@ pub enum Command {
         /// The hook: pre-receive.
         name: String,
     },
+    /// Connect this terminal to a running bottle's agent (Ctrl-P Ctrl-Q
+    /// detaches; the agent runs on).
+    Attach {
+        /// The bottle's identity (see `bottle list active`).
+        identity: String,
+    },
+    /// Connect this terminal to a native bottle's agent terminal.
+    #[command(hide = true)]
+    NativeAttach(bottle_backend::native::attach::AttachArgs),
     /// Start a native sandbox as the agent's own host uid (a bottle
     /// launched by root).
     #[command(hide = true)]

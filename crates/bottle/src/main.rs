@@ -94,6 +94,8 @@ fn main() {
         Command::Shim(args) => commands::shim::run(args),
         Command::Reap(args) => commands::reap::run(args),
         Command::NativeSandbox(args) => commands::shim::native_sandbox(&args),
+        Command::Attach { identity } => commands::attach::run(&identity),
+        Command::NativeAttach(args) => commands::attach::native(&args),
         Command::Doctor { format } => commands::doctor::run(format, &printer),
         Command::GitHook { name } => commands::gate::hook(&name),
         Command::PrepareTrust => commands::shim::prepare_trust(),

@@ -61,3 +61,86 @@ fn a_terminal_session_round_trip() {
     );
     assert!(text.contains("EXIT=3"), "{text}");
 }
+
+/// `bottle attach` from a second terminal: its keys reach the agent, the
+/// agent's output reaches it, and Ctrl-P Ctrl-Q leaves the agent running.
+#[test]
+fn another_terminal_attaches_to_the_agent_and_detaches_leaving_it_running() {
+    if !docker_available() {
+        return;
+    }
+    ensure_images();
+    let world = World::new();
+    let session = format!("bbtest-attach-{}", std::process::id());
+    let cmd = world.command();
+    let envs: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
+        .collect();
+    let env = format!("env {} {}", envs.join(" "), bottle_bin().display());
+    let line = format!(
+        "{env} start probe -y --rm -- bash -c 'echo ID=$BOTTLE_IDENTITY; while read -r x; do echo got=$x; [ \"$x\" = bye ] && exit 4; done'; echo EXIT=$?; sleep 60"
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "20",
+        &line,
+    ]);
+    let main = format!("{session}:0");
+    let screen = |target: &str| tmux(&["capture-pane", "-p", "-t", target]);
+    let started = wait_until(Duration::from_secs(60), || screen(&main).contains("ID="));
+    let text = screen(&main);
+    let identity = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ID="))
+        .map(str::to_owned);
+    let Some(identity) = identity.filter(|_| started) else {
+        tmux(&["kill-session", "-t", &session]);
+        panic!("the bottle did not start: {text}");
+    };
+    tmux(&[
+        "new-window",
+        "-t",
+        &session,
+        "-n",
+        "att",
+        &format!("{env} attach {identity}; echo ATTACH_EXIT=$?; sleep 60"),
+    ]);
+    let att = format!("{session}:att");
+    // Keys typed until one comes back: the attach takes a moment.
+    let mut n = 0;
+    let through = wait_until(Duration::from_secs(30), || {
+        n += 1;
+        tmux(&["send-keys", "-t", &att, &format!("hello{n}"), "Enter"]);
+        std::thread::sleep(Duration::from_millis(300));
+        screen(&att).contains("got=hello")
+    });
+    let reached = screen(&main).contains("got=hello");
+    tmux(&["send-keys", "-t", &att, "C-p", "C-q"]);
+    let detached = wait_until(Duration::from_secs(20), || {
+        screen(&att).contains("ATTACH_EXIT=")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let still_running = !screen(&main).contains("EXIT=");
+    tmux(&["send-keys", "-t", &main, "bye", "Enter"]);
+    let ended = wait_until(Duration::from_secs(20), || screen(&main).contains("EXIT="));
+    let (main_text, att_text) = (screen(&main), screen(&att));
+    tmux(&["kill-session", "-t", &session]);
+    assert!(
+        through,
+        "the attached terminal's keys did not come back: {att_text}"
+    );
+    assert!(
+        reached,
+        "the launcher's terminal did not show them: {main_text}"
+    );
+    assert!(detached, "Ctrl-P Ctrl-Q did not detach: {att_text}");
+    assert!(still_running, "detaching stopped the agent: {main_text}");
+    assert!(ended && main_text.contains("EXIT=4"), "{main_text}");
+}

@@ -13,6 +13,7 @@
 //! and `list` say.
 
 mod agent;
+pub mod attach;
 use agent::{agent_env, trust_bundle};
 mod bwrap;
 mod gates;
@@ -626,11 +627,22 @@ impl Backend for NativeBackend {
         Ok(out)
     }
 
-    fn attach_argv(&self, _identity: &str, _dir: &BottleDir) -> Result<Vec<String>, BackendError> {
-        Err(refused(
-            "attaching from another terminal",
-            "a native bottle's terminal is held by the launcher that started it, and this build has no detached start (bottle start -d) yet",
-        ))
+    fn attach_argv(&self, identity: &str, dir: &BottleDir) -> Result<Vec<String>, BackendError> {
+        let socket = native_dir(dir).join(attach::SOCKET);
+        if !socket.exists() {
+            return Err(refused(
+                "attaching a terminal",
+                format!(
+                    "{identity}'s agent has no terminal to attach to: it is not running, or its launcher was started without one"
+                ),
+            ));
+        }
+        let mut argv = vec![
+            std::env::current_exe()?.display().to_string(),
+            attach::SUBCOMMAND.to_owned(),
+        ];
+        argv.extend(attach::AttachArgs { socket }.to_args());
+        Ok(argv)
     }
 
     async fn leftovers(&self) -> Vec<String> {

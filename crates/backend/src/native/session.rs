@@ -168,6 +168,14 @@ pub async fn run(
     } else {
         None
     };
+    // Other terminals may attach to the sandbox's (bottle attach).
+    let server = match &pty {
+        Some(pty) => Some(super::attach::serve(
+            &super::native_dir(dir).join(super::attach::SOCKET),
+            &pty.master,
+        )?),
+        None => None,
+    };
     let spawned = command.spawn();
     drop(filters);
     let mut child = spawned.map_err(|e| {
@@ -186,12 +194,14 @@ pub async fn run(
         .as_ref()
         .filter(|_| std::io::IsTerminal::is_terminal(&std::io::stdin()))
         .and_then(|_| crate::terminal::RawMode::enter());
-    let pumps = pty.map(Pty::pump);
+    let attached = server.as_ref().map(|s| s.attached.clone());
+    let pumps = pty.map(|pty| pty.pump(attached));
     let status = child.wait().await?;
     timing("command finished");
     if let Some(pumps) = pumps {
         pumps.finish();
     }
+    drop(server);
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()
@@ -255,7 +265,7 @@ impl Pty {
     /// Copies keys in and output out on threads of their own (they end
     /// with the terminal), and keeps the sandbox's window the launcher's
     /// size.
-    fn pump(self) -> Pumps {
+    fn pump(self, attached: Option<super::attach::Attached>) -> Pumps {
         let Pty { master, slave } = self;
         // The sandbox holds its own copies of the slave.
         drop(slave);
@@ -281,10 +291,18 @@ impl Pty {
         let out = std::thread::spawn(move || {
             let mut stdout = std::io::stdout();
             let mut buf = [0u8; 8192];
-            // Ends with EIO once the sandbox has closed the terminal.
+            // Ends with EIO once the sandbox has closed the terminal. A
+            // launcher's terminal that is gone stops only its own copy:
+            // the sandbox's output is still read, and attached terminals
+            // still get it.
+            let mut shown = true;
             while let Ok(n) = output.read(&mut buf) {
-                if n == 0 || stdout.write_all(&buf[..n]).and(stdout.flush()).is_err() {
+                if n == 0 {
                     break;
+                }
+                shown = shown && stdout.write_all(&buf[..n]).and(stdout.flush()).is_ok();
+                if let Some(attached) = &attached {
+                    attached.broadcast(&buf[..n]);
                 }
             }
         });

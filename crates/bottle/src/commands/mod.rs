@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod approve;
+pub mod attach;
 pub mod cleanup;
 pub mod deny;
 pub mod doctor;
@@ -21,4 +22,52 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, crate::Failure> {
         .enable_all()
         .build()
         .map_err(|e| crate::Failure::new(crate::exit::SOFTWARE, e))
+}
+
+/// The bottle `identity` of the state root, or an error naming the ones
+/// there are.
+pub fn bottle_record(
+    global: &crate::settings::Global,
+    identity: &str,
+) -> Result<bottle_backend::state::Record, crate::Failure> {
+    let records = bottle_backend::state::records(&global.state_root);
+    let known: Vec<String> = records.iter().map(|r| r.identity.clone()).collect();
+    records
+        .into_iter()
+        .find(|r| r.identity == identity)
+        .ok_or_else(|| {
+            crate::Failure::new(
+                crate::exit::CONFIG,
+                anyhow::anyhow!(
+                    "no bottle {identity:?} in {}: {}",
+                    global.state_root.display(),
+                    if known.is_empty() {
+                        "there are none".to_owned()
+                    } else {
+                        format!("known: {}", known.join(", "))
+                    }
+                ),
+            )
+        })
+}
+
+/// The backend a bottle's record names: where its data lives.
+pub fn recorded_backend(
+    record: &bottle_backend::state::Record,
+) -> Result<bottle_backend::BackendName, crate::Failure> {
+    let meta = record.metadata.as_ref().map_err(|e| {
+        crate::Failure::new(
+            crate::exit::CONFIG,
+            anyhow::anyhow!("{}: {e}", record.identity),
+        )
+    })?;
+    meta.backend.parse().map_err(|e: String| {
+        crate::Failure::new(
+            crate::exit::CONFIG,
+            anyhow::anyhow!(
+                "{}: metadata.json names its backend: {e}",
+                record.dir.root.display()
+            ),
+        )
+    })
 }

@@ -3,7 +3,6 @@
 //! from the manifest as it is now.
 
 use anyhow::anyhow;
-use bottle_backend::state;
 use bottle_manifest::load;
 use bottle_manifest::plan::{self, PlanInput};
 
@@ -16,23 +15,7 @@ use crate::{Failure, exit};
 
 pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
     let global = Global::resolve()?;
-    let records = state::records(&global.state_root);
-    let Some(record) = records.iter().find(|r| r.identity == args.identity) else {
-        let known: Vec<&str> = records.iter().map(|r| r.identity.as_str()).collect();
-        return Err(Failure::new(
-            exit::CONFIG,
-            anyhow!(
-                "no bottle {:?} in {}: {}",
-                args.identity,
-                global.state_root.display(),
-                if known.is_empty() {
-                    "there are none".to_owned()
-                } else {
-                    format!("known: {}", known.join(", "))
-                }
-            ),
-        ));
-    };
+    let record = super::bottle_record(&global, &args.identity)?;
     if record.is_live() {
         return Err(Failure::new(
             exit::NOT_CONFIRMED,
@@ -60,15 +43,7 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
         .map_err(|e| Failure::new(exit::CONFIG, anyhow!("the bottle's approvals: {e}")))?;
     let settings = Start::resolve(None, &global)?;
     // A bottle comes back where it ran: its data lives there.
-    let backend: bottle_backend::BackendName = meta.backend.parse().map_err(|e: String| {
-        Failure::new(
-            exit::CONFIG,
-            anyhow!(
-                "{}: metadata.json names its backend: {e}",
-                record.dir.root.display()
-            ),
-        )
-    })?;
+    let backend = super::recorded_backend(&record)?;
     let choice = Choice {
         name: backend,
         why: "where the bottle ran".to_owned(),
