@@ -169,6 +169,10 @@ fn serve_egress(
         message: "the egress role needs \"tls\" (the bottle's CA)".to_owned(),
     })?;
     let policy = egress::Policy::new(config.egress.rules()?, &config.egress);
+    // Listening first: the agent's sandbox starts while the gate reads its
+    // CA and the system's roots; its first connections wait in the
+    // backlog until the workers below accept them.
+    let listener = bind(&config.socket_dir, config::EGRESS_SOCKET, 0o666)?;
     let minter = Arc::new(ca::LeafMinter::new(
         &fs_err::read_to_string(&tls.ca_cert)?,
         &fs_err::read_to_string(&tls.ca_key)?,
@@ -184,7 +188,6 @@ fn serve_egress(
     audit.set_scrubber(Box::new(move |bytes| {
         held.credentials().scrub(bytes);
     }));
-    let listener = bind(&config.socket_dir, config::EGRESS_SOCKET, 0o666)?;
     // Half the cores: the gate shares the machine with its agent, the
     // upstreams it talks to and other bottles. (On 2 cores one worker
     // measured faster than two.)

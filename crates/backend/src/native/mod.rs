@@ -454,6 +454,24 @@ impl Backend for NativeBackend {
         if let Some(skills) = crate::provision::skills(&p.plan.provision)? {
             session::unpack(skills, &home_dir(&p.dir))?;
         }
+        // Launched by root, the sandbox runs as an unprivileged host uid
+        // of the bottle's own (see `unprivileged`): chosen (asking the
+        // name service) and given its files off the launcher's thread,
+        // while the gates start.
+        let host_id = if nix::unistd::getuid().is_root() {
+            let (dir, identity) = (p.dir.clone(), p.plan.identity.clone());
+            let id = tokio::task::spawn_blocking(move || {
+                let id = unprivileged::host_id(&dir, &identity)?;
+                unprivileged::give(&home_dir(&dir), id)?;
+                unprivileged::give(&workspace_dir(&dir), id)?;
+                Ok::<_, BackendError>(id)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Some(id)
+        } else {
+            None
+        };
         run.gates_ready.wait().await;
         // A terminal of the launcher's is never handed in: when any of
         // its streams is one, the sandbox gets a terminal of its own.
@@ -461,12 +479,7 @@ impl Backend for NativeBackend {
         let fds = session::filter_fds(&agent.filters)?;
         let raw: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         let args = self.agent_args(p, &run, &raw)?;
-        // Launched by root, the sandbox runs as an unprivileged host uid
-        // of the bottle's own (see `unprivileged`).
-        let (program, args) = if nix::unistd::getuid().is_root() {
-            let id = unprivileged::host_id(&p.dir, &p.plan.identity)?;
-            unprivileged::give(&home_dir(&p.dir), id)?;
-            unprivileged::give(&workspace_dir(&p.dir), id)?;
+        let (program, args) = if let Some(id) = host_id {
             let staged = unprivileged::stage(&p.bwrap, args, &raw, id)?;
             let mut argv = vec![std::ffi::OsString::from(unprivileged::SUBCOMMAND)];
             argv.extend(staged.to_args());
