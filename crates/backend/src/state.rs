@@ -40,19 +40,8 @@ impl BottleDir {
     /// dropped (or the process ends): one launcher per bottle at a time,
     /// so two `resume`s close together cannot both run it.
     pub fn hold(&self, identity: &str) -> Result<std::fs::File, BackendError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.root.join("launcher.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|source| BackendError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let file = open_lock(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(file),
             Err(std::fs::TryLockError::WouldBlock) => Err(BackendError::Held {
@@ -405,6 +394,22 @@ pub fn check_owned(root: &Path) -> Result<(), BackendError> {
         }
     }
     Ok(())
+}
+
+/// Opens (creating, `0600`) a lock file, never through a link.
+pub fn open_lock(path: &Path) -> Result<std::fs::File, BackendError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|source| BackendError::Io {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Writes `path` with `mode` exactly (the umask does not narrow it).

@@ -17,6 +17,31 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A detached tmux session of 100×20 running `line`.
+fn new_session(session: &str, line: &str) {
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        "100",
+        "-y",
+        "20",
+        line,
+    ]);
+}
+
+/// `env VARS… bottle`: the world's bottle as a shell line for a tmux pane.
+fn bottle_line(world: &World) -> String {
+    let cmd = world.command();
+    let envs: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
+        .collect();
+    format!("env {} {}", envs.join(" "), bottle_bin().display())
+}
+
 #[test]
 fn a_terminal_session_round_trip() {
     if !docker_available() {
@@ -25,27 +50,11 @@ fn a_terminal_session_round_trip() {
     ensure_images();
     let world = World::new();
     let session = format!("bbtest-{}", std::process::id());
-    let cmd = world.command();
-    let envs: Vec<String> = cmd
-        .get_envs()
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
-        .collect();
     let line = format!(
-        "env {} {} start probe -y --rm -- bash -c '[ -t 0 ] && [ -t 1 ] && echo isatty=yes; echo size=$(stty size); read -r x; echo got=$x; exit 3'; echo EXIT=$?; sleep 60",
-        envs.join(" "),
-        bottle_bin().display()
+        "{} start probe -y --rm -- bash -c '[ -t 0 ] && [ -t 1 ] && echo isatty=yes; echo size=$(stty size); read -r x; echo got=$x; exit 3'; echo EXIT=$?; sleep 60",
+        bottle_line(&world)
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "100",
-        "-y",
-        "20",
-        &line,
-    ]);
+    new_session(&session, &line);
     let screen = || tmux(&["capture-pane", "-p", "-t", &session]);
     let ready = wait_until(Duration::from_secs(60), || screen().contains("isatty=yes"));
     tmux(&["send-keys", "-t", &session, "hello", "Enter"]);
@@ -72,26 +81,11 @@ fn another_terminal_attaches_to_the_agent_and_detaches_leaving_it_running() {
     ensure_images();
     let world = World::new();
     let session = format!("bbtest-attach-{}", std::process::id());
-    let cmd = world.command();
-    let envs: Vec<String> = cmd
-        .get_envs()
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
-        .collect();
-    let env = format!("env {} {}", envs.join(" "), bottle_bin().display());
+    let env = bottle_line(&world);
     let line = format!(
         "{env} start probe -y --rm -- bash -c 'echo ID=$BOTTLE_IDENTITY; while read -r x; do echo got=$x; [ \"$x\" = bye ] && exit 4; done'; echo EXIT=$?; sleep 60"
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "100",
-        "-y",
-        "20",
-        &line,
-    ]);
+    new_session(&session, &line);
     let main = format!("{session}:0");
     let screen = |target: &str| tmux(&["capture-pane", "-p", "-t", target]);
     let started = wait_until(Duration::from_secs(60), || screen(&main).contains("ID="));

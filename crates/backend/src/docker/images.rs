@@ -247,7 +247,7 @@ pub async fn ensure(
 }
 
 fn lock_file(dir: &Path, tag: &str) -> Result<std::fs::File, BackendError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| BackendError::Io { path, source }
@@ -274,15 +274,7 @@ fn lock_file(dir: &Path, tag: &str) -> Result<std::fs::File, BackendError> {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    let path = dir.join(format!(".build-{name}.lock"));
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|source| BackendError::Io { path, source })
+    crate::state::open_lock(&dir.join(format!(".build-{name}.lock")))
 }
 
 async fn build(
