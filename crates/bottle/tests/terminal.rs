@@ -87,7 +87,8 @@ fn another_terminal_attaches_to_the_agent_and_detaches_leaving_it_running() {
     );
     new_session(&session, &line);
     let main = format!("{session}:0");
-    let screen = |target: &str| tmux(&["capture-pane", "-p", "-t", target]);
+    // With the history: what scrolled away is still in a failure's text.
+    let screen = |target: &str| tmux(&["capture-pane", "-p", "-S", "-200", "-t", target]);
     let started = wait_until(Duration::from_secs(60), || screen(&main).contains("ID="));
     let text = screen(&main);
     let identity = text
@@ -112,7 +113,7 @@ fn another_terminal_attaches_to_the_agent_and_detaches_leaving_it_running() {
     let through = wait_until(Duration::from_secs(30), || {
         n += 1;
         tmux(&["send-keys", "-t", &att, &format!("hello{n}"), "Enter"]);
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(1000));
         screen(&att).contains("got=hello")
     });
     let reached = screen(&main).contains("got=hello");

@@ -222,6 +222,10 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     let pid = Pid::from_raw(child.id() as i32);
     if interactive {
         let _ = nix::unistd::tcsetpgrp(std::io::stdin(), pid);
+        // A command that read from the terminal before it was made the
+        // foreground group was stopped (SIGTTIN) and would stay stopped:
+        // it goes on now, and its read finds the terminal its own.
+        let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGCONT);
     }
 
     loop {
