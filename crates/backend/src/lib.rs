@@ -110,6 +110,10 @@ pub enum BackendError {
     Other(#[from] std::io::Error),
 }
 
+/// How long a bottle's gates have, on every backend, to write out their
+/// audit logs after SIGTERM before they are killed at teardown.
+pub const GATE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What kind of failure a [`BackendError`] is, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

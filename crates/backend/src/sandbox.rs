@@ -66,13 +66,7 @@ pub fn shim_args(
     ShimArgs {
         forwards,
         gate_timeout_ms: u64::try_from(gate_timeout.as_millis()).unwrap_or(u64::MAX),
-        ca: None,
-        user: None,
-        nproc: None,
-        data_limit: None,
-        nofile: None,
-        landlock: None,
-        command: command.to_vec(),
+        ..ShimArgs::new(command.to_vec())
     }
 }
 

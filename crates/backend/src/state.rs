@@ -351,12 +351,12 @@ pub fn upstream_host_port(upstream: &str) -> (String, u16) {
     (host_port.trim_matches(['[', ']']).to_owned(), 22)
 }
 
-/// Refuses a state root another user could change: every directory on
-/// its path must be this user's or root's, and one that others may write
-/// must be sticky (as `/tmp` is: no one renames what is not theirs).
-/// Otherwise that user could swap a part of a bottle's state for a link
-/// and have the launcher (root, under `sudo -E`) write, give away or
-/// remove what the link points at.
+/// Refuses a directory another user could change (a state root, the
+/// image builds' lock directory): every directory on its path must be
+/// this user's or root's, and one that others may write must be sticky
+/// (as `/tmp` is: no one renames what is not theirs). Otherwise that user
+/// could swap a part of it for a link and have the launcher (root, under
+/// `sudo -E`) write, give away or remove what the link points at.
 pub fn check_owned(root: &Path) -> Result<(), BackendError> {
     use std::os::unix::fs::MetadataExt;
     let real = root.canonicalize().map_err(|source| BackendError::Io {
@@ -371,7 +371,7 @@ pub fn check_owned(root: &Path) -> Result<(), BackendError> {
         })?;
         if meta.uid() != me && meta.uid() != 0 {
             return Err(BackendError::Other(std::io::Error::other(format!(
-                "the state directory {} is under {}, which uid {} owns: another user could change a bottle's state there; set XDG_STATE_HOME to a directory of your own{}",
+                "{} is under {}, which uid {} owns: another user could change what bot-bottle keeps there; use a directory only you can write (XDG_STATE_HOME, TMPDIR){}",
                 root.display(),
                 dir.display(),
                 meta.uid(),
@@ -386,7 +386,7 @@ pub fn check_owned(root: &Path) -> Result<(), BackendError> {
         let sticky = meta.mode() & 0o1000 != 0;
         if writable_by_others && !sticky {
             return Err(BackendError::Other(std::io::Error::other(format!(
-                "the state directory {} is under {}, which others may write (mode {:o}): make it 0755 or narrower, or set XDG_STATE_HOME to a directory of your own",
+                "{} is under {}, which others may write (mode {:o}): make it 0755 or narrower, or use a directory only you can write (XDG_STATE_HOME, TMPDIR)",
                 root.display(),
                 dir.display(),
                 meta.mode() & 0o7777

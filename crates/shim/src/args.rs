@@ -67,6 +67,9 @@ pub enum Landlock {
     Required,
 }
 
+/// How long the shim waits for the gate's sockets unless told otherwise.
+pub const DEFAULT_GATE_TIMEOUT_MS: u64 = 15_000;
+
 /// `bottle shim …`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ShimArgs {
@@ -74,7 +77,7 @@ pub struct ShimArgs {
     #[arg(long = "forward", value_name = "PORT=SOCKET")]
     pub forwards: Vec<Forward>,
     /// How long to wait for the gate's sockets, in milliseconds.
-    #[arg(long, default_value = "15000")]
+    #[arg(long, default_value_t = DEFAULT_GATE_TIMEOUT_MS)]
     pub gate_timeout_ms: u64,
     /// The bottle's CA, added to the system trust stores (as root).
     #[arg(long)]
@@ -102,6 +105,22 @@ pub struct ShimArgs {
 }
 
 impl ShimArgs {
+    /// `command` with nothing else: no forwards, no CA, no user, no
+    /// limits, no Landlock, the default wait for the gate.
+    pub fn new(command: Vec<String>) -> ShimArgs {
+        ShimArgs {
+            forwards: Vec::new(),
+            gate_timeout_ms: DEFAULT_GATE_TIMEOUT_MS,
+            ca: None,
+            user: None,
+            nproc: None,
+            data_limit: None,
+            nofile: None,
+            landlock: None,
+            command,
+        }
+    }
+
     /// The arguments after `bottle shim`, which parse back to `self`.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = Vec::new();
@@ -186,17 +205,7 @@ mod tests {
             command: vec!["bash".into(), "-c".into(), "--forward 1=x".into()],
         };
         assert_eq!(round_trip(&full), full);
-        let bare = ShimArgs {
-            forwards: Vec::new(),
-            gate_timeout_ms: 15000,
-            ca: None,
-            user: None,
-            nproc: None,
-            data_limit: None,
-            nofile: None,
-            landlock: None,
-            command: vec!["true".into()],
-        };
+        let bare = ShimArgs::new(vec!["true".into()]);
         assert_eq!(round_trip(&bare), bare);
     }
 

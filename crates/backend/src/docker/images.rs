@@ -247,29 +247,26 @@ pub async fn ensure(
 }
 
 fn lock_file(dir: &Path, tag: &str) -> Result<std::fs::File, BackendError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| BackendError::Io { path, source }
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |source| BackendError::Io {
+        path: dir.to_owned(),
+        source,
     };
     // The directory is in the shared temporary directory, where another
-    // user may have made it first (with a link inside to a file of
-    // yours): it must be a directory of this user's that no one else can
-    // write, and the lock is never opened through a link.
+    // user may have made it first (or a link by its name, or a link
+    // inside to a file of yours): it must be a directory, no link, that
+    // no one else can change, and the lock is never opened through a link.
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(dir)(e)),
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
         _ => {}
     }
-    let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+    if !std::fs::symlink_metadata(dir).map_err(io)?.is_dir() {
         return Err(BackendError::Other(std::io::Error::other(format!(
-            "{}: the image builds' lock directory is not a directory of yours that only you can write (owner uid {}, mode {:o}); remove it, or set TMPDIR to a directory of your own",
-            dir.display(),
-            meta.uid(),
-            meta.mode() & 0o7777
+            "{}: the image builds' lock directory is not a directory; remove it, or set TMPDIR to a directory of your own",
+            dir.display()
         ))));
     }
+    crate::state::check_owned(dir)?;
     let name: String = tag
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })

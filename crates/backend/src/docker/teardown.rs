@@ -12,9 +12,6 @@ use futures_util::future::join_all;
 
 use super::{IDENTITY_LABEL, LAUNCHER_LABEL, ROLE_LABEL, is_conflict, is_not_found};
 
-/// How long a gate has to write out its audit log after SIGTERM before it
-/// is killed.
-const GATE_STOP_GRACE_SECS: i32 = 2;
 use crate::{BackendError, Scope};
 
 /// Removes every container (and, as `scope` says, network and volume)
@@ -56,11 +53,11 @@ pub async fn teardown(
     });
     join_all(gates.filter_map(|c| c.id.as_deref()).map(|id| async move {
         let options = StopContainerOptions {
-            t: Some(GATE_STOP_GRACE_SECS),
+            t: i32::try_from(crate::GATE_STOP_GRACE.as_secs()).ok(),
             ..Default::default()
         };
         let _ = tokio::time::timeout(
-            Duration::from_secs(GATE_STOP_GRACE_SECS as u64 + 5),
+            crate::GATE_STOP_GRACE + Duration::from_secs(5),
             docker.stop_container(id, Some(options)),
         )
         .await;

@@ -53,9 +53,6 @@ const NATIVE_NODE_PRELOAD: &str = "/etc/bot-bottle/node-proxy.cjs";
 const HOST_TRUST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Seconds an interrupted agent gets to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
-/// How long a gate has to write out its audit log after SIGTERM before it
-/// is killed.
-const GATE_STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long `list` waits for a gate's socket to answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// The oldest bubblewrap with what the sandbox needs (`--disable-userns`).
@@ -545,7 +542,7 @@ impl Backend for NativeBackend {
                     let _ = kill(Pid::from_raw(server as i32), Signal::SIGTERM);
                 }
             }
-            let deadline = Instant::now() + GATE_STOP_GRACE;
+            let deadline = Instant::now() + crate::GATE_STOP_GRACE;
             while gates.iter().any(Launcher::is_alive) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }

@@ -4,14 +4,14 @@
 //! bound into its `/dev` among them) and a user the kernel does not count
 //! against `RLIMIT_NPROC`.
 //!
-//! So the launcher starts bubblewrap as a host uid of the bottle's own,
-//! chosen from the identity in a range no account uses. That uid cannot
-//! walk the launcher's private state directory to the sandbox's parts, so
-//! a helper (`bottle native-sandbox`, still root) makes a mount namespace
-//! of its own, binds each part, by descriptor, at its own path under a
-//! fresh tmpfs over `/tmp` there, drops to that uid and becomes
-//! bubblewrap, which binds the parts from there. Nothing of that namespace is visible to the host, and
-//! it ends with the sandbox.
+//! So the launcher starts bubblewrap as a host uid of the bottle's own
+//! ([`host_id`]). That uid cannot walk the launcher's private state
+//! directory to the sandbox's parts, so a helper (`bottle native-sandbox`,
+//! still root) makes a mount namespace of its own, binds each part, by
+//! descriptor, at its own path under a fresh tmpfs over `/tmp` there,
+//! drops to that uid and becomes bubblewrap, which binds the parts from
+//! there. Nothing of that namespace is visible to the host, and it ends
+//! with the sandbox.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -282,6 +282,9 @@ pub fn stage(
             args[i].as_bytes(),
             b"--bind" | b"--ro-bind" | b"--bind-try" | b"--ro-bind-try"
         );
+        // The host's own paths (bound where they are, and `/dev/null` over
+        // masked files) are every user's to reach: only the bottle's parts
+        // need staging.
         if !bind || args[i + 1] == args[i + 2] || args[i + 1] == "/dev/null" {
             i += 1;
             continue;
