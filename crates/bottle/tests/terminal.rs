@@ -50,8 +50,10 @@ fn a_terminal_session_round_trip() {
     ensure_images();
     let world = World::new();
     let session = format!("bbtest-{}", std::process::id());
+    // The launcher ignores the job-control signals (as a tmux pane's
+    // command may); the command must start with them at their defaults.
     let line = format!(
-        "{} start probe -y --rm -- bash -c '[ -t 0 ] && [ -t 1 ] && echo isatty=yes; echo size=$(stty size); read -r x; echo got=$x; exit 3'; echo EXIT=$?; sleep 60",
+        "trap '' TTIN TTOU; {} start probe -y --rm -- bash -c '[ -t 0 ] && [ -t 1 ] && echo isatty=yes; echo size=$(stty size); echo ignored=$(grep SigIgn /proc/self/status | cut -f2); read -r x; echo got=$x; exit 3'; echo EXIT=$?; sleep 60",
         bottle_line(&world)
     );
     new_session(&session, &line);
@@ -69,6 +71,16 @@ fn a_terminal_session_round_trip() {
         "the window's size reached the TTY: {text}"
     );
     assert!(text.contains("EXIT=3"), "{text}");
+    let ignored = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ignored="))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+    // SIGTTIN is 21 and SIGTTOU 22: bits 20 and 21 of the mask.
+    let job_control = (1u64 << 20) | (1 << 21);
+    assert!(
+        ignored.is_some_and(|mask| mask & job_control == 0),
+        "the command started with SIGTTIN or SIGTTOU ignored: {text}"
+    );
 }
 
 /// `bottle attach` from a second terminal: its keys reach the agent, the
@@ -129,7 +141,7 @@ fn another_terminal_attaches_to_the_agent_and_detaches_leaving_it_running() {
     tmux(&["kill-session", "-t", &session]);
     assert!(
         through,
-        "the attached terminal's keys did not come back: {att_text}"
+        "the attached terminal's keys did not come back: {att_text}\nthe launcher's terminal: {main_text}"
     );
     assert!(
         reached,

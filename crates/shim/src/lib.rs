@@ -143,6 +143,15 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGUSR2,
 ];
 
+/// Job-control signals the launching environment may have left ignored
+/// (a tmux pane and many shells ignore SIGTTIN and SIGTTOU). An ignored
+/// signal stays ignored across exec; a handled one starts at its default.
+/// The shim handles these (and [`FORWARDED`]) so the command starts with
+/// the dispositions of a fresh terminal: a command that reads the
+/// terminal before it owns it is stopped and then continued, where with
+/// SIGTTIN ignored its read would fail with EIO.
+const DEFAULTED: &[Signal] = &[Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
+
 async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     let (program, args) = config.command.split_first().ok_or(ShimError::NoCommand)?;
     if let Some(ca) = &config.ca {
@@ -184,6 +193,11 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
 
     // Handlers first, so no signal or child exit is missed.
     let mut child_exits = signal(SignalKind::child())?;
+    // The handler stays installed when its stream is dropped; what
+    // arrives is dropped with it.
+    for &sig in DEFAULTED {
+        drop(signal(SignalKind::from_raw(sig as i32))?);
+    }
     let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
     for &sig in FORWARDED {
         let mut stream = signal(SignalKind::from_raw(sig as i32))?;

@@ -200,8 +200,8 @@ fn take_keys(mut from: UnixStream, mut master: File) {
 }
 
 /// `bottle native-attach`: this terminal on the agent's until the agent
-/// ends (0) or Ctrl-P Ctrl-Q detaches (0, saying so).
-pub fn attach(args: &AttachArgs) -> std::io::Result<bool> {
+/// ends, Ctrl-P Ctrl-Q detaches, or the connection fails ([`Ended`]).
+pub fn attach(args: &AttachArgs) -> std::io::Result<Ended> {
     let stream = UnixStream::connect(&args.socket).map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -272,12 +272,36 @@ pub fn attach(args: &AttachArgs) -> std::io::Result<bool> {
     let mut from = stream;
     let mut stdout = std::io::stdout();
     let mut buf = [0u8; 8192];
-    while let Ok(n) = from.read(&mut buf) {
-        if n == 0 || stdout.write_all(&buf[..n]).and(stdout.flush()).is_err() {
-            break;
+    let end = loop {
+        match from.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Err(e) = stdout.write_all(&buf[..n]).and(stdout.flush()) {
+                    break Err(format!("cannot write to this terminal: {e}"));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(format!("the connection to the launcher failed: {e}")),
         }
+    };
+    if detached.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Ended::Detached);
     }
-    Ok(detached.load(std::sync::atomic::Ordering::SeqCst))
+    Ok(match end {
+        Ok(()) => Ended::Closed,
+        Err(why) => Ended::Lost(why),
+    })
+}
+
+/// How an attached terminal ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Ctrl-P Ctrl-Q: the agent runs on.
+    Detached,
+    /// The launcher closed the agent's terminal: the agent has ended.
+    Closed,
+    /// This end failed; the agent may still run.
+    Lost(String),
 }
 
 fn current_size() -> Option<(u16, u16)> {

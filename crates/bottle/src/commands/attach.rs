@@ -39,10 +39,21 @@ pub fn run(identity: &str) -> Result<i32, Failure> {
 
 /// `bottle native-attach SOCKET`.
 pub fn native(args: &bottle_backend::native::attach::AttachArgs) -> Result<i32, Failure> {
-    let detached = bottle_backend::native::attach::attach(args)
+    use bottle_backend::native::attach::Ended;
+    let ended = bottle_backend::native::attach::attach(args)
         .map_err(|e| Failure::new(exit::CONFIG, anyhow!("{e}")))?;
-    if detached {
-        eprintln!("\r\nbot-bottle: detached; the agent runs on");
+    match ended {
+        Ended::Detached => {
+            eprintln!("\r\nbot-bottle: detached; the agent runs on");
+            Ok(0)
+        }
+        Ended::Closed => {
+            eprintln!("\r\nbot-bottle: the agent's terminal closed");
+            Ok(0)
+        }
+        Ended::Lost(why) => Err(Failure::new(
+            exit::SOFTWARE,
+            anyhow!("{why}; the agent may still run: `bottle attach` again"),
+        )),
     }
-    Ok(0)
 }
