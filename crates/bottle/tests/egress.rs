@@ -166,6 +166,31 @@ fn audit_log_records_every_decision() {
     assert_eq!(metadata["state"], "stopped");
 }
 
+/// A command that ends at once: its gate, started moments before, is
+/// still stopped (it writes its `stop` record), not killed after the
+/// grace with its audit queue.
+#[test]
+fn a_gate_stopped_just_after_it_started_records_its_stop() {
+    let Some(world) = world() else { return };
+    for _ in 0..3 {
+        let out = world
+            .command()
+            .args(["start", "probe", "-y", "--", "true"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let identity = identity_from(&stderr(&out)).expect("identity on stderr");
+        let log = std::fs::read_to_string(world.state_root().join(&identity).join("audit.jsonl"))
+            .unwrap();
+        assert!(
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|l| l["role"] == "gate" && l["event"] == "stop"),
+            "the egress gate records its stop:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn no_route_out_but_the_gate() {
     let Some(world) = world() else { return };

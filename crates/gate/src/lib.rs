@@ -112,6 +112,22 @@ const MAX_WORKERS: usize = 4;
 /// leaves no core file, so the secrets it holds stay in memory it owns.
 pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Result<(), GateError> {
     nix::sys::prctl::set_dumpable(false).map_err(std::io::Error::from)?;
+    // The stop signals are caught before anything else: a gate is pid 1
+    // of its sandbox, which drops a signal it has no handler for, so a
+    // SIGTERM sent while it still read its CA (the agent's command ended
+    // at once) would be lost and the gate killed after the grace, its
+    // audit queue with it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _entered = runtime.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
     let mut context = serde_json::Map::new();
     if let Some(phase) = &config.phase {
         context.insert("phase".into(), phase.clone().into());
@@ -124,17 +140,12 @@ pub fn run(config_path: &Path, config: GateConfig, secrets: Vec<Secret>) -> Resu
     tracing::info!(identity = %config.identity, role = ?config.role, "gate serving");
     audit.record("gate", "start", role_fields(config.role));
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
         }
-        Ok::<_, std::io::Error>(())
-    })?;
+    });
     audit.record("gate", "stop", role_fields(config.role));
     audit.close();
     Ok(())

@@ -537,13 +537,20 @@ impl Backend for NativeBackend {
                 .filter(|(role, p)| *role != Role::Agent && p.is_alive())
                 .map(|(_, p)| p)
                 .collect();
-            for gate in &gates {
-                if let Some(server) = processes::child_of(gate.pid) {
-                    let _ = kill(Pid::from_raw(server as i32), Signal::SIGTERM);
-                }
-            }
+            // Sent again every few milliseconds: a gate that has only just
+            // started may not catch it yet (as pid 1 it drops what it does
+            // not catch).
             let deadline = Instant::now() + crate::GATE_STOP_GRACE;
+            let mut tick = 0u32;
             while gates.iter().any(Launcher::is_alive) && Instant::now() < deadline {
+                if tick.is_multiple_of(20) {
+                    for gate in &gates {
+                        if let Some(server) = processes::child_of(gate.pid) {
+                            let _ = kill(Pid::from_raw(server as i32), Signal::SIGTERM);
+                        }
+                    }
+                }
+                tick += 1;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let alive: Vec<Launcher> = record
