@@ -11,11 +11,42 @@ use std::path::Path;
 /// when it has one, `Some(None)` when it has none, `None` when it could
 /// not be asked and the local file could not be read.
 pub fn name_of(database: &str, id: u32) -> Option<Option<String>> {
-    let asked = std::process::Command::new("getent")
+    answer(
+        database,
+        id,
+        ask(database, id).and_then(|c| c.wait_with_output()),
+    )
+}
+
+/// Whether `id` is free: the name service (directory services included)
+/// knows neither a user nor a group by it; both are asked at once. An id
+/// that could not be asked about is taken: never guess an id free.
+pub fn unnamed(id: u32) -> bool {
+    let asked = ["passwd", "group"].map(|database| (database, ask(database, id)));
+    asked
+        .into_iter()
+        .map(|(database, child)| answer(database, id, child.and_then(|c| c.wait_with_output())))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .all(|name| name == Some(None))
+}
+
+/// `getent DATABASE ID`, started.
+fn ask(database: &str, id: u32) -> std::io::Result<std::process::Child> {
+    std::process::Command::new("getent")
         .args([database, &id.to_string()])
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .output();
+        .spawn()
+}
+
+/// What `getent` answered, or the local file where it could not answer.
+fn answer(
+    database: &str,
+    id: u32,
+    asked: std::io::Result<std::process::Output>,
+) -> Option<Option<String>> {
     match asked {
         Ok(out) if out.status.code() == Some(0) => Some(Some(first_field(&out.stdout))),
         // getent's "not found".
@@ -47,5 +78,7 @@ mod tests {
         assert_eq!(name_of("passwd", 0), Some(Some("root".to_owned())));
         assert_eq!(name_of("group", 0), Some(Some("root".to_owned())));
         assert_eq!(name_of("passwd", 0x7fff_fff0), Some(None));
+        assert!(!unnamed(0));
+        assert!(unnamed(0x7fff_fff0));
     }
 }

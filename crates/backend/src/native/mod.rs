@@ -79,10 +79,37 @@ pub struct NativePrepared {
     bwrap: PathBuf,
 }
 
-/// What readying the agent's side made: its seccomp filters.
-#[derive(Debug, Clone)]
+/// What readying the agent's side made: its seccomp filters and, under a
+/// root launcher, its host id.
+#[derive(Debug)]
 pub struct NativeAgent {
     filters: Vec<Vec<u8>>,
+    /// The host id the sandbox runs as when root launched it: being
+    /// chosen (asking the name service takes milliseconds) while the
+    /// gates start, then chosen.
+    host_id: tokio::sync::Mutex<HostId>,
+}
+
+#[derive(Debug)]
+enum HostId {
+    Choosing(tokio::task::JoinHandle<Result<u32, BackendError>>),
+    Chosen(Option<u32>),
+}
+
+impl NativeAgent {
+    /// The host id, once chosen and given the sandbox's files; `None`
+    /// when the launcher is not root.
+    async fn host_id(&self) -> Result<Option<u32>, BackendError> {
+        let mut state = self.host_id.lock().await;
+        if let HostId::Choosing(handle) = &mut *state {
+            let id = handle.await.map_err(std::io::Error::other)??;
+            *state = HostId::Chosen(Some(id));
+        }
+        match *state {
+            HostId::Chosen(id) => Ok(id),
+            HostId::Choosing(_) => unreachable!("chosen above"),
+        }
+    }
 }
 
 /// The native backend's part of a bottle's state directory.
@@ -421,9 +448,26 @@ impl Backend for NativeBackend {
         let ca = p.dir.ca_cert();
         bundle.extend(std::fs::read(&ca).map_err(io_err(&ca))?);
         write(&trust_bundle(&p.dir), &bundle)?;
+        // Launched by root, the sandbox runs as an unprivileged host uid
+        // of the bottle's own (see `unprivileged`): chosen and given its
+        // files off the launcher's thread, while the gates start.
+        let host_id = if nix::unistd::getuid().is_root() {
+            let (dir, identity) = (p.dir.clone(), p.plan.identity.clone());
+            HostId::Choosing(tokio::task::spawn_blocking(move || {
+                let id = unprivileged::host_id(&dir, &identity)?;
+                unprivileged::give(&home_dir(&dir), id)?;
+                unprivileged::give(&workspace_dir(&dir), id)?;
+                Ok(id)
+            }))
+        } else {
+            HostId::Chosen(None)
+        };
         let filters = filters()?;
         reporter.detail("agent sandbox: bubblewrap, seccomp, Landlock");
-        Ok(NativeAgent { filters })
+        Ok(NativeAgent {
+            filters,
+            host_id: tokio::sync::Mutex::new(host_id),
+        })
     }
 
     async fn run_agent(
@@ -451,24 +495,7 @@ impl Backend for NativeBackend {
         if let Some(skills) = crate::provision::skills(&p.plan.provision)? {
             session::unpack(skills, &home_dir(&p.dir))?;
         }
-        // Launched by root, the sandbox runs as an unprivileged host uid
-        // of the bottle's own (see `unprivileged`): chosen (asking the
-        // name service) and given its files off the launcher's thread,
-        // while the gates start.
-        let host_id = if nix::unistd::getuid().is_root() {
-            let (dir, identity) = (p.dir.clone(), p.plan.identity.clone());
-            let id = tokio::task::spawn_blocking(move || {
-                let id = unprivileged::host_id(&dir, &identity)?;
-                unprivileged::give(&home_dir(&dir), id)?;
-                unprivileged::give(&workspace_dir(&dir), id)?;
-                Ok::<_, BackendError>(id)
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-            Some(id)
-        } else {
-            None
-        };
+        let host_id = agent.host_id().await?;
         run.gates_ready.wait().await;
         // A terminal of the launcher's is never handed in: when any of
         // its streams is one, the sandbox gets a terminal of its own.

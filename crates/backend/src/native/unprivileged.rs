@@ -125,8 +125,7 @@ fn choose(dir: &BottleDir, identity: &str) -> Result<u32, BackendError> {
             let wide = u64::from(id);
             !others.contains(&id)
                 && !subordinate.iter().any(|&(a, b)| a <= wide && wide < b)
-                && !known("passwd", id)
-                && !known("group", id)
+                && crate::accounts::unnamed(id)
         })
         .ok_or_else(|| {
             BackendError::Other(std::io::Error::other(format!(
@@ -137,13 +136,6 @@ fn choose(dir: &BottleDir, identity: &str) -> Result<u32, BackendError> {
     super::write(&recorded, format!("{free}\n").as_bytes())?;
     drop(lock);
     Ok(free)
-}
-
-/// Whether the host's name service knows `id` in `database` (`passwd`,
-/// `group`), directory services included; when it cannot be asked, the
-/// id is taken (never guess an id free).
-fn known(database: &str, id: u32) -> bool {
-    crate::accounts::name_of(database, id).is_none_or(|name| name.is_some())
 }
 
 /// Whether an id map (`inside outside count` lines) covers `id`.
