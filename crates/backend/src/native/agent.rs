@@ -40,6 +40,8 @@ impl NativeBackend {
         let hostname = etc.join("hostname");
         write(&hostname, b"bottle\n")?;
         let mut extra: Vec<(PathBuf, String)> = vec![
+            (passwd, "/etc/passwd".to_owned()),
+            (group, "/etc/group".to_owned()),
             (hosts, "/etc/hosts".to_owned()),
             (hostname, "/etc/hostname".to_owned()),
             (preload, NATIVE_NODE_PRELOAD.to_owned()),
@@ -47,6 +49,12 @@ impl NativeBackend {
             (trust_bundle(dir), TRUST_BUNDLE.to_owned()),
         ];
         extra.extend(run.provisioned.iter().cloned());
+        let view = etc::make(
+            Path::new("/etc"),
+            &native_dir(dir).join("etc-view"),
+            bwrap::AGENT_ETC,
+            &extra,
+        )?;
         let exe = std::env::current_exe()?;
         let mut a = bwrap::Args::default();
         a.isolation(true)
@@ -58,7 +66,7 @@ impl NativeBackend {
             ])
             .args(["--hostname", "bottle"])
             .system(Some(plan.resources.tmp_bytes))
-            .agent_etc(&passwd, &group, &extra)
+            .etc(&view)
             .args(["--size", "1048576", "--tmpfs", "/run"])
             .ro_bind(&dir.socket_dir(), SOCKET_DIR)
             .ro_bind(&exe, SHIM)

@@ -6,7 +6,7 @@
 //! inside.
 
 use std::ffi::{OsStr, OsString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// System directories shown read-only, as on the host (a symbolic link
 /// there, like `/bin -> usr/bin`, stays a link).
@@ -16,17 +16,17 @@ const SYSTEM: &[&str] = &[
 
 /// Files of the host's `/etc` a gate needs: name resolution and the
 /// system's root certificates (never `ssl/private`).
-const GATE_ETC: &[&str] = &[
-    "/etc/resolv.conf",
-    "/etc/hosts",
-    "/etc/nsswitch.conf",
-    "/etc/host.conf",
-    "/etc/gai.conf",
-    "/etc/ssl/certs",
-    "/etc/ssl/openssl.cnf",
-    "/etc/ca-certificates",
-    "/etc/pki/tls/certs",
-    "/etc/pki/ca-trust",
+pub(super) const GATE_ETC: &[&str] = &[
+    "resolv.conf",
+    "hosts",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "ca-certificates",
+    "pki/tls/certs",
+    "pki/ca-trust",
 ];
 
 /// Entries of the host's `/etc` the agent sees: what programs need to
@@ -34,7 +34,7 @@ const GATE_ETC: &[&str] = &[
 /// and trust certificates. Anything not named stays out (a host's `/etc`
 /// holds credentials of all kinds: `ssl/private`, runners' and clusters'
 /// configuration, VPN keys, package-source passwords).
-const AGENT_ETC: &[&str] = &[
+pub(super) const AGENT_ETC: &[&str] = &[
     "alternatives",
     "bash.bashrc",
     "bash_completion.d",
@@ -210,64 +210,14 @@ impl Args {
         self
     }
 
-    /// A gate's `/etc`: name resolution, root certificates, an account
-    /// database naming only the gate's user, and `extra` (host path, path
-    /// inside: the gate's own configuration); read-only.
-    pub fn gate_etc(
-        &mut self,
-        passwd: &Path,
-        group: &Path,
-        extra: &[(PathBuf, String)],
-    ) -> &mut Args {
-        self.args(["--tmpfs", "/etc"]);
-        for path in GATE_ETC {
-            self.arg("--ro-bind-try").arg(path).arg(path);
-        }
-        self.etc_overlay(passwd, group, extra)
-    }
-
-    /// What every sandbox's `/etc` ends with: its own account database,
-    /// `extra` files (host path, path inside), and all of it read-only.
-    fn etc_overlay(
-        &mut self,
-        passwd: &Path,
-        group: &Path,
-        extra: &[(PathBuf, String)],
-    ) -> &mut Args {
-        self.ro_bind(passwd, "/etc/passwd");
-        self.ro_bind(group, "/etc/group");
-        for (host, inside) in extra {
+    /// A sandbox's `/etc`: the view made for it (see [`super::etc`]),
+    /// read-only, with what is bound over it.
+    pub fn etc(&mut self, view: &super::etc::EtcView) -> &mut Args {
+        self.ro_bind(&view.root, "/etc");
+        for (host, inside) in &view.binds {
             self.ro_bind(host, inside);
         }
-        self.args(["--remount-ro", "/etc"])
-    }
-
-    /// The agent's `/etc`: the entries of [`AGENT_ETC`] the host has, the
-    /// bottle's account database, and `extra` files (host path, path
-    /// inside) laid over it; read-only. A host link stays a link, resolved
-    /// inside the sandbox.
-    pub fn agent_etc(
-        &mut self,
-        passwd: &Path,
-        group: &Path,
-        extra: &[(PathBuf, String)],
-    ) -> &mut Args {
-        self.args(["--tmpfs", "/etc"]);
-        for name in AGENT_ETC {
-            let path = Path::new("/etc").join(name);
-            match std::fs::symlink_metadata(&path) {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    if let Ok(target) = std::fs::read_link(&path) {
-                        self.arg("--symlink").arg(target).arg(&path);
-                    }
-                }
-                Ok(_) => {
-                    self.ro_bind(&path, &path);
-                }
-                Err(_) => {}
-            }
-        }
-        self.etc_overlay(passwd, group, extra)
+        self
     }
 }
 
@@ -282,12 +232,12 @@ mod tests {
 
     #[test]
     fn the_agent_never_gets_the_hosts_accounts_or_home() {
+        let view = super::super::etc::EtcView {
+            root: "/x/etc-view".into(),
+            binds: vec![("/etc/ssl/certs".into(), "/etc/ssl/certs".to_owned())],
+        };
         let mut args = Args::default();
-        args.isolation(true).system(Some(1 << 20)).agent_etc(
-            Path::new("/x/passwd"),
-            Path::new("/x/group"),
-            &[],
-        );
+        args.isolation(true).system(Some(1 << 20)).etc(&view);
         let text: Vec<String> = args
             .into_vec()
             .iter()
@@ -295,8 +245,8 @@ mod tests {
             .collect();
         let joined = text.join(" ");
         for hidden in [
-            "/etc/shadow ",
-            "/etc/sudoers ",
+            "/etc/shadow",
+            "/etc/sudoers",
             "/home",
             "/root",
             "/var",
@@ -307,7 +257,19 @@ mod tests {
         assert!(joined.contains("--unshare-net"));
         assert!(joined.contains("--cap-drop ALL"));
         assert!(joined.contains("--disable-userns"));
-        assert!(joined.contains("--ro-bind /x/passwd /etc/passwd"));
+        assert!(
+            joined.contains("--ro-bind /x/etc-view /etc --ro-bind /etc/ssl/certs /etc/ssl/certs")
+        );
         assert!(joined.contains("--ro-bind-try /proc/sys /proc/sys"));
+    }
+
+    #[test]
+    fn no_allowlisted_name_leaves_etc() {
+        for name in AGENT_ETC.iter().chain(GATE_ETC) {
+            assert!(
+                !name.starts_with('/') && !name.split('/').any(|c| c == ".." || c.is_empty()),
+                "{name}"
+            );
+        }
     }
 }

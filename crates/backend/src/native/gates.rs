@@ -33,10 +33,20 @@ impl NativeBackend {
             _ => (dir.gate_dir(), paths.egress_dir.clone()),
         };
         let inside = inside.to_string_lossy().into_owned();
+        let view = etc::make(
+            Path::new("/etc"),
+            &native_dir(dir).join(format!("etc-view-{}", role.as_str())),
+            bwrap::GATE_ETC,
+            &[
+                (passwd, "/etc/passwd".to_owned()),
+                (group, "/etc/group".to_owned()),
+                (config_dir, inside.clone()),
+            ],
+        )?;
         let mut a = bwrap::Args::default();
         a.isolation(false)
             .system(None)
-            .gate_etc(&passwd, &group, &[(config_dir, inside.clone())])
+            .etc(&view)
             // The binary where the git gate's hooks run it; the host's
             // /usr/local is not shown.
             .args(["--tmpfs", "/usr/local"])

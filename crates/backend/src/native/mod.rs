@@ -16,6 +16,7 @@ mod agent;
 pub mod attach;
 use agent::{agent_env, trust_bundle};
 mod bwrap;
+mod etc;
 mod gates;
 mod processes;
 pub mod seccomp;
@@ -97,8 +98,7 @@ enum HostId {
 }
 
 impl NativeAgent {
-    /// The host id, once chosen and given the sandbox's files; `None`
-    /// when the launcher is not root.
+    /// The host id, once chosen; `None` when the launcher is not root.
     async fn host_id(&self) -> Result<Option<u32>, BackendError> {
         let mut state = self.host_id.lock().await;
         if let HostId::Choosing(handle) = &mut *state {
@@ -449,15 +449,13 @@ impl Backend for NativeBackend {
         bundle.extend(std::fs::read(&ca).map_err(io_err(&ca))?);
         write(&trust_bundle(&p.dir), &bundle)?;
         // Launched by root, the sandbox runs as an unprivileged host uid
-        // of the bottle's own (see `unprivileged`): chosen and given its
-        // files off the launcher's thread, while the gates start.
+        // of the bottle's own (see `unprivileged`): chosen off the
+        // launcher's thread while the gates start, and given its files
+        // once they are all there.
         let host_id = if nix::unistd::getuid().is_root() {
             let (dir, identity) = (p.dir.clone(), p.plan.identity.clone());
             HostId::Choosing(tokio::task::spawn_blocking(move || {
-                let id = unprivileged::host_id(&dir, &identity)?;
-                unprivileged::give(&home_dir(&dir), id)?;
-                unprivileged::give(&workspace_dir(&dir), id)?;
-                Ok(id)
+                unprivileged::host_id(&dir, &identity)
             }))
         } else {
             HostId::Chosen(None)
@@ -496,6 +494,15 @@ impl Backend for NativeBackend {
             session::unpack(skills, &home_dir(&p.dir))?;
         }
         let host_id = agent.host_id().await?;
+        if let Some(id) = host_id {
+            let dir = p.dir.clone();
+            tokio::task::spawn_blocking(move || {
+                unprivileged::give(&home_dir(&dir), id)?;
+                unprivileged::give(&workspace_dir(&dir), id)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+        }
         run.gates_ready.wait().await;
         // A terminal of the launcher's is never handed in: when any of
         // its streams is one, the sandbox gets a terminal of its own.
