@@ -53,6 +53,7 @@ impl NativeBackend {
             Path::new("/etc"),
             &native_dir(dir).join("etc-view"),
             bwrap::AGENT_ETC,
+            etc::Links::Keep,
             &extra,
         )?;
         let exe = std::env::current_exe()?;

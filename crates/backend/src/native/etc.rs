@@ -36,26 +36,72 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
     }
 }
 
-/// A directory every user may enter (the sandbox's uid reads the view).
-fn public_dir(path: &Path) -> Result<(), BackendError> {
+/// A new directory every user may enter (the sandbox's uid reads the
+/// view), whatever the umask.
+fn public_dir(at: &Path) -> Result<(), BackendError> {
     std::fs::DirBuilder::new()
-        .recursive(true)
         .mode(0o755)
-        .create(path)
-        .map_err(io_err(path))?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(io_err(path))
+        .create(at)
+        .map_err(io_err(at))?;
+    std::fs::set_permissions(at, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(io_err(at))
 }
 
-fn copy_file(from: &Path, to: &Path) -> Result<(), BackendError> {
-    let bytes = std::fs::read(from).map_err(io_err(from))?;
-    if let Some(parent) = to.parent() {
-        public_dir(parent)?;
+/// The directory `rel` of the view, made (`0755` at every level, whatever
+/// the umask) where missing; `None` where a level of it is not a
+/// directory of the view's own (a link recreated from the host's, a
+/// file): nothing is ever written through a link.
+fn view_dir(root: &Path, rel: &Path) -> Result<Option<PathBuf>, BackendError> {
+    let mut at = root.to_owned();
+    for part in rel.components() {
+        let std::path::Component::Normal(part) = part else {
+            return Ok(None);
+        };
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => public_dir(&at)?,
+            Err(e) => return Err(io_err(&at)(e)),
+        }
     }
-    if std::fs::symlink_metadata(to).is_ok_and(|m| !m.is_dir()) {
-        std::fs::remove_file(to).map_err(io_err(to))?;
+    Ok(Some(at))
+}
+
+/// The view's directory for the parent of `rel`, and `rel`'s name.
+fn view_parent(root: &Path, rel: &Path) -> Result<Option<(PathBuf, PathBuf)>, BackendError> {
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Ok(None);
+    };
+    Ok(view_dir(root, parent)?.map(|dir| (dir.clone(), dir.join(name))))
+}
+
+/// Writes `bytes` at `rel` in the view (`0644`), replacing a link or a
+/// file there; `false` where it cannot be placed without going through a
+/// link.
+fn place_file(root: &Path, rel: &Path, bytes: &[u8]) -> Result<bool, BackendError> {
+    let Some((_, to)) = view_parent(root, rel)? else {
+        return Ok(false);
+    };
+    match std::fs::symlink_metadata(&to) {
+        Ok(meta) if meta.is_dir() => return Ok(false),
+        Ok(_) => std::fs::remove_file(&to).map_err(io_err(&to))?,
+        Err(_) => {}
     }
-    crate::state::write_file(to, &bytes, 0o644)
+    crate::state::write_file(&to, bytes, 0o644)?;
+    Ok(true)
+}
+
+/// How the host's links among the named entries are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// As links, resolved inside the sandbox (the agent's: its `/usr` is
+    /// the host's, so `localtime -> /usr/share/zoneinfo/…` holds).
+    Keep,
+    /// Resolved on the host, the target shown in the link's place (a
+    /// gate's: `resolv.conf -> ../run/systemd/resolve/stub-resolv.conf`
+    /// would point nowhere in its sandbox).
+    Follow,
 }
 
 /// Makes `root` afresh from `entries` (names under `host_etc`) and
@@ -64,6 +110,7 @@ pub fn make(
     host_etc: &Path,
     root: &Path,
     entries: &[&str],
+    links: Links,
     extra: &[(PathBuf, String)],
 ) -> Result<EtcView, BackendError> {
     match std::fs::remove_dir_all(root) {
@@ -76,24 +123,32 @@ pub fn make(
     // one of them must be bound too.
     let mut bound: Vec<String> = Vec::new();
     for name in entries {
-        let host = host_etc.join(name);
-        let at = root.join(name);
-        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+        let rel = Path::new(name);
+        let host = host_etc.join(rel);
+        let inside = format!("/etc/{name}");
+        let meta = match links {
+            Links::Keep => std::fs::symlink_metadata(&host),
+            Links::Follow => std::fs::metadata(&host),
+        };
+        let Ok(meta) = meta else {
             continue;
         };
-        if let Some(parent) = at.parent() {
-            public_dir(parent)?;
-        }
         if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&host).map_err(io_err(&host))?;
-            std::os::unix::fs::symlink(target, &at).map_err(io_err(&at))?;
+            if let Some((_, at)) = view_parent(root, rel)? {
+                let target = std::fs::read_link(&host).map_err(io_err(&host))?;
+                std::os::unix::fs::symlink(target, &at).map_err(io_err(&at))?;
+            }
         } else if meta.is_dir() {
-            public_dir(&at)?;
-            let inside = format!("/etc/{name}");
+            // A mount point where the view can hold one; else bubblewrap
+            // makes it, or refuses to start.
+            view_dir(root, rel)?;
             binds.push((host, inside.clone()));
             bound.push(inside);
         } else if meta.is_file() && meta.mode() & 0o004 != 0 {
-            copy_file(&host, &at)?;
+            let bytes = std::fs::read(&host).map_err(io_err(&host))?;
+            if !place_file(root, rel, &bytes)? {
+                binds.push((host, inside));
+            }
         }
     }
     for (host, inside) in extra {
@@ -102,16 +157,27 @@ pub fn make(
                 .strip_prefix(dir.as_str())
                 .is_some_and(|r| r.starts_with('/'))
         });
-        match inside.strip_prefix("/etc/") {
-            Some(rel) if !in_bound && !rel.split('/').any(|c| c == ".." || c.is_empty()) => {
-                if host.is_dir() {
-                    public_dir(&root.join(rel))?;
-                    binds.push((host.clone(), inside.clone()));
-                } else {
-                    copy_file(host, &root.join(rel))?;
+        let rel = inside.strip_prefix("/etc/").filter(|rel| {
+            !in_bound
+                && !rel
+                    .split('/')
+                    .any(|c| c == ".." || c == "." || c.is_empty())
+        });
+        let placed = match rel {
+            Some(rel) if host.is_dir() => {
+                if view_dir(root, Path::new(rel))?.is_some() {
+                    bound.push(inside.clone());
                 }
+                false
             }
-            _ => binds.push((host.clone(), inside.clone())),
+            Some(rel) => {
+                let bytes = std::fs::read(host).map_err(io_err(host))?;
+                place_file(root, Path::new(rel), &bytes)?
+            }
+            None => false,
+        };
+        if !placed {
+            binds.push((host.clone(), inside.clone()));
         }
     }
     Ok(EtcView {
@@ -174,7 +240,7 @@ mod tests {
             ),
             (own.join("passwd"), "/home/agent/.x".to_owned()),
         ];
-        let view = make(&host, &root, &entries, &extra).unwrap();
+        let view = make(&host, &root, &entries, Links::Keep, &extra).unwrap();
         let read = |p: &str| std::fs::read_to_string(root.join(p)).ok();
         assert_eq!(read("services").as_deref(), Some("svc"));
         assert_eq!(read("ssl/openssl.cnf").as_deref(), Some("cnf"));
@@ -210,5 +276,65 @@ mod tests {
         assert_eq!(mode(&root), 0o755);
         assert_eq!(mode(&root.join("ssl")), 0o755);
         assert_eq!(mode(&root.join("services")), 0o644);
+    }
+
+    #[test]
+    fn a_link_is_kept_or_followed_and_nothing_is_written_through_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("etc");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(host.join("ssl")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("stub-resolv.conf"), "nameserver 127.0.0.53").unwrap();
+        std::fs::set_permissions(
+            elsewhere.join("stub-resolv.conf"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("stub-resolv.conf"), host.join("resolv.conf"))
+            .unwrap();
+        // The host's certificates directory is a link to a directory
+        // outside: what lies in it in the sandbox is bound, never
+        // written there.
+        std::os::unix::fs::symlink(&elsewhere, host.join("ssl/certs")).unwrap();
+        let bundle = tmp.path().join("bundle");
+        std::fs::write(&bundle, "roots+ca").unwrap();
+        let extra = [(
+            bundle.clone(),
+            "/etc/ssl/certs/ca-certificates.crt".to_owned(),
+        )];
+        let entries = ["resolv.conf", "ssl/certs"];
+
+        let agent = tmp.path().join("agent-view");
+        let view = make(&host, &agent, &entries, Links::Keep, &extra).unwrap();
+        assert!(
+            std::fs::symlink_metadata(agent.join("resolv.conf"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            view.binds,
+            vec![(
+                bundle.clone(),
+                "/etc/ssl/certs/ca-certificates.crt".to_owned()
+            )]
+        );
+        assert!(!elsewhere.join("ca-certificates.crt").exists());
+
+        let gate = tmp.path().join("gate-view");
+        let view = make(&host, &gate, &entries, Links::Follow, &extra).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(gate.join("resolv.conf")).unwrap(),
+            "nameserver 127.0.0.53"
+        );
+        assert_eq!(
+            view.binds,
+            vec![
+                (host.join("ssl/certs"), "/etc/ssl/certs".to_owned()),
+                (bundle, "/etc/ssl/certs/ca-certificates.crt".to_owned()),
+            ]
+        );
+        assert!(!elsewhere.join("ca-certificates.crt").exists());
     }
 }

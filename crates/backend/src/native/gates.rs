@@ -37,6 +37,7 @@ impl NativeBackend {
             Path::new("/etc"),
             &native_dir(dir).join(format!("etc-view-{}", role.as_str())),
             bwrap::GATE_ETC,
+            etc::Links::Follow,
             &[
                 (passwd, "/etc/passwd".to_owned()),
                 (group, "/etc/group".to_owned()),

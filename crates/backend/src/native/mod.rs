@@ -578,7 +578,9 @@ impl Backend for NativeBackend {
             let mut tick = 0u32;
             while gates.iter().any(Launcher::is_alive) && Instant::now() < deadline {
                 if tick.is_multiple_of(20) {
-                    for gate in &gates {
+                    // Only to a gate still there: a pid that is gone may
+                    // be another process's by now.
+                    for gate in gates.iter().filter(|g| g.is_alive()) {
                         if let Some(server) = processes::child_of(gate.pid) {
                             let _ = kill(Pid::from_raw(server as i32), Signal::SIGTERM);
                         }
