@@ -143,6 +143,14 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGUSR2,
 ];
 
+/// Of [`FORWARDED`], those that ask the command to end.
+const STOPS: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
 /// Job-control signals the launching environment may have left ignored
 /// (a tmux pane and many shells ignore SIGTTIN and SIGTTOU). An ignored
 /// signal stays ignored across exec; a handled one starts at its default.
@@ -154,6 +162,28 @@ const DEFAULTED: &[Signal] = &[Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU
 
 async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     let (program, args) = config.command.split_first().ok_or(ShimError::NoCommand)?;
+    // Handlers first, so no signal or child exit is missed: as pid 1 the
+    // shim drops a signal it has no handler for, so a stop sent while it
+    // still sets up (a launcher interrupted at once) would be lost.
+    let mut child_exits = signal(SignalKind::child())?;
+    // The handler stays installed when its stream is dropped; what
+    // arrives is dropped with it.
+    for &sig in DEFAULTED {
+        drop(signal(SignalKind::from_raw(sig as i32))?);
+    }
+    let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
+    for &sig in FORWARDED {
+        let mut stream = signal(SignalKind::from_raw(sig as i32))?;
+        let tx = sig_tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     if let Some(ca) = &config.ca {
         trust::install(ca, config.user).map_err(ShimError::Ca)?;
     }
@@ -191,26 +221,6 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
         drop_privileges(uid, gid)?;
     }
 
-    // Handlers first, so no signal or child exit is missed.
-    let mut child_exits = signal(SignalKind::child())?;
-    // The handler stays installed when its stream is dropped; what
-    // arrives is dropped with it.
-    for &sig in DEFAULTED {
-        drop(signal(SignalKind::from_raw(sig as i32))?);
-    }
-    let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
-    for &sig in FORWARDED {
-        let mut stream = signal(SignalKind::from_raw(sig as i32))?;
-        let tx = sig_tx.clone();
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                if tx.send(sig).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-
     for forward in &config.forwards {
         let listener = TcpListener::bind(("127.0.0.1", forward.port))
             .await
@@ -222,6 +232,17 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     }
     wait_for_gate(&config).await?;
 
+    // A stop that came while the shim set up and has reached the channel:
+    // the command never starts. (One still on its way is passed on to the
+    // command once it runs, as any later one.)
+    tokio::task::yield_now().await;
+    let mut early = Vec::new();
+    while let Ok(sig) = sig_rx.try_recv() {
+        if STOPS.contains(&sig) {
+            return Ok(128 + sig as i32);
+        }
+        early.push(sig);
+    }
     let interactive = std::io::stdin().is_terminal();
     let child = Command::new(program)
         .args(args)
@@ -240,6 +261,9 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
         // foreground group was stopped (SIGTTIN) and would stay stopped:
         // it goes on now, and its read finds the terminal its own.
         let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGCONT);
+    }
+    for sig in early {
+        let _ = kill(Pid::from_raw(-pid.as_raw()), sig);
     }
 
     loop {
