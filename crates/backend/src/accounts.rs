@@ -23,12 +23,11 @@ pub fn name_of(database: &str, id: u32) -> Option<Option<String>> {
 /// that could not be asked about is taken: never guess an id free.
 pub fn unnamed(id: u32) -> bool {
     let asked = ["passwd", "group"].map(|database| (database, ask(database, id)));
-    asked
-        .into_iter()
-        .map(|(database, child)| answer(database, id, child.and_then(|c| c.wait_with_output())))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .all(|name| name == Some(None))
+    // Both waited for before either answer counts: no child is left
+    // unreaped by a short-circuit.
+    let answers = asked
+        .map(|(database, child)| answer(database, id, child.and_then(|c| c.wait_with_output())));
+    answers.iter().all(|name| *name == Some(None))
 }
 
 /// `getent DATABASE ID`, started.

@@ -19,6 +19,7 @@
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::io_err;
 use crate::BackendError;
 
 /// A made `/etc`: the directory mounted at `/etc`, and what is bound over
@@ -27,13 +28,6 @@ use crate::BackendError;
 pub struct EtcView {
     pub root: PathBuf,
     pub binds: Vec<(PathBuf, String)>,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
-    move |source| BackendError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// A new directory every user may enter (the sandbox's uid reads the
@@ -68,19 +62,20 @@ fn view_dir(root: &Path, rel: &Path) -> Result<Option<PathBuf>, BackendError> {
     Ok(Some(at))
 }
 
-/// The view's directory for the parent of `rel`, and `rel`'s name.
-fn view_parent(root: &Path, rel: &Path) -> Result<Option<(PathBuf, PathBuf)>, BackendError> {
+/// Where `rel` goes in the view, its parent made; `None` as for
+/// [`view_dir`].
+fn view_parent(root: &Path, rel: &Path) -> Result<Option<PathBuf>, BackendError> {
     let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
         return Ok(None);
     };
-    Ok(view_dir(root, parent)?.map(|dir| (dir.clone(), dir.join(name))))
+    Ok(view_dir(root, parent)?.map(|dir| dir.join(name)))
 }
 
 /// Writes `bytes` at `rel` in the view (`0644`), replacing a link or a
 /// file there; `false` where it cannot be placed without going through a
 /// link.
 fn place_file(root: &Path, rel: &Path, bytes: &[u8]) -> Result<bool, BackendError> {
-    let Some((_, to)) = view_parent(root, rel)? else {
+    let Some(to) = view_parent(root, rel)? else {
         return Ok(false);
     };
     match std::fs::symlink_metadata(&to) {
@@ -134,7 +129,7 @@ pub fn make(
             continue;
         };
         if meta.file_type().is_symlink() {
-            if let Some((_, at)) = view_parent(root, rel)? {
+            if let Some(at) = view_parent(root, rel)? {
                 let target = std::fs::read_link(&host).map_err(io_err(&host))?;
                 std::os::unix::fs::symlink(target, &at).map_err(io_err(&at))?;
             }
@@ -202,7 +197,7 @@ mod tests {
         std::fs::write(host.join("ssl/openssl.cnf"), "cnf").unwrap();
         std::fs::write(host.join("services"), "svc").unwrap();
         std::fs::write(host.join("shadow"), "root:hash").unwrap();
-        std::fs::write(host.join("hosts"), "10.0.0.1 internal").unwrap();
+        std::fs::write(host.join("hosts"), "the host's own names").unwrap();
         // In the allowlist but not every user's to read.
         std::fs::write(host.join("locked.conf"), "token").unwrap();
         for (name, mode) in [

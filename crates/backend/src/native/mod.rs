@@ -101,14 +101,12 @@ impl NativeAgent {
     /// The host id, once chosen; `None` when the launcher is not root.
     async fn host_id(&self) -> Result<Option<u32>, BackendError> {
         let mut state = self.host_id.lock().await;
-        if let HostId::Choosing(handle) = &mut *state {
-            let id = handle.await.map_err(std::io::Error::other)??;
-            *state = HostId::Chosen(Some(id));
-        }
-        match *state {
-            HostId::Chosen(id) => Ok(id),
-            HostId::Choosing(_) => unreachable!("chosen above"),
-        }
+        let id = match &mut *state {
+            HostId::Chosen(id) => *id,
+            HostId::Choosing(handle) => Some(handle.await.map_err(std::io::Error::other)??),
+        };
+        *state = HostId::Chosen(id);
+        Ok(id)
     }
 }
 
