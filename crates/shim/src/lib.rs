@@ -25,6 +25,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 mod args;
 pub mod confine;
+mod relay;
 pub mod trust;
 
 /// Exit status when the shim itself fails (sysexits' EX_SOFTWARE).
@@ -339,7 +340,7 @@ async fn wait_for_gate(config: &ShimConfig) -> Result<(), ShimError> {
 /// Forwards each loopback connection to the gate socket.
 async fn bridge(listener: TcpListener, socket: PathBuf) {
     loop {
-        let Ok((mut tcp, _)) = listener.accept().await else {
+        let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
@@ -347,10 +348,10 @@ async fn bridge(listener: TcpListener, socket: PathBuf) {
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             // No gate, no path: dropping the connection is the answer.
-            let Ok(mut gate) = UnixStream::connect(&socket).await else {
+            let Ok(gate) = UnixStream::connect(&socket).await else {
                 return;
             };
-            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut gate).await;
+            relay::relay(tcp, gate).await;
         });
     }
 }
