@@ -558,6 +558,17 @@ fn an_image_change_rebuilds_the_bottle_under_the_same_identity() {
         "the bottle did not come back on {tag}"
     );
     assert_ne!(container_id(), before);
+    // The build left nothing of its own behind (its staging image).
+    let staging = format!("bot-bottle/bottle-{}:staging", running.identity);
+    assert!(
+        !Command::new("docker")
+            .args(["image", "inspect", &staging])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "{staging} was left behind"
+    );
     assert!(wait_for_port(&agent, 7777));
     assert_eq!(in_bottle(&agent, "bbtest-tool"), "bbtest-tool works");
     assert_eq!(

@@ -36,6 +36,9 @@ impl Build<'_> {
         let staging = format!("{repo}:staging");
         self.commit(&self.container, &staging, image, state, &[])
             .await?;
+        if let Ok(mut saved) = self.staging.lock() {
+            *saved = Some(staging.clone());
+        }
         let body = ContainerCreateBody {
             image: Some(staging.clone()),
             entrypoint: Some(vec![format!("{TOOLS}/bottle"), "prepare-trust".into()]),
@@ -81,7 +84,6 @@ impl Build<'_> {
         }
         self.commit(&self.finisher, tag, image, state, labels)
             .await?;
-        let _ = crate::docker::remove_image(self.docker, &staging).await;
         Ok(())
     }
 
@@ -311,7 +313,9 @@ impl Build<'_> {
         Ok(())
     }
 
-    /// Removes the build's container, gate and network, whatever happened.
+    /// Removes the build's containers, gate, staging image and network,
+    /// whatever happened. (The staging image goes after the containers: an
+    /// image a container was made from cannot be removed before it.)
     pub(super) async fn clean_up(&self) {
         for name in [&self.container, &self.finisher, &self.gate] {
             let removed = self
@@ -330,6 +334,12 @@ impl Build<'_> {
             {
                 tracing::warn!(%e, container = %name, "removing a build container");
             }
+        }
+        let staging = self.staging.lock().ok().and_then(|mut s| s.take());
+        if let Some(staging) = staging
+            && let Err(e) = crate::docker::remove_image(self.docker, &staging).await
+        {
+            tracing::warn!(%e, image = %staging, "removing a build's staging image");
         }
         let network = self.network.lock().ok().and_then(|mut n| n.take());
         if let Some(network) = network {

@@ -192,6 +192,8 @@ struct Build<'a> {
     gate: String,
     /// The network made for the build, once made.
     network: std::sync::Mutex<Option<String>>,
+    /// The image the steps' container was saved as, once saved.
+    staging: std::sync::Mutex<Option<String>>,
     log: std::sync::Mutex<String>,
 }
 
@@ -216,6 +218,7 @@ impl<'a> Build<'a> {
             finisher: format!("{}-build-finish", policy.identity),
             gate: format!("{}-build-gate", policy.identity),
             network: std::sync::Mutex::new(None),
+            staging: std::sync::Mutex::new(None),
             log: std::sync::Mutex::new(String::new()),
         }
     }
