@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod capability;
+pub mod claude;
 pub mod docker;
 pub mod fake;
 pub mod gate_config;
@@ -105,6 +106,8 @@ pub enum BackendError {
         fix: String,
     },
     #[error("{0}")]
+    Claude(String),
+    #[error("{0}")]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Other(#[from] std::io::Error),
@@ -133,6 +136,7 @@ impl BackendError {
             | E::Unavailable { .. }
             | E::BaseImageMissing { .. }
             | E::RuntimeMissing
+            | E::Claude(_)
             | E::ImageMissing { .. } => ErrorKind::Unavailable,
             E::NetworkMissing { .. }
             | E::NameTaken { .. }

@@ -26,8 +26,8 @@ pub struct Settings {
 /// it).
 #[derive(Debug, Clone)]
 pub struct Common {
-    /// Whether the agent image installs Claude Code (`auto`, `0`, `1`).
-    pub install_claude: String,
+    /// How bottles get Claude Code.
+    pub claude: crate::claude::Install,
     /// Where launchers serialise image builds.
     pub lock_dir: std::path::PathBuf,
     /// How long the shim waits for the gate's sockets.
@@ -41,9 +41,10 @@ impl Settings {
         Settings {
             native: NativeSettings {
                 gate_timeout: common.gate_timeout,
+                claude: common.claude.clone(),
             },
             docker: DockerSettings {
-                install_claude: common.install_claude,
+                claude: common.claude,
                 lock_dir: common.lock_dir,
                 gate_timeout: common.gate_timeout,
                 container_name: common.container_name,

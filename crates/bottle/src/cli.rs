@@ -130,6 +130,19 @@ pub enum Command {
     /// Remove what is left of a bottle after its launcher returned.
     #[command(hide = true)]
     Reap(bottle_backend::lifecycle::ReapArgs),
+    /// Fetch the pinned Claude Code into the cache (`--fetch`), or move the
+    /// pin: to the newest release of its package, or to `--version`.
+    UpdateAgent {
+        /// Only fetch what is pinned now (what `start` would fetch).
+        #[arg(long, conflicts_with_all = ["version", "reset"])]
+        fetch: bool,
+        /// The package version to pin (default: the newest).
+        #[arg(long)]
+        version: Option<String>,
+        /// Go back to the pin bot-bottle ships.
+        #[arg(long, conflicts_with = "version")]
+        reset: bool,
+    },
     /// Say which backends can run bottles here, and what to install or
     /// change where one cannot.
     Doctor {

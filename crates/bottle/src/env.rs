@@ -11,9 +11,19 @@ pub const BOTTLE_BACKEND: &str = "BOTTLE_BACKEND";
 /// The image every bot-bottle image is built `FROM`
 /// (default `bot-bottle/base:bookworm`, made by `scripts/base-image`).
 pub const BOTTLE_BASE_IMAGE: &str = "BOTTLE_BASE_IMAGE";
-/// Whether the agent image installs Claude Code from npm: `auto` (when the
-/// registry answers), `1` (always; fail without it) or `0` (never).
+/// How bottles get Claude Code: `pypi` (default: the pinned binary from
+/// the `claude-agent-sdk` wheel, cached on the host), `npm` (installed
+/// from the npm registry while the image builds) or `0` (not at all).
 pub const BOTTLE_INSTALL_CLAUDE: &str = "BOTTLE_INSTALL_CLAUDE";
+/// A Claude Code binary of the person's own, used instead of the pinned one.
+pub const BOTTLE_CLAUDE_BIN: &str = "BOTTLE_CLAUDE_BIN";
+/// The package index (PEP 691) `bottle update-agent` asks (default
+/// `PIP_INDEX_URL`, then PyPI).
+pub const BOTTLE_PYPI_INDEX: &str = "BOTTLE_PYPI_INDEX";
+/// pip's index, used when `BOTTLE_PYPI_INDEX` is unset.
+pub const PIP_INDEX_URL: &str = "PIP_INDEX_URL";
+/// Where downloads are cached (default `~/.cache`).
+pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
 /// Milliseconds the shim waits for the gate's sockets (default 15000).
 pub const BOTTLE_GATE_TIMEOUT_MS: &str = "BOTTLE_GATE_TIMEOUT_MS";
 /// A fixed name for the agent's container instead of `IDENTITY-agent`

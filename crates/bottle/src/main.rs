@@ -96,6 +96,18 @@ fn main() {
         Command::NativeSandbox(args) => commands::shim::native_sandbox(&args),
         Command::Attach { identity } => commands::attach::run(&identity),
         Command::NativeAttach(args) => commands::attach::native(&args),
+        Command::UpdateAgent {
+            fetch,
+            version,
+            reset,
+        } => commands::update_agent::run(
+            commands::update_agent::Wanted {
+                fetch,
+                reset,
+                version,
+            },
+            &printer,
+        ),
         Command::Doctor { format } => commands::doctor::run(format, &printer),
         Command::GitHook { name } => commands::gate::hook(&name),
         Command::PrepareTrust => commands::shim::prepare_trust(),

@@ -7,6 +7,8 @@
 //! | backend       | `--backend`   | `BOTTLE_BACKEND`                 | `docker` when an engine answers, else `native` |
 //! | base image    |               | `BOTTLE_BASE_IMAGE`              | `bot-bottle/base:bookworm`       |
 //! | state root    |               | `XDG_STATE_HOME`                 | `~/.local/state` + `/bot-bottle` |
+//! | Claude Code   |               | `BOTTLE_INSTALL_CLAUDE`, `BOTTLE_CLAUDE_BIN` | the pinned binary (`images/agent/claude.json`, or `$XDG_CONFIG_HOME/bot-bottle/claude.json`) |
+//! | cache         |               | `XDG_CACHE_HOME`                 | `~/.cache` + `/bot-bottle`       |
 //!
 //! `CLAUDE_BOTTLE_*` names of the original tool are read as aliases.
 
@@ -34,6 +36,8 @@ pub struct Global {
     /// `$XDG_STATE_HOME/bot-bottle`.
     pub state_root: PathBuf,
     pub config_home: Option<PathBuf>,
+    /// `$XDG_CACHE_HOME/bot-bottle`.
+    pub cache_root: PathBuf,
 }
 
 impl Global {
@@ -50,8 +54,12 @@ impl Global {
         let config_home = env::read(env::XDG_CONFIG_HOME)
             .map(PathBuf::from)
             .unwrap_or_else(|| home.join(".config"));
+        let cache_home = env::read(env::XDG_CACHE_HOME)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".cache"));
         Ok(Global {
             state_root: state_home.join("bot-bottle"),
+            cache_root: cache_home.join("bot-bottle"),
             config_home: Some(config_home),
             home,
             cwd,
@@ -63,6 +71,41 @@ impl Global {
     /// build an image once.
     pub fn lock_dir(&self) -> PathBuf {
         std::env::temp_dir().join(format!("bot-bottle-{}", nix::unistd::getuid()))
+    }
+
+    /// Where a person's own Claude Code pin lives (`bottle update-agent`).
+    pub fn claude_pin_path(&self) -> Option<PathBuf> {
+        self.config_home
+            .as_ref()
+            .map(|c| c.join("bot-bottle").join("claude.json"))
+    }
+
+    /// How bottles get Claude Code.
+    pub fn claude_install(&self) -> anyhow::Result<bottle_backend::claude::Install> {
+        use bottle_backend::claude::{Install, Pin};
+        if let Some(bin) = env::read(env::BOTTLE_CLAUDE_BIN) {
+            let bin = self.cwd.join(bin);
+            return Ok(Install::Binary(bin));
+        }
+        match env::read(env::BOTTLE_INSTALL_CLAUDE).as_deref() {
+            None | Some("pypi") => {
+                let pin = match self.claude_pin_path() {
+                    Some(path) => Pin::load(&path)?,
+                    None => Pin::builtin()?,
+                };
+                Ok(Install::Pinned {
+                    pin,
+                    cache: self.cache_root.clone(),
+                })
+            }
+            Some("npm") => Ok(Install::Npm),
+            Some("0") => Ok(Install::Skip),
+            Some(other) => bail!(
+                "{}={other:?}: say pypi (the pinned binary, the default), npm, or 0 for bottles without Claude Code; or set {} to a binary of your own",
+                env::BOTTLE_INSTALL_CLAUDE,
+                env::BOTTLE_CLAUDE_BIN
+            ),
+        }
     }
 
     /// Where to look for the manifest, with `flag` first.
@@ -98,13 +141,7 @@ impl Start {
                     .map_err(|e: String| anyhow::anyhow!("{var}: {e}"))?,
             )),
         };
-        let install_claude = env::read(env::BOTTLE_INSTALL_CLAUDE).unwrap_or_else(|| "auto".into());
-        if !matches!(install_claude.as_str(), "auto" | "0" | "1") {
-            bail!(
-                "{} must be auto, 0 or 1, not {install_claude:?}",
-                env::BOTTLE_INSTALL_CLAUDE
-            );
-        }
+        let claude = global.claude_install()?;
         let gate_timeout = match env::read(env::BOTTLE_GATE_TIMEOUT_MS) {
             None => DEFAULT_GATE_TIMEOUT,
             Some(ms) => Duration::from_millis(ms.parse().with_context(|| {
@@ -119,7 +156,7 @@ impl Start {
             base_image: env::read(env::BOTTLE_BASE_IMAGE)
                 .unwrap_or_else(|| DEFAULT_BASE_IMAGE.into()),
             backends: bottle_backend::registry::Settings::new(bottle_backend::registry::Common {
-                install_claude,
+                claude,
                 lock_dir: global.lock_dir(),
                 gate_timeout,
                 container_name: env::read(env::BOTTLE_CONTAINER),

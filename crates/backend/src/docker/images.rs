@@ -60,6 +60,36 @@ pub struct ImageSpec {
     pub gated: Option<(Vec<String>, super::build::BuildPolicy)>,
     /// Extra labels (a bottle's image carries its identity).
     pub labels: Vec<(String, String)>,
+    /// How Claude Code comes into an agent image.
+    pub claude: ClaudeLayer,
+}
+
+/// How Claude Code comes into an agent image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaudeLayer {
+    /// Copied from this image (built once from the host's binary: see
+    /// [`ensure_claude`]).
+    Image(String),
+    /// Installed from the npm registry while the image builds; a registry
+    /// that does not answer fails the build.
+    Npm,
+    /// Not installed.
+    None,
+}
+
+/// Where an agent image has Claude Code.
+pub const CLAUDE_PATH: &str = "/usr/local/bin/claude";
+/// The line of the agent's Dockerfile that [`ClaudeLayer`] replaces.
+const CLAUDE_MARK: &str = "#@claude@";
+
+impl ClaudeLayer {
+    fn dockerfile_line(&self) -> String {
+        match self {
+            ClaudeLayer::Image(tag) => format!("COPY --from={tag} /claude {CLAUDE_PATH}"),
+            ClaudeLayer::Npm => "RUN apt-get update && apt-get install -y --no-install-recommends npm && npm install -g @anthropic-ai/claude-code && rm -rf /var/lib/apt/lists/* /root/.npm".to_owned(),
+            ClaudeLayer::None => "# Claude Code not installed (BOTTLE_INSTALL_CLAUDE=0)".to_owned(),
+        }
+    }
 }
 
 /// How the Dockerfile on record names bot-bottle's own files laid over a
@@ -78,18 +108,22 @@ impl ImageSpec {
             fragment: None,
             gated: None,
             labels: Vec::new(),
+            claude: ClaudeLayer::None,
         }
     }
 
     pub(crate) fn dockerfile(&self) -> String {
         match self.kind {
             ImageKind::Gate => GATE_DOCKERFILE.to_owned(),
-            ImageKind::Agent => AGENT_DOCKERFILE.to_owned(),
+            ImageKind::Agent => {
+                AGENT_DOCKERFILE.replace(CLAUDE_MARK, &self.claude.dockerfile_line())
+            }
             ImageKind::Derived => format!(
-                "FROM {}\nUSER root\nCOPY node-proxy.cjs /usr/local/lib/bot-bottle/node-proxy.cjs\n\
+                "FROM {}\nUSER root\n{}\nCOPY node-proxy.cjs /usr/local/lib/bot-bottle/node-proxy.cjs\n\
                  COPY bottle /usr/local/bin/bottle\n\
                  RUN mkdir -p /run/bottle /workspace && /usr/local/bin/bottle prepare-trust\n",
-                self.from
+                self.from,
+                self.claude.dockerfile_line()
             ),
             // The fragment runs as root; bot-bottle's files come back on
             // top after it, so no fragment can replace the shim, and the
@@ -296,18 +330,28 @@ async fn build(
         buildargs: Some(build_args),
         ..Default::default()
     };
+    let stream = docker.build_image(options, None, Some(bollard::body_full(context)));
+    follow_build(stream, &spec.tag, reporter).await
+}
+
+/// Runs one build, reporting its steps; its error carries the log's tail.
+async fn follow_build(
+    stream: impl futures_util::Stream<Item = Result<bollard::models::BuildInfo, bollard::errors::Error>>,
+    tag: &str,
+    reporter: &dyn Reporter,
+) -> Result<(), BackendError> {
     let mut log = String::new();
     let mut pending = String::new();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context)));
+    let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
         let info = item.map_err(|err| BackendError::Build {
-            image: spec.tag.clone(),
+            image: tag.to_owned(),
             message: err.to_string(),
             log: tail(&log),
         })?;
         if let Some(detail) = info.error_detail {
             return Err(BackendError::Build {
-                image: spec.tag.clone(),
+                image: tag.to_owned(),
                 message: detail.message.unwrap_or_default(),
                 log: tail(&log),
             });
@@ -371,6 +415,123 @@ fn strip_ansi(text: &str) -> String {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     strip_ansi(&lines[lines.len().saturating_sub(30)..].join("\n"))
+}
+
+/// The tag of the image holding the binary `install` gives, or how else
+/// an agent image gets Claude Code.
+pub fn claude_layer(install: &crate::claude::Install) -> Result<ClaudeLayer, BackendError> {
+    use crate::claude::Install;
+    Ok(match install {
+        Install::Skip => ClaudeLayer::None,
+        Install::Npm => ClaudeLayer::Npm,
+        Install::Pinned { pin, .. } => {
+            ClaudeLayer::Image(format!("bot-bottle/claude:{}", pin.tag()?))
+        }
+        Install::Binary(path) => {
+            let meta = std::fs::metadata(path).map_err(|source| BackendError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let mut h = Sha256::new();
+            h.update(format!(
+                "{}\0{}:{}:{}.{}:{}",
+                path.display(),
+                meta.dev(),
+                meta.ino(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.len()
+            ));
+            let id: String = h
+                .finalize()
+                .iter()
+                .take(6)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            ClaudeLayer::Image(format!("bot-bottle/claude:own-{id}"))
+        }
+    })
+}
+
+/// Makes sure the image `tag`, which holds Claude Code as `/claude` and
+/// nothing else, exists: built once from the binary `install` gives
+/// (fetched into the cache first when it is the pinned one and not there).
+pub async fn ensure_claude(
+    docker: &Docker,
+    tag: &str,
+    install: &crate::claude::Install,
+    lock_dir: &Path,
+    reporter: &dyn Reporter,
+) -> Result<(), BackendError> {
+    if image_id(docker, tag).await?.is_some() {
+        return Ok(());
+    }
+    let lock = lock_file(lock_dir, tag)?;
+    let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(std::io::Error::other)??;
+    if image_id(docker, tag).await?.is_some() {
+        return Ok(());
+    }
+    let Some(installed) = install.ensure(reporter).await? else {
+        return Ok(());
+    };
+    reporter.step(&format!(
+        "building {tag} (Claude Code {}, once)",
+        installed.version
+    ));
+    let dockerfile = with_labels("FROM scratch\nCOPY claude /claude\n", "", &[]);
+    let context = streamed_context(&dockerfile, &installed.path).await?;
+    let options = BuildImageOptions {
+        dockerfile: "Dockerfile".into(),
+        t: Some(tag.to_owned()),
+        rm: true,
+        forcerm: true,
+        ..Default::default()
+    };
+    let stream = docker.build_image(options, None, Some(bollard::body_try_stream(context)));
+    let built = follow_build(stream, tag, reporter).await;
+    drop(locked);
+    built
+}
+
+/// A build context of `dockerfile` and the file `binary` as `claude`,
+/// read from disk as the engine takes it (the binary is hundreds of
+/// megabytes).
+async fn streamed_context(
+    dockerfile: &str,
+    binary: &Path,
+) -> Result<impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static, BackendError>
+{
+    let io = |source| BackendError::Io {
+        path: binary.to_owned(),
+        source,
+    };
+    let file = tokio::fs::File::open(binary).await.map_err(io)?;
+    let size = file.metadata().await.map_err(io)?.len();
+    // By hand: a tar::Builder ends its archive when it is taken apart.
+    let header = |name: &str, size: u64, mode: u32| -> Result<Vec<u8>, BackendError> {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(name)?;
+        header.set_size(size);
+        header.set_mode(mode);
+        header.set_cksum();
+        Ok(header.as_bytes().to_vec())
+    };
+    let padding = |size: u64| vec![0u8; usize::try_from((512 - size % 512) % 512).unwrap_or(0)];
+    let mut head = header("Dockerfile", dockerfile.len() as u64, 0o644)?;
+    head.extend_from_slice(dockerfile.as_bytes());
+    head.extend(padding(dockerfile.len() as u64));
+    head.extend(header("claude", size, 0o755)?);
+    // The file padded to a whole block, then the archive's two empty ones.
+    let mut tail = padding(size);
+    tail.extend([0u8; 1024]);
+    let stream = futures_util::stream::once(async move { Ok(Bytes::from(head)) })
+        .chain(tokio_util::io::ReaderStream::new(file))
+        .chain(futures_util::stream::once(
+            async move { Ok(Bytes::from(tail)) },
+        ));
+    Ok(stream)
 }
 
 /// A tar holding the Dockerfile, the extra files and the binary as

@@ -64,8 +64,8 @@ const STOP_GRACE_SECS: i32 = 3;
 /// Settings of the Docker backend that do not come from the plan.
 #[derive(Debug, Clone)]
 pub struct DockerSettings {
-    /// `INSTALL_CLAUDE` build argument of the agent image (`auto`, `0`, `1`).
-    pub install_claude: String,
+    /// How the agent image gets Claude Code.
+    pub claude: crate::claude::Install,
     /// Directory for build locks (the state root).
     pub lock_dir: std::path::PathBuf,
     /// How long the shim waits for the gate's sockets.
@@ -204,19 +204,19 @@ impl Backend for DockerBackend {
         let gate_image = ImageSpec::new(ImageKind::Gate, &plan.images.gate, &plan.images.base);
         let agent_image = if plan.images.agent_is_default {
             ImageSpec {
-                build_args: vec![(
-                    "INSTALL_CLAUDE".into(),
-                    self.settings.install_claude.clone(),
-                )],
+                claude: images::claude_layer(&self.settings.claude)?,
                 ..ImageSpec::new(ImageKind::Agent, &plan.images.agent, &plan.images.base)
             }
         } else {
-            // A person's own image gets the binary layered on top.
-            ImageSpec::new(
-                ImageKind::Derived,
-                derived_tag(&plan.images.agent),
-                &plan.images.agent,
-            )
+            // A person's own image gets the binaries layered on top.
+            ImageSpec {
+                claude: images::claude_layer(&self.settings.claude)?,
+                ..ImageSpec::new(
+                    ImageKind::Derived,
+                    derived_tag(&plan.images.agent),
+                    &plan.images.agent,
+                )
+            }
         };
         Ok(DockerPrepared {
             dir: BottleDir::new(&plan.state_dir),
@@ -324,7 +324,13 @@ impl Backend for DockerBackend {
         let docker = self.engine().await?;
         let binary = SelfBinary::current()?;
         let lock_dir = &self.settings.lock_dir;
-        let image = images::ensure(docker, &p.agent_image, &binary, lock_dir, reporter);
+        let image = async {
+            if let images::ClaudeLayer::Image(tag) = &p.agent_image.claude {
+                images::ensure_claude(docker, tag, &self.settings.claude, lock_dir, reporter)
+                    .await?;
+            }
+            images::ensure(docker, &p.agent_image, &binary, lock_dir, reporter).await
+        };
         let (runtime, ()) = tokio::try_join!(
             resolve_runtime(docker, p.plan.runtime, &p.plan.images.base),
             image

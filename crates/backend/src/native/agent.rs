@@ -14,6 +14,7 @@ impl NativeBackend {
     pub(super) fn agent_args(
         &self,
         p: &NativePrepared,
+        agent: &NativeAgent,
         run: &AgentRun<'_>,
         fds: &[i32],
     ) -> Result<Vec<std::ffi::OsString>, BackendError> {
@@ -70,8 +71,11 @@ impl NativeBackend {
             .etc(&view)
             .args(["--size", "1048576", "--tmpfs", "/run"])
             .ro_bind(&dir.socket_dir(), SOCKET_DIR)
-            .ro_bind(&exe, SHIM)
-            .bind(&home_dir(dir), AGENT_HOME)
+            .ro_bind(&exe, SHIM);
+        if let Some(claude) = &agent.claude {
+            a.ro_bind(claude, CLAUDE_BINARY);
+        }
+        a.bind(&home_dir(dir), AGENT_HOME)
             .bind(&workspace_dir(dir), WORKDIR)
             .args(["--chdir", WORKDIR])
             // Nothing but the named mounts is writable: not the root's
@@ -103,7 +107,10 @@ impl NativeBackend {
 /// the plan's (see [`crate::sandbox::agent_env`]).
 pub(super) fn agent_env(plan: &Plan, tty: bool) -> Result<Vec<(String, String)>, BackendError> {
     let mut env = vec![
-        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        (
+            "PATH".to_owned(),
+            format!("{CLAUDE_DIR}:/usr/local/bin:/usr/bin:/bin"),
+        ),
         ("HOME".to_owned(), AGENT_HOME.to_owned()),
         ("USER".to_owned(), AGENT_USER.to_owned()),
         ("LOGNAME".to_owned(), AGENT_USER.to_owned()),

@@ -44,6 +44,9 @@ use processes::Processes;
 
 /// The `bottle` binary inside the agent's sandbox (a tmpfs of its own).
 const SHIM: &str = "/run/bot-bottle/bottle";
+/// Where a native agent finds Claude Code (first on its `PATH`).
+const CLAUDE_DIR: &str = "/run/bot-bottle/bin";
+const CLAUDE_BINARY: &str = "/run/bot-bottle/bin/claude";
 /// The `bottle` binary inside a gate's sandbox, where the git gate's
 /// hooks expect it.
 const GATE_BINARY: &str = "/usr/local/bin/bottle";
@@ -64,6 +67,8 @@ const MIN_BWRAP: (u32, u32) = (0, 8);
 pub struct NativeSettings {
     /// How long the shim waits for the gate's sockets.
     pub gate_timeout: Duration,
+    /// How bottles get Claude Code (the pinned binary, bound read-only).
+    pub claude: crate::claude::Install,
 }
 
 /// The native backend.
@@ -85,6 +90,8 @@ pub struct NativePrepared {
 #[derive(Debug)]
 pub struct NativeAgent {
     filters: Vec<Vec<u8>>,
+    /// Claude Code's binary on the host, bound at [`CLAUDE_BINARY`].
+    claude: Option<PathBuf>,
     /// The host id the sandbox runs as when root launched it: being
     /// chosen (asking the name service takes milliseconds) while the
     /// gates start, then chosen.
@@ -459,9 +466,16 @@ impl Backend for NativeBackend {
             HostId::Chosen(None)
         };
         let filters = filters()?;
+        if self.settings.claude == crate::claude::Install::Npm {
+            reporter.step(
+                "native: BOTTLE_INSTALL_CLAUDE=npm applies to images only; this bottle has no Claude Code of bot-bottle's (unset it for the pinned one)",
+            );
+        }
+        let claude = self.settings.claude.ensure(reporter).await?.map(|c| c.path);
         reporter.detail("agent sandbox: bubblewrap, seccomp, Landlock");
         Ok(NativeAgent {
             filters,
+            claude,
             host_id: tokio::sync::Mutex::new(host_id),
         })
     }
@@ -507,7 +521,7 @@ impl Backend for NativeBackend {
         let tty = session::any_terminal();
         let fds = session::filter_fds(&agent.filters)?;
         let raw: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-        let args = self.agent_args(p, &run, &raw)?;
+        let args = self.agent_args(p, agent, &run, &raw)?;
         let (program, args) = if let Some(id) = host_id {
             let staged = unprivileged::stage(&p.bwrap, args, &raw, id)?;
             let mut argv = vec![std::ffi::OsString::from(unprivileged::SUBCOMMAND)];

@@ -185,6 +185,7 @@ pub(crate) mod tests {
             cwd: root.to_owned(),
             state_root: root.join("state"),
             config_home: None,
+            cache_root: root.join("cache"),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod requests;
 pub mod resume;
 pub mod shim;
 pub mod start;
+pub mod update_agent;
 
 /// The single-threaded runtime a command runs its async work on.
 pub fn runtime() -> Result<tokio::runtime::Runtime, crate::Failure> {

@@ -24,6 +24,24 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The runner's cache home (`XDG_CACHE_HOME`, else `~/.cache`), shared
+/// by every world: Claude Code is fetched into it once.
+pub fn cache_home() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
+        })
+}
+
+/// The Claude Code version bot-bottle pins.
+pub fn pinned_claude() -> String {
+    let pin: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../images/agent/claude.json")).unwrap();
+    pin["claude"].as_str().unwrap().to_owned()
+}
+
 /// Whether Docker tests can run. Under `CI=true` a missing engine is a
 /// failure, never a skip.
 pub fn docker_available() -> bool {
@@ -98,6 +116,22 @@ pub fn ensure_images() {
             .expect("run scripts/base-image");
         assert!(status.success(), "scripts/base-image failed");
     }
+    // Claude Code, as `start` would fetch it, into the runner's cache
+    // (CI's set-up has fetched it already: no test reaches PyPI there).
+    let fetched = Command::new(bottle_bin())
+        .args(["update-agent", "--fetch"])
+        .env("XDG_CACHE_HOME", cache_home())
+        // The pin bot-bottle ships, as in every world.
+        .env("XDG_CONFIG_HOME", "/nonexistent/bot-bottle-test-config")
+        .env_remove("BOTTLE_INSTALL_CLAUDE")
+        .env_remove("BOTTLE_CLAUDE_BIN")
+        .output()
+        .expect("run bottle update-agent --fetch");
+    assert!(
+        fetched.status.success(),
+        "bottle update-agent --fetch failed: {}",
+        stderr(&fetched)
+    );
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/origin");
     docker(&[
         "build",
@@ -424,7 +458,9 @@ impl World {
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("BOTTLE_MANIFEST", self.manifest_path())
-            .env("BOTTLE_INSTALL_CLAUDE", "0")
+            // The pinned Claude Code, fetched once into the runner's own
+            // cache (see `ensure_images`).
+            .env("XDG_CACHE_HOME", cache_home())
             .env(SECRET_VAR, self.secret())
             .env("NO_COLOR", "1")
             .env("BOTTLE_BACKEND", test_backend())

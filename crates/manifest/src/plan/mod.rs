@@ -42,6 +42,15 @@ pub const PROXY_PORT: u16 = 3128;
 /// The git gate as the agent sees it (the shim's loopback port).
 pub const GIT_PORT: u16 = 9418;
 /// The supervise MCP server as the agent sees it (the shim's loopback port).
+/// Claude Code's switches for traffic that is not the user's work, set in
+/// every bottle.
+pub const QUIET_CLAUDE_CODE: &[&str] = &[
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+    "DISABLE_AUTOUPDATER",
+    "DISABLE_TELEMETRY",
+    "DISABLE_ERROR_REPORTING",
+    "DISABLE_BUG_COMMAND",
+];
 pub const SUPERVISE_PORT: u16 = 7777;
 /// The supervise MCP server's path.
 pub const SUPERVISE_PATH: &str = "/mcp";
@@ -483,12 +492,13 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         .iter()
         .any(|r| r.roles.iter().any(|x| x == ROLE_CLAUDE_CODE_OAUTH))
     {
-        bottle_env.extend([
-            ("CLAUDE_CODE_OAUTH_TOKEN", oauth_placeholder()),
-            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-            ("DISABLE_ERROR_REPORTING", "1".to_owned()),
-        ]);
+        bottle_env.push(("CLAUDE_CODE_OAUTH_TOKEN", oauth_placeholder()));
     }
+    // Claude Code is in every bottle: its traffic the person did not ask
+    // for (its own updater, telemetry, error reports, feedback) is off by
+    // its documented switches, so it neither waits on nor fills the log
+    // with refused hosts; its pin moves only by `bottle update-agent`.
+    bottle_env.extend(QUIET_CLAUDE_CODE.iter().map(|name| (*name, "1".to_owned())));
     if bottle.supervise {
         bottle_env.push(("BOTTLE_SUPERVISE_URL", provision::supervise_url()));
     }
