@@ -171,7 +171,7 @@ fn unknown_roles_are_rejected() {
             json!({ "routes": routes }),
         ),
         "bottles.dev.egress_proxy.routes[0].Role",
-        "unknown role \"root\": known roles are claude_code_oauth",
+        "unknown role \"root\": known roles are claude_code_oauth, anthropic_api_key",
     );
 }
 
@@ -188,8 +188,89 @@ fn one_claude_code_oauth_route_per_bottle() {
             json!({ "routes": routes }),
         ),
         "bottles.dev.egress_proxy.routes[1].Role",
-        "claude_code_oauth may appear on one route per bottle",
+        "claude_code_oauth and anthropic_api_key may appear on one route per bottle, and only one of them",
     );
+    let routes = json!([
+        { "host": "api.anthropic.com", "token_ref": "A", "Role": "claude_code_oauth" },
+        { "host": "gw.example.com", "token_ref": "B", "Role": "anthropic_api_key" }
+    ]);
+    refused(
+        with(
+            valid(),
+            "/bottles/dev/egress_proxy",
+            json!({ "routes": routes }),
+        ),
+        "bottles.dev.egress_proxy.routes[1].Role",
+        "only one of them",
+    );
+}
+
+#[test]
+fn an_api_key_goes_bare_in_x_api_key() {
+    let routes = json!([
+        { "host": "api.anthropic.com", "token_ref": "A", "Role": "anthropic_api_key", "header": "authorization" }
+    ]);
+    refused(
+        with(
+            valid(),
+            "/bottles/dev/egress_proxy",
+            json!({ "routes": routes }),
+        ),
+        "bottles.dev.egress_proxy.routes[0].Role",
+        "anthropic_api_key sends the key as x-api-key with no scheme",
+    );
+}
+
+#[test]
+fn the_api_key_role_gives_a_placeholder_and_a_gateway_its_base_url() {
+    let env = Env::new();
+    let manifest = json!({
+        "agents": { "coder": { "bottle": "dev", "command": ["claude"] } },
+        "bottles": { "dev": {
+            "allow": ["llm.example.com"],
+            "egress_proxy": { "routes": [
+                { "host": "llm.example.com", "token_ref": "KEY", "Role": "anthropic_api_key" } ] }
+        } }
+    });
+    env.manifest(&manifest.to_string());
+    let out = env
+        .bottle()
+        .env("KEY", "sk-ant-api03-the-real-one")
+        .args(["start", "coder", "--dry-run", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("the-real-one"), "a secret in the plan");
+    let plan: Value = serde_json::from_str(&text).unwrap();
+    let route = &plan["egress"]["routes"][0];
+    assert_eq!(
+        (route["header"].as_str(), route["scheme"].as_str()),
+        (Some("x-api-key"), Some(""))
+    );
+    let value = |name: &str| {
+        plan["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    let key = value("ANTHROPIC_API_KEY").expect("a placeholder key");
+    assert!(
+        key.starts_with("sk-ant-api03-") && key.ends_with("AA") && key.len() == 108,
+        "{key}"
+    );
+    assert_eq!(
+        value("ANTHROPIC_BASE_URL").as_deref(),
+        Some("https://llm.example.com")
+    );
+    assert_eq!(value("CLAUDE_CODE_OAUTH_TOKEN"), None);
 }
 
 #[test]

@@ -17,6 +17,8 @@ const MAX_REDIRECTS: usize = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for the next bytes of an answer.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a whole download may take (170 MiB at 200 KiB/s).
+const DEADLINE: Duration = Duration::from_secs(15 * 60);
 
 /// What a download delivered.
 pub struct Fetched {
@@ -24,20 +26,43 @@ pub struct Fetched {
     pub sha256: String,
 }
 
-/// GETs `url` (https only) into `to`, calling `progress(done, total)` as it
-/// goes.
+/// GETs `url` (https only) into the new file `to`: exactly `size` bytes,
+/// or an error (a server sending more is cut off there), within
+/// [`DEADLINE`]; `progress(done)` is called as it goes.
 pub async fn download(
     url: &str,
     to: &Path,
-    accept: Option<&str>,
-    mut progress: impl FnMut(u64, Option<u64>),
+    size: u64,
+    progress: impl FnMut(u64),
 ) -> Result<Fetched, String> {
-    let mut response = get(url, accept).await?;
-    let total = response
+    tokio::time::timeout(DEADLINE, download_within(url, to, size, progress))
+        .await
+        .map_err(|_| format!("{url}: not fetched in {} minutes", DEADLINE.as_secs() / 60))?
+}
+
+async fn download_within(
+    url: &str,
+    to: &Path,
+    size: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<Fetched, String> {
+    let mut response = get(url, None).await?;
+    let announced: Option<u64> = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    let mut file = tokio::fs::File::create(to)
+    if let Some(announced) = announced
+        && announced != size
+    {
+        return Err(format!(
+            "{url}: the server offers {announced} bytes, the pin says {size}"
+        ));
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
         .await
         .map_err(|e| format!("{}: {e}", to.display()))?;
     let mut hash = Sha256::new();
@@ -50,22 +75,23 @@ pub async fn download(
             Ok(Some(frame)) => frame.map_err(|e| format!("{url}: {e}"))?,
         };
         if let Ok(data) = frame.into_data() {
+            done += data.len() as u64;
+            if done > size {
+                return Err(format!("{url}: more than the {size} bytes the pin says"));
+            }
             hash.update(&data);
             file.write_all(&data)
                 .await
                 .map_err(|e| format!("{}: {e}", to.display()))?;
-            done += data.len() as u64;
-            progress(done, total);
+            progress(done);
         }
     }
     file.flush()
         .await
         .map_err(|e| format!("{}: {e}", to.display()))?;
-    if let Some(total) = total
-        && total != done
-    {
+    if done != size {
         return Err(format!(
-            "{url}: the answer ended after {done} of {total} bytes"
+            "{url}: the answer ended after {done} of {size} bytes"
         ));
     }
     Ok(Fetched {
@@ -77,14 +103,12 @@ pub async fn download(
 /// GETs `url` into memory (an index page), at most `limit` bytes.
 pub async fn text(url: &str, accept: &str, limit: usize) -> Result<String, String> {
     let response = get(url, Some(accept)).await?;
-    let body = tokio::time::timeout(READ_TIMEOUT, response.into_body().collect())
+    let body = http_body_util::Limited::new(response.into_body(), limit);
+    let body = tokio::time::timeout(READ_TIMEOUT, body.collect())
         .await
         .map_err(|_| format!("{url}: no answer for {}s", READ_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("{url}: {e}"))?
+        .map_err(|e| format!("{url}: {e} (more than {limit} bytes?)"))?
         .to_bytes();
-    if body.len() > limit {
-        return Err(format!("{url}: the answer is larger than {limit} bytes"));
-    }
     String::from_utf8(body.to_vec()).map_err(|_| format!("{url}: the answer is not UTF-8"))
 }
 

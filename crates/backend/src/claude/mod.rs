@@ -81,6 +81,10 @@ pub struct Installed {
 impl Pin {
     /// The pin in `path` when it exists, the built-in one otherwise.
     pub fn load(path: &Path) -> Result<Pin, BackendError> {
+        // A pin names what this user runs: no one else may have written it.
+        if path.exists() {
+            crate::state::check_owned(path)?;
+        }
         match std::fs::read_to_string(path) {
             Ok(text) => Pin::parse(&text).map_err(|e| {
                 claude_error(format!(
@@ -160,6 +164,7 @@ impl Install {
         match self {
             Install::Skip | Install::Npm => Ok(None),
             Install::Binary(path) => {
+                crate::state::check_owned(path)?;
                 let version = version_of(path).await.map_err(|e| {
                     claude_error(format!(
                         "BOTTLE_CLAUDE_BIN={}: {e}; point it at a claude binary for Linux, or unset it",
@@ -177,23 +182,24 @@ impl Install {
 }
 
 /// The cached binary of `pin`, fetched and checked first if it is not
-/// there.
+/// there (or no longer what was checked).
 pub async fn ensure_pinned(
     pin: &Pin,
     cache: &Path,
     reporter: &dyn Reporter,
 ) -> Result<Installed, BackendError> {
     let path = pin.cached(cache)?;
-    if is_executable_file(&path) {
-        return Ok(Installed {
-            path,
-            version: pin.claude.clone(),
-        });
+    let dir = owned_dir(path.parent().unwrap_or(cache))?;
+    if let Some(installed) = verified(&path, false, reporter).await? {
+        return Ok(installed);
+    }
+    // One fetch at a time into a directory; the one that waited finds
+    // the binary there.
+    let locked = lock(&dir).await?;
+    if let Some(installed) = verified(&path, true, reporter).await? {
+        return Ok(installed);
     }
     let wheel = pin.wheel()?;
-    let dir = path.parent().unwrap_or(cache).to_owned();
-    fs_err::create_dir_all(&dir)?;
-    let partial = dir.join(format!(".wheel.{}", std::process::id()));
     reporter.step(&format!(
         "fetching Claude Code {} ({} {} from PyPI, {} MiB, once into {})",
         pin.claude,
@@ -202,41 +208,252 @@ pub async fn ensure_pinned(
         wheel.size >> 20,
         cache.display()
     ));
-    let result = fetch_and_check(pin, wheel, &partial, reporter).await;
-    let _ = std::fs::remove_file(&partial);
     let failed = |e: String| {
         claude_error(format!(
             "Claude Code {} could not be installed: {e}; {ALTERNATIVES}",
             pin.claude
         ))
     };
-    let (binary, version) = result.map_err(failed)?;
-    std::fs::rename(&binary, &path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
-    reporter.step(&format!("Claude Code {version} is in {}", path.display()));
-    Ok(Installed { path, version })
+    let taken = fetch_and_check(pin, wheel, &dir, reporter)
+        .await
+        .map_err(failed)?;
+    let installed = taken.place(&path).map_err(failed)?;
+    drop(locked);
+    reporter.step(&format!(
+        "Claude Code {} is in {}",
+        installed.version,
+        path.display()
+    ));
+    Ok(installed)
 }
 
-/// Fetches `wheel` into `partial`, checks it against the pin, takes the
-/// binary out beside it and runs it; returns the binary's path and the
-/// version it reports. A pin whose `claude` is empty (a new one, from the
-/// index) takes the version the wheel names.
+/// `dir`, made if need be, and no one's but this user's (or root's) to
+/// change, from `/` down: a binary kept there is run by this user and
+/// copied into every bottle.
+fn owned_dir(dir: &Path) -> Result<PathBuf, BackendError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|source| BackendError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    crate::state::check_owned(dir)?;
+    Ok(dir.to_owned())
+}
+
+/// Holds `dir/.lock` until dropped; leftovers of a fetch that was cut
+/// short (no fetch runs while the lock is held) are removed.
+async fn lock(dir: &Path) -> Result<std::fs::File, BackendError> {
+    let file = crate::state::open_lock(&dir.join(".lock"))?;
+    let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(std::io::Error::other)??;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".wheel.") || name.starts_with(".claude.") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(locked)
+}
+
+/// What was checked of a kept binary: its SHA-256 and version, and the
+/// file's identity then (a file whose identity changed is hashed again).
+#[derive(Debug, Serialize, Deserialize)]
+struct Checked {
+    sha256: String,
+    version: String,
+    fingerprint: String,
+}
+
+fn checked_path(binary: &Path) -> PathBuf {
+    binary.with_extension("checked")
+}
+
+fn fingerprint(path: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok(format!(
+        "{}:{}:{}.{}:{}:{:o}",
+        meta.dev(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.len(),
+        meta.mode()
+    ))
+}
+
+/// The binary at `path` when it is still what was checked: by its
+/// identity, or else by hashing it again. A binary that is not (changed,
+/// cut short, no record) is removed, to be fetched again.
+/// Only `repair` (under the directory's lock) removes anything: another
+/// fetch may be placing a binary and its record at this moment.
+async fn verified(
+    path: &Path,
+    repair: bool,
+    reporter: &dyn Reporter,
+) -> Result<Option<Installed>, BackendError> {
+    let remove = |path: &Path| {
+        if repair {
+            let _ = std::fs::remove_file(path);
+        }
+    };
+    let record = checked_path(path);
+    let (Ok(text), Ok(now)) = (std::fs::read_to_string(&record), fingerprint(path)) else {
+        remove(path);
+        return Ok(None);
+    };
+    let Ok(checked) = serde_json::from_str::<Checked>(&text) else {
+        remove(path);
+        return Ok(None);
+    };
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        remove(path);
+        return Ok(None);
+    }
+    if now != checked.fingerprint {
+        let (file, want) = (path.to_owned(), checked.sha256.clone());
+        let same = tokio::task::spawn_blocking(move || hash_file(&file).is_ok_and(|h| h == want))
+            .await
+            .unwrap_or(false);
+        if !same {
+            if !repair {
+                return Ok(None);
+            }
+            reporter.step(&format!(
+                "{} is not the Claude Code that was checked: fetching it again",
+                path.display()
+            ));
+            remove(path);
+            return Ok(None);
+        }
+        let renewed = Checked {
+            fingerprint: now,
+            ..checked
+        };
+        let _ = write_new(&record, &serde_json::to_vec(&renewed).unwrap_or_default());
+        return Ok(Some(Installed {
+            path: path.to_owned(),
+            version: renewed.version,
+        }));
+    }
+    Ok(Some(Installed {
+        path: path.to_owned(),
+        version: checked.version,
+    }))
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hash)?;
+    Ok(fetch::hex(&hash.finalize()))
+}
+
+/// Writes `path` through a new file beside it, renamed into place.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let staging = unique(path.parent().unwrap_or(Path::new(".")), ".claude.");
+    let mut file = create_new(&staging, 0o644)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    std::fs::rename(&staging, path)
+}
+
+/// A name in `dir` no one else uses: this process's id and the time.
+fn unique(dir: &Path, prefix: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    dir.join(format!("{prefix}{}.{nanos}", std::process::id()))
+}
+
+/// A file made now, never one that was there (nor a link's target).
+fn create_new(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+}
+
+/// A binary taken out of a checked wheel, not yet in its place.
+struct Taken {
+    binary: PathBuf,
+    sha256: String,
+    version: String,
+}
+
+impl Taken {
+    /// Moves the binary to `path` with the record of what was checked.
+    fn place(self, path: &Path) -> Result<Installed, String> {
+        let io = |e: std::io::Error| format!("{}: {e}", path.display());
+        std::fs::rename(&self.binary, path).map_err(io)?;
+        let checked = Checked {
+            sha256: self.sha256.clone(),
+            version: self.version.clone(),
+            fingerprint: fingerprint(path).map_err(io)?,
+        };
+        write_new(
+            &checked_path(path),
+            &serde_json::to_vec(&checked).map_err(|e| e.to_string())?,
+        )
+        .map_err(io)?;
+        Ok(Installed {
+            path: path.to_owned(),
+            version: self.version.clone(),
+        })
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        // Placed, it is gone from here; not placed, it must not stay.
+        let _ = std::fs::remove_file(&self.binary);
+    }
+}
+
+/// Fetches `wheel` into `dir`, checks it against the pin, takes the
+/// binary out beside it and runs it. A pin whose `claude` is empty (a new
+/// one, from the index) takes the version the wheel names.
 async fn fetch_and_check(
     pin: &Pin,
     wheel: &Wheel,
+    dir: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Taken, String> {
+    let partial = unique(dir, ".wheel.");
+    let fetched = download_wheel(wheel, &partial, reporter).await;
+    let result = match fetched {
+        Ok(()) => take_and_check(pin, &partial, dir).await,
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&partial);
+    result
+}
+
+async fn download_wheel(
+    wheel: &Wheel,
     partial: &Path,
     reporter: &dyn Reporter,
-) -> Result<(PathBuf, String), String> {
+) -> Result<(), String> {
     let mut shown = 0;
-    let fetched = fetch::download(&wheel.url, partial, None, |done, total| {
-        let total = total.unwrap_or(wheel.size).max(1);
-        let quarter = (done * 4 / total).min(4);
+    let fetched = fetch::download(&wheel.url, partial, wheel.size, |done| {
+        let quarter = (done * 4 / wheel.size.max(1)).min(4);
         if quarter > shown {
             shown = quarter;
             reporter.step(&format!(
                 "  {}% ({} of {} MiB)",
                 quarter * 25,
                 done >> 20,
-                total >> 20
+                wheel.size >> 20
             ));
         }
     })
@@ -247,40 +464,61 @@ async fn fetch_and_check(
             wheel.url, fetched.sha256, wheel.sha256
         ));
     }
-    let binary = partial.with_extension("claude");
-    let taken = {
-        let (partial, binary) = (partial.to_owned(), binary.clone());
-        tokio::task::spawn_blocking(move || take_binary(&partial, &binary))
+    Ok(())
+}
+
+async fn take_and_check(pin: &Pin, wheel: &Path, dir: &Path) -> Result<Taken, String> {
+    let binary = unique(dir, ".claude.");
+    let (said, sha256) = {
+        let (wheel, binary) = (wheel.to_owned(), binary.clone());
+        tokio::task::spawn_blocking(move || take_binary(&wheel, &binary))
             .await
             .map_err(|e| e.to_string())?
+    }
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(&binary);
+    })?;
+    let taken = Taken {
+        binary,
+        sha256,
+        version: String::new(),
     };
-    let checked = async {
-        // "2.1.332 (Claude Code)": the version is the first word.
-        let said = taken?
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        if !pin.claude.is_empty() && said != pin.claude {
-            return Err(format!(
-                "the wheel says its binary is {said:?}, the pin says {}",
-                pin.claude
-            ));
-        }
-        let version = version_of(&binary).await?;
-        if version != said {
-            return Err(format!(
-                "the binary reports {version}, the wheel says {said}"
-            ));
-        }
-        Ok(version)
-    };
-    match checked.await {
-        Ok(version) => Ok((binary, version)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&binary);
-            Err(e)
-        }
+    // "2.1.332 (Claude Code)": the version is the first word.
+    let said = said
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if !pin.claude.is_empty() && said != pin.claude {
+        return Err(format!(
+            "the wheel says its binary is {said:?}, the pin says {}",
+            pin.claude
+        ));
+    }
+    valid_version(&said)?;
+    let version = version_of(&taken.binary).await?;
+    if version != said {
+        return Err(format!(
+            "the binary reports {version}, the wheel says {said}"
+        ));
+    }
+    let mut taken = taken;
+    taken.version = version;
+    Ok(taken)
+}
+
+/// A version fit for a path and an image tag.
+fn valid_version(version: &str) -> Result<(), String> {
+    let fits = !version.is_empty()
+        && version.len() <= 64
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && version.as_bytes()[0].is_ascii_alphanumeric();
+    if fits {
+        Ok(())
+    } else {
+        Err(format!("{version:?} is not a version"))
     }
 }
 
@@ -301,26 +539,24 @@ pub async fn pin_from_index(
     let mut pin =
         pin_in_page(&page, package, version).map_err(|e| claude_error(format!("{url}: {e}")))?;
     let wheel = pin.wheel()?.clone();
-    let dir = cache.join("claude");
-    fs_err::create_dir_all(&dir)?;
-    let partial = dir.join(format!(".wheel.{}", std::process::id()));
+    let dir = owned_dir(&cache.join("claude"))?;
+    let locked = lock(&dir).await?;
     reporter.step(&format!(
         "fetching {package} {} from {index} ({} MiB)",
         pin.version,
         wheel.size >> 20
     ));
-    let result = fetch_and_check(&pin, &wheel, &partial, reporter).await;
-    let _ = std::fs::remove_file(&partial);
-    let (binary, claude) = result.map_err(claude_error)?;
-    pin.claude = claude;
+    let taken = fetch_and_check(&pin, &wheel, &dir, reporter)
+        .await
+        .map_err(claude_error)?;
+    pin.claude = taken.version.clone();
+    // What is written is what a later start reads back: the same checks.
+    let text = serde_json::to_string(&pin).map_err(|e| claude_error(e.to_string()))?;
+    let pin = Pin::parse(&text).map_err(|e| claude_error(format!("{url}: {e}")))?;
     let path = pin.cached(cache)?;
-    if let Some(parent) = path.parent() {
-        fs_err::create_dir_all(parent)?;
-    }
-    std::fs::rename(&binary, &path).map_err(|source| BackendError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    owned_dir(path.parent().unwrap_or(cache))?;
+    taken.place(&path).map_err(claude_error)?;
+    drop(locked);
     Ok(pin)
 }
 
@@ -404,9 +640,14 @@ fn pin_in_page(page: &str, package: &str, version: Option<&str>) -> Result<Pin, 
     Ok(pin)
 }
 
-/// Takes the binary out of the wheel at `wheel` into `to` (mode 0755);
-/// returns the version the wheel names for it.
-fn take_binary(wheel: &Path, to: &Path) -> Result<String, String> {
+/// Largest binary taken out of a wheel (the one pinned is 384 MiB).
+const MAX_BINARY: u64 = 2 << 30;
+
+/// Takes the binary out of the wheel at `wheel` into the new file `to`
+/// (mode 0755); returns the version the wheel names for it and the
+/// binary's SHA-256.
+fn take_binary(wheel: &Path, to: &Path) -> Result<(String, String), String> {
+    use sha2::Digest;
     let file = std::fs::File::open(wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("the wheel: {e}"))?;
     let mut said = String::new();
@@ -415,16 +656,37 @@ fn take_binary(wheel: &Path, to: &Path) -> Result<String, String> {
         .take(256)
         .read_to_string(&mut said)
         .map_err(|e| format!("{WHEEL_VERSION}: {e}"))?;
-    let mut entry = zip
+    let entry = zip
         .by_name(WHEEL_BINARY)
         .map_err(|e| format!("the wheel has no {WHEEL_BINARY}: {e}"))?;
-    let mut out = std::fs::File::create(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    std::io::copy(&mut entry, &mut out).map_err(|e| format!("{WHEEL_BINARY}: {e}"))?;
+    let mut out = create_new(to, 0o755).map_err(|e| format!("{}: {e}", to.display()))?;
+    let mut hash = sha2::Sha256::new();
+    let mut limited = entry.take(MAX_BINARY + 1);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = limited
+            .read(&mut buf)
+            .map_err(|e| format!("{WHEEL_BINARY}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > MAX_BINARY {
+            return Err(format!(
+                "{WHEEL_BINARY} is larger than {} MiB",
+                MAX_BINARY >> 20
+            ));
+        }
+        hash.update(&buf[..n]);
+        std::io::Write::write_all(&mut out, &buf[..n])
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+    }
     out.set_permissions(std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("{}: {e}", to.display()))?;
     out.sync_all()
         .map_err(|e| format!("{}: {e}", to.display()))?;
-    Ok(said)
+    Ok((said, fetch::hex(&hash.finalize())))
 }
 
 /// The version `path --version` prints (its first word), run with no
@@ -514,6 +776,7 @@ mod tests {
         std::io::Write::write_all(&mut zip, b"9.9.9\n").unwrap();
         zip.finish().unwrap();
         let err = take_binary(&wheel, &dir.path().join("claude")).unwrap_err();
+        assert!(!dir.path().join("claude").exists() || err.contains(WHEEL_BINARY));
         assert!(err.contains(WHEEL_BINARY), "{err}");
     }
 
@@ -544,6 +807,71 @@ mod tests {
             "https://files.example/claude_agent_sdk-0.2.9-py3-none-manylinux_2_17_x86_64.whl"
         );
         assert!(pin_in_page(&page, "claude-agent-sdk", Some("0.2.12")).is_err());
+    }
+
+    struct Quiet;
+    impl Reporter for Quiet {
+        fn step(&self, _: &str) {}
+        fn detail(&self, _: &str) {}
+    }
+
+    #[test]
+    fn a_cache_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = owned_dir(&open.join("claude")).unwrap_err().to_string();
+        assert!(err.contains("others may write"), "{err}");
+        assert!(owned_dir(&dir.path().join("mine/claude")).is_ok());
+    }
+
+    #[test]
+    fn a_planted_link_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "kept").unwrap();
+        let link = dir.path().join(".claude.planted");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(create_new(&link, 0o755).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "kept");
+    }
+
+    #[tokio::test]
+    async fn a_kept_binary_that_changed_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("claude");
+        let staged = dir.path().join(".claude.x");
+        std::fs::write(&staged, "#!/bin/sh\necho 1.2.3\n").unwrap();
+        let taken = Taken {
+            binary: staged.clone(),
+            sha256: hash_file(&staged).unwrap(),
+            version: "1.2.3".into(),
+        };
+        taken.place(&path).unwrap();
+        assert!(!staged.exists());
+        let kept = verified(&path, true, &Quiet).await.unwrap().unwrap();
+        assert_eq!(kept.version, "1.2.3");
+        // Same size, other bytes: found by hashing again, and removed.
+        std::fs::write(&path, "#!/bin/sh\necho 6.6.6\n").unwrap();
+        assert!(verified(&path, false, &Quiet).await.unwrap().is_none());
+        assert!(path.exists(), "only a repair removes");
+        assert!(verified(&path, true, &Quiet).await.unwrap().is_none());
+        assert!(!path.exists());
+        // No record of a check: not used.
+        std::fs::write(&path, "x").unwrap();
+        std::fs::remove_file(checked_path(&path)).unwrap();
+        assert!(verified(&path, true, &Quiet).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn versions_fit_a_path_and_a_tag() {
+        for good in ["2.1.332", "1.0.0-beta_2"] {
+            assert!(valid_version(good).is_ok(), "{good}");
+        }
+        for bad in ["", "../x", "-1", ".1", "1/2", "1+2", "a b"] {
+            assert!(valid_version(bad).is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]

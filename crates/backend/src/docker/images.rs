@@ -67,9 +67,10 @@ pub struct ImageSpec {
 /// How Claude Code comes into an agent image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaudeLayer {
-    /// Copied from this image (built once from the host's binary: see
-    /// [`ensure_claude`]).
-    Image(String),
+    /// Copied from the image `tag` (built once from the host's binary: see
+    /// [`ensure_claude`]), named by its `id` once known, so that a build
+    /// never looks for it in a registry.
+    Image { tag: String, id: Option<String> },
     /// Installed from the npm registry while the image builds; a registry
     /// that does not answer fails the build.
     Npm,
@@ -85,7 +86,9 @@ const CLAUDE_MARK: &str = "#@claude@";
 impl ClaudeLayer {
     fn dockerfile_line(&self) -> String {
         match self {
-            ClaudeLayer::Image(tag) => format!("COPY --from={tag} /claude {CLAUDE_PATH}"),
+            ClaudeLayer::Image { tag, id } => {
+                format!("COPY --from={} /claude {CLAUDE_PATH}", id.as_ref().unwrap_or(tag))
+            }
             ClaudeLayer::Npm => "RUN apt-get update && apt-get install -y --no-install-recommends npm && npm install -g @anthropic-ai/claude-code && rm -rf /var/lib/apt/lists/* /root/.npm".to_owned(),
             ClaudeLayer::None => "# Claude Code not installed (BOTTLE_INSTALL_CLAUDE=0)".to_owned(),
         }
@@ -424,9 +427,10 @@ pub fn claude_layer(install: &crate::claude::Install) -> Result<ClaudeLayer, Bac
     Ok(match install {
         Install::Skip => ClaudeLayer::None,
         Install::Npm => ClaudeLayer::Npm,
-        Install::Pinned { pin, .. } => {
-            ClaudeLayer::Image(format!("bot-bottle/claude:{}", pin.tag()?))
-        }
+        Install::Pinned { pin, .. } => ClaudeLayer::Image {
+            tag: format!("bot-bottle/claude:{}", pin.tag()?),
+            id: None,
+        },
         Install::Binary(path) => {
             let meta = std::fs::metadata(path).map_err(|source| BackendError::Io {
                 path: path.clone(),
@@ -448,33 +452,39 @@ pub fn claude_layer(install: &crate::claude::Install) -> Result<ClaudeLayer, Bac
                 .take(6)
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            ClaudeLayer::Image(format!("bot-bottle/claude:own-{id}"))
+            ClaudeLayer::Image {
+                tag: format!("bot-bottle/claude:own-{id}"),
+                id: None,
+            }
         }
     })
 }
 
 /// Makes sure the image `tag`, which holds Claude Code as `/claude` and
-/// nothing else, exists: built once from the binary `install` gives
-/// (fetched into the cache first when it is the pinned one and not there).
+/// nothing else, exists, and returns its id: built once from the binary
+/// `install` gives (fetched into the cache first when it is the pinned one
+/// and not there).
 pub async fn ensure_claude(
     docker: &Docker,
     tag: &str,
     install: &crate::claude::Install,
     lock_dir: &Path,
     reporter: &dyn Reporter,
-) -> Result<(), BackendError> {
-    if image_id(docker, tag).await?.is_some() {
-        return Ok(());
+) -> Result<String, BackendError> {
+    if let Some((id, _)) = image_id(docker, tag).await? {
+        return Ok(id);
     }
     let lock = lock_file(lock_dir, tag)?;
     let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
         .await
         .map_err(std::io::Error::other)??;
-    if image_id(docker, tag).await?.is_some() {
-        return Ok(());
+    if let Some((id, _)) = image_id(docker, tag).await? {
+        return Ok(id);
     }
     let Some(installed) = install.ensure(reporter).await? else {
-        return Ok(());
+        return Err(BackendError::Claude(format!(
+            "{tag}: no Claude Code binary to build it from"
+        )));
     };
     reporter.step(&format!(
         "building {tag} (Claude Code {}, once)",
@@ -490,9 +500,14 @@ pub async fn ensure_claude(
         ..Default::default()
     };
     let stream = docker.build_image(options, None, Some(bollard::body_try_stream(context)));
-    let built = follow_build(stream, tag, reporter).await;
+    follow_build(stream, tag, reporter).await?;
     drop(locked);
-    built
+    match image_id(docker, tag).await? {
+        Some((id, _)) => Ok(id),
+        None => Err(BackendError::Claude(format!(
+            "{tag} was built and is gone: build it again (start again)"
+        ))),
+    }
 }
 
 /// A build context of `dockerfile` and the file `binary` as `claude`,

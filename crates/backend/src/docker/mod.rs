@@ -325,11 +325,14 @@ impl Backend for DockerBackend {
         let binary = SelfBinary::current()?;
         let lock_dir = &self.settings.lock_dir;
         let image = async {
-            if let images::ClaudeLayer::Image(tag) = &p.agent_image.claude {
-                images::ensure_claude(docker, tag, &self.settings.claude, lock_dir, reporter)
-                    .await?;
+            let mut spec = p.agent_image.clone();
+            if let images::ClaudeLayer::Image { tag, id } = &mut spec.claude {
+                *id = Some(
+                    images::ensure_claude(docker, tag, &self.settings.claude, lock_dir, reporter)
+                        .await?,
+                );
             }
-            images::ensure(docker, &p.agent_image, &binary, lock_dir, reporter).await
+            images::ensure(docker, &spec, &binary, lock_dir, reporter).await
         };
         let (runtime, ()) = tokio::try_join!(
             resolve_runtime(docker, p.plan.runtime, &p.plan.images.base),

@@ -19,8 +19,17 @@ use crate::error::ManifestError;
 use crate::host::HostRule;
 use crate::manifest::{EnvValue, Manifest, PushPolicy, Runtime};
 use crate::provision::{self, GrantedImage, Grants, PromptFacts, ProvisionPlan, SkillPlan};
-use crate::validate::{CheckedBottle, ROLE_CLAUDE_CODE_OAUTH};
+use crate::validate::{CheckedBottle, ROLE_ANTHROPIC_API_KEY, ROLE_CLAUDE_CODE_OAUTH};
 
+/// Claude Code's switches for traffic that is not the user's work, set in
+/// every bottle.
+pub const QUIET_CLAUDE_CODE: &[&str] = &[
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+    "DISABLE_AUTOUPDATER",
+    "DISABLE_TELEMETRY",
+    "DISABLE_ERROR_REPORTING",
+    "DISABLE_BUG_COMMAND",
+];
 /// Version of the plan's JSON shape.
 pub const PLAN_VERSION: u32 = 1;
 /// Where the agent works inside the bottle.
@@ -42,15 +51,6 @@ pub const PROXY_PORT: u16 = 3128;
 /// The git gate as the agent sees it (the shim's loopback port).
 pub const GIT_PORT: u16 = 9418;
 /// The supervise MCP server as the agent sees it (the shim's loopback port).
-/// Claude Code's switches for traffic that is not the user's work, set in
-/// every bottle.
-pub const QUIET_CLAUDE_CODE: &[&str] = &[
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
-    "DISABLE_AUTOUPDATER",
-    "DISABLE_TELEMETRY",
-    "DISABLE_ERROR_REPORTING",
-    "DISABLE_BUG_COMMAND",
-];
 pub const SUPERVISE_PORT: u16 = 7777;
 /// The supervise MCP server's path.
 pub const SUPERVISE_PATH: &str = "/mcp";
@@ -404,18 +404,28 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         .egress_proxy
         .routes
         .iter()
-        .map(|r| RoutePlan {
-            host: r.host.to_ascii_lowercase(),
-            header: r
-                .header
-                .clone()
-                .unwrap_or_else(|| "authorization".to_owned())
-                .to_ascii_lowercase(),
-            scheme: r.scheme.clone().unwrap_or_else(|| "Bearer".to_owned()),
-            token_ref: r.token_ref.clone(),
-            token_command: r.token_command.is_some(),
-            token_command_line: r.token_command.clone(),
-            roles: r.role.iter().flat_map(|r| r.as_slice()).cloned().collect(),
+        .map(|r| {
+            let roles: Vec<String> = r.role.iter().flat_map(|r| r.as_slice()).cloned().collect();
+            // An API key goes in x-api-key, bare.
+            let api_key = roles.iter().any(|x| x == ROLE_ANTHROPIC_API_KEY);
+            let (header, scheme) = if api_key {
+                ("x-api-key", "")
+            } else {
+                ("authorization", "Bearer")
+            };
+            RoutePlan {
+                host: r.host.to_ascii_lowercase(),
+                header: r
+                    .header
+                    .clone()
+                    .unwrap_or_else(|| header.to_owned())
+                    .to_ascii_lowercase(),
+                scheme: r.scheme.clone().unwrap_or_else(|| scheme.to_owned()),
+                token_ref: r.token_ref.clone(),
+                token_command: r.token_command.is_some(),
+                token_command_line: r.token_command.clone(),
+                roles,
+            }
         })
         .collect();
     let mut routes = routes;
@@ -488,11 +498,21 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         git_env.push((format!("GIT_CONFIG_KEY_{i}"), key));
         git_env.push((format!("GIT_CONFIG_VALUE_{i}"), value));
     }
-    if routes
-        .iter()
-        .any(|r| r.roles.iter().any(|x| x == ROLE_CLAUDE_CODE_OAUTH))
-    {
-        bottle_env.push(("CLAUDE_CODE_OAUTH_TOKEN", oauth_placeholder()));
+    for route in &routes {
+        let has = |role: &str| route.roles.iter().any(|x| x == role);
+        let model = if has(ROLE_CLAUDE_CODE_OAUTH) {
+            bottle_env.push(("CLAUDE_CODE_OAUTH_TOKEN", placeholder(OAUTH_PREFIX)));
+            true
+        } else if has(ROLE_ANTHROPIC_API_KEY) {
+            bottle_env.push(("ANTHROPIC_API_KEY", placeholder(API_KEY_PREFIX)));
+            true
+        } else {
+            false
+        };
+        // A gateway of the person's own is the model API's host.
+        if model && route.host != ANTHROPIC_API_HOST {
+            bottle_env.push(("ANTHROPIC_BASE_URL", format!("https://{}", route.host)));
+        }
     }
     // Claude Code is in every bottle: its traffic the person did not ask
     // for (its own updater, telemetry, error reports, feedback) is off by
@@ -650,8 +670,18 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
 
 /// The placeholder the agent holds instead of a Claude OAuth token. It has
 /// the real token's prefix so clients accept its shape, and says what it is.
-fn oauth_placeholder() -> String {
-    "sk-ant-oat01-bot-bottle-placeholder-the-gate-injects-the-real-token".to_owned()
+/// The model API's own host.
+pub const ANTHROPIC_API_HOST: &str = "api.anthropic.com";
+const OAUTH_PREFIX: &str = "sk-ant-oat01-";
+const API_KEY_PREFIX: &str = "sk-ant-api03-";
+
+/// A placeholder of a credential's real shape (its prefix, 93 characters
+/// of `[A-Za-z0-9_-]`, `AA`: 108 in all), so that a client checking the
+/// format before it sends accepts it; it says what it is and is no secret.
+fn placeholder(prefix: &str) -> String {
+    const SAYS: &str = "bot-bottle-placeholder-the-gate-sends-the-real-credential-";
+    let body: String = SAYS.chars().cycle().take(93).collect();
+    format!("{prefix}{body}AA")
 }
 
 /// `AGENT-xxxxxx`: the agent's name and a random suffix of lowercase letters
@@ -668,6 +698,21 @@ pub fn mint_identity(agent: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_have_the_real_shape() {
+        for prefix in [OAUTH_PREFIX, API_KEY_PREFIX] {
+            let p = placeholder(prefix);
+            assert_eq!(p.len(), 108);
+            let body = &p[prefix.len()..p.len() - 2];
+            assert_eq!(body.len(), 93);
+            assert!(
+                body.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            );
+            assert!(p.starts_with(prefix) && p.ends_with("AA"));
+        }
+    }
 
     #[test]
     fn identities_are_docker_names_and_differ() {

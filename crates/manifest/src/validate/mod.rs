@@ -18,10 +18,15 @@ use crate::host::{HostRule, normalize_host};
 use crate::manifest::{Bottle, EnvValue, GitEntry, Manifest, MemorySize, Route};
 
 /// Roles a credential route may carry.
-pub const KNOWN_ROLES: &[&str] = &[ROLE_CLAUDE_CODE_OAUTH];
-/// Gives the agent `CLAUDE_CODE_OAUTH_TOKEN=<placeholder>` and turns off
-/// Claude Code's non-essential traffic. One route per bottle at most.
+pub const KNOWN_ROLES: &[&str] = &[ROLE_CLAUDE_CODE_OAUTH, ROLE_ANTHROPIC_API_KEY];
+/// Gives the agent `CLAUDE_CODE_OAUTH_TOKEN=<placeholder>`; the gate sends
+/// the real token as `Authorization: Bearer`.
 pub const ROLE_CLAUDE_CODE_OAUTH: &str = "claude_code_oauth";
+/// Gives the agent `ANTHROPIC_API_KEY=<placeholder>`; the gate sends the
+/// real key as `x-api-key` (no scheme).
+pub const ROLE_ANTHROPIC_API_KEY: &str = "anthropic_api_key";
+/// The roles that make a route the bottle's model API: one per bottle.
+pub const MODEL_ROLES: &[&str] = &[ROLE_CLAUDE_CODE_OAUTH, ROLE_ANTHROPIC_API_KEY];
 
 /// Memory limit when the manifest names none.
 pub const DEFAULT_MEMORY_BYTES: u64 = 4 << 30;
@@ -426,7 +431,7 @@ fn check_bottle(out: &mut Problems, at: &str, bottle: &Bottle, ctx: &Context) ->
 }
 
 fn check_routes(out: &mut Problems, at: &str, routes: &[Route], allow: &[HostRule]) {
-    let mut oauth_routes = 0;
+    let mut model_routes = 0;
     for (i, route) in routes.iter().enumerate() {
         let field = format!("{at}.egress_proxy.routes[{i}]");
         match normalize_host(&route.host) {
@@ -475,12 +480,27 @@ fn check_routes(out: &mut Problems, at: &str, routes: &[Route], allow: &[HostRul
             );
         }
         for role in route.role.iter().flat_map(|r| r.as_slice()) {
-            if role == ROLE_CLAUDE_CODE_OAUTH {
-                oauth_routes += 1;
-                if oauth_routes == 2 {
+            if MODEL_ROLES.contains(&role.as_str()) {
+                model_routes += 1;
+                if model_routes == 2 {
                     out.push(
                         format!("{field}.Role"),
-                        format!("{ROLE_CLAUDE_CODE_OAUTH} may appear on one route per bottle: remove it from all but one"),
+                        format!(
+                            "{} may appear on one route per bottle, and only one of them: remove it from all but one",
+                            MODEL_ROLES.join(" and ")
+                        ),
+                    );
+                }
+                if role == ROLE_ANTHROPIC_API_KEY
+                    && (route
+                        .header
+                        .as_deref()
+                        .is_some_and(|h| !h.eq_ignore_ascii_case("x-api-key"))
+                        || route.scheme.as_deref().is_some_and(|s| !s.is_empty()))
+                {
+                    out.push(
+                        format!("{field}.Role"),
+                        format!("{ROLE_ANTHROPIC_API_KEY} sends the key as x-api-key with no scheme: remove header and scheme from this route"),
                     );
                 }
             } else if !KNOWN_ROLES.contains(&role.as_str()) {
