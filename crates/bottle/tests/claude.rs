@@ -56,3 +56,140 @@ fn an_unknown_way_to_install_claude_code_is_refused_naming_the_ways() {
         stderr(&out)
     );
 }
+
+/// The real token of the model API route, held by the launcher only.
+const MODEL_TOKEN: &str = "sk-ant-oat01-bbtest-the-real-token-only-the-gate-sends-it-000000000000000000000000000000000000AA";
+
+/// The requests the model API's stand-in received, in order.
+fn model_requests(world: &World) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("docker")
+        .args(["exec", &world.origin, "cat", "/tmp/model-api.jsonl"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn claude_code_asks_the_model_through_the_gate_which_alone_holds_the_token() {
+    let Some(world) = world() else {
+        return;
+    };
+    let mut manifest = world.manifest(&["model.test"]);
+    let bottle = &mut manifest["bottles"]["test"];
+    bottle["resources"]["memory"] = "2g".into();
+    bottle["supervise"] = true.into();
+    bottle["egress_proxy"]["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "host": "model.test", "token_ref": "BBTEST_MODEL_TOKEN", "Role": "claude_code_oauth"
+        }));
+    manifest["agents"]["claude"] = serde_json::json!({
+        "bottle": "test",
+        "command": ["claude", "-p", "say hello"],
+        "prompt": "bbtest-agent-prompt: be brief.",
+    });
+    world.write_manifest(&manifest);
+    let started = std::time::Instant::now();
+    let out = world
+        .command()
+        .env("BBTEST_MODEL_TOKEN", MODEL_TOKEN)
+        .args(["start", "claude", "-y"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("bbtest-answer"), "{text}");
+    let identity = stderr(&out)
+        .split_whitespace()
+        .find(|w| w.starts_with("claude-"))
+        .unwrap()
+        .to_owned();
+
+    // The model got the real token, in the header the role names; every
+    // request of the run went there.
+    let requests = model_requests(&world);
+    let turns: Vec<&serde_json::Value> = requests
+        .iter()
+        .filter(|r| {
+            r["method"] == "POST" && r["path"].as_str().unwrap().starts_with("/v1/messages")
+        })
+        .collect();
+    assert!(!turns.is_empty(), "{requests:?}");
+    for turn in &turns {
+        assert_eq!(
+            turn["headers"]["authorization"],
+            format!("Bearer {MODEL_TOKEN}"),
+            "{}",
+            turn["headers"]
+        );
+    }
+    let first = &turns[0]["body"];
+    // The bottle's prompt and the agent's, after Claude Code's own.
+    let system: String = first["system"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["text"].as_str())
+        .collect();
+    assert!(system.contains("You are in a bot-bottle"), "{system}");
+    assert!(
+        system.contains("bbtest-agent-prompt: be brief."),
+        "{system}"
+    );
+    // The supervise tools are offered from the first turn, not deferred.
+    let tools: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for tool in [
+        "mcp__bottle__request_egress",
+        "mcp__bottle__request_route",
+        "mcp__bottle__show_policy",
+    ] {
+        assert!(tools.contains(&tool), "{tool} not offered: {tools:?}");
+    }
+
+    // What Claude Code tried besides the model was refused at once: no
+    // stall on a host no one allowed.
+    let audit =
+        std::fs::read_to_string(world.state_root().join(&identity).join("audit.jsonl")).unwrap();
+    let refused: Vec<String> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["decision"] == "deny")
+        .map(|r| r["host"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    eprintln!("took {took:?}; refused: {refused:?}");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "took {took:?}; refused {refused:?}"
+    );
+
+    // The agent holds the placeholder only: not in its environment, its
+    // files or any process of the bottle is the real token.
+    let probe = world
+        .command()
+        .env("BBTEST_MODEL_TOKEN", MODEL_TOKEN)
+        .args(["start", "claude", "-y", "--rm", "--", "sh", "-c"])
+        .arg("echo token=$CLAUDE_CODE_OAUTH_TOKEN; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c bbtest-the-real; grep -rsl bbtest-the-real- $HOME /workspace /tmp /etc/bot-bottle; echo scanned")
+        .output()
+        .unwrap();
+    let seen = stdout(&probe);
+    assert!(probe.status.success(), "{seen}\n{}", stderr(&probe));
+    let token = seen.lines().find_map(|l| l.strip_prefix("token=")).unwrap();
+    assert!(
+        token.starts_with("sk-ant-oat01-") && token.len() == 108 && token != MODEL_TOKEN,
+        "{token}"
+    );
+    assert!(
+        seen.contains("\n0\nscanned"),
+        "the real token is in the bottle: {seen}"
+    );
+}

@@ -69,8 +69,11 @@ impl ProvisionPlan {
     /// The MCP configuration's contents.
     pub fn mcp_config_json(&self) -> Option<String> {
         let url = self.supervise_url.as_ref()?;
+        // `alwaysLoad`: Claude Code lists the tools from the first turn,
+        // never behind its tool search, and waits for the server (at
+        // most its connect timeout) before that turn is built.
         let config = serde_json::json!({
-            "mcpServers": { SUPERVISE_SERVER: { "type": "http", "url": url } }
+            "mcpServers": { SUPERVISE_SERVER: { "type": "http", "url": url, "alwaysLoad": true } }
         });
         serde_json::to_string_pretty(&config).ok()
     }

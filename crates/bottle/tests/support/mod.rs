@@ -198,6 +198,8 @@ impl World {
             "other.allowed.test",
             "--network-alias",
             "route.test",
+            "--network-alias",
+            "model.test",
             "-v",
             &format!("{}:/certs:ro", certs.display()),
             ORIGIN_IMAGE,
@@ -254,6 +256,7 @@ impl World {
                 "forbidden.test",
                 "other.allowed.test",
                 "route.test",
+                "model.test",
             ],
         );
         std::fs::create_dir_all(world.home()).unwrap();
@@ -714,6 +717,7 @@ fn make_certs(dir: &Path) {
         "forbidden.test",
         "other.allowed.test",
         "route.test",
+        "model.test",
         "localhost",
     ]
     .map(String::from)
