@@ -233,7 +233,12 @@ pub struct ResumeArgs {
     /// Resume without asking for confirmation.
     #[arg(short = 'y', long = "yes")]
     pub yes: bool,
-    /// Run this command in the bottle instead of the agent's.
+    /// Start Claude Code afresh instead of continuing the conversation
+    /// the bottle's home holds.
+    #[arg(long)]
+    pub new_session: bool,
+    /// Run this command in the bottle instead of the agent's (`claude …`
+    /// continues the conversation too, unless `--new-session`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

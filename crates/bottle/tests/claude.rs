@@ -74,25 +74,9 @@ fn model_requests(world: &World) -> Vec<serde_json::Value> {
 
 #[test]
 fn claude_code_asks_the_model_through_the_gate_which_alone_holds_the_token() {
-    let Some(world) = world() else {
+    let Some(world) = model_world(&["-p", "say hello"]) else {
         return;
     };
-    let mut manifest = world.manifest(&["model.test"]);
-    let bottle = &mut manifest["bottles"]["test"];
-    bottle["resources"]["memory"] = "2g".into();
-    bottle["supervise"] = true.into();
-    bottle["egress_proxy"]["routes"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "host": "model.test", "token_ref": "BBTEST_MODEL_TOKEN", "Role": "claude_code_oauth"
-        }));
-    manifest["agents"]["claude"] = serde_json::json!({
-        "bottle": "test",
-        "command": ["claude", "-p", "say hello"],
-        "prompt": "bbtest-agent-prompt: be brief.",
-    });
-    world.write_manifest(&manifest);
     let started = std::time::Instant::now();
     let out = world
         .command()
@@ -172,6 +156,68 @@ fn claude_code_asks_the_model_through_the_gate_which_alone_holds_the_token() {
         "took {took:?}; refused {refused:?}"
     );
 
+    // Resumed, Claude Code continues that conversation: the model is
+    // sent the earlier turn. A command given after `--` continues too;
+    // `--new-session` starts afresh.
+    let said = |requests: &[serde_json::Value]| -> String {
+        let last = requests
+            .iter()
+            .rev()
+            .find(|r| {
+                r["method"] == "POST" && r["path"].as_str().unwrap().starts_with("/v1/messages")
+            })
+            .unwrap();
+        last["body"]["messages"].to_string()
+    };
+    for (args, continued) in [
+        (vec!["resume", identity.as_str(), "-y"], true),
+        (
+            vec![
+                "resume",
+                identity.as_str(),
+                "-y",
+                "--",
+                "claude",
+                "-p",
+                "again",
+            ],
+            true,
+        ),
+        (
+            vec![
+                "resume",
+                identity.as_str(),
+                "-y",
+                "--new-session",
+                "--",
+                "claude",
+                "-p",
+                "afresh",
+            ],
+            false,
+        ),
+    ] {
+        let before = model_requests(&world).len();
+        let out = world
+            .command()
+            .env("BBTEST_MODEL_TOKEN", MODEL_TOKEN)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("bbtest-answer"),
+            "{args:?}: {}",
+            stdout(&out)
+        );
+        let messages = said(&model_requests(&world)[before..]);
+        assert_eq!(
+            messages.contains("bbtest-answer") && messages.contains("say hello"),
+            continued,
+            "{args:?}: {messages}"
+        );
+    }
+
     // The agent holds the placeholder only: not in its environment, its
     // files or any process of the bottle is the real token.
     let probe = world
@@ -191,5 +237,121 @@ fn claude_code_asks_the_model_through_the_gate_which_alone_holds_the_token() {
     assert!(
         seen.contains("\n0\nscanned"),
         "the real token is in the bottle: {seen}"
+    );
+}
+
+/// A world whose bottle routes `model.test` as the model API (with the
+/// real token in the launcher's `BBTEST_MODEL_TOKEN`), is supervised and
+/// has room for Claude Code; its agent `claude` runs `claude ARGS`.
+fn model_world(args: &[&str]) -> Option<World> {
+    let world = world()?;
+    let mut manifest = world.manifest(&["model.test"]);
+    let bottle = &mut manifest["bottles"]["test"];
+    bottle["resources"]["memory"] = "2g".into();
+    bottle["supervise"] = true.into();
+    bottle["egress_proxy"]["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "host": "model.test", "token_ref": "BBTEST_MODEL_TOKEN", "Role": "claude_code_oauth"
+        }));
+    let mut command = vec!["claude"];
+    command.extend_from_slice(args);
+    manifest["agents"]["claude"] = serde_json::json!({
+        "bottle": "test",
+        "command": command,
+        "prompt": "bbtest-agent-prompt: be brief.",
+    });
+    world.write_manifest(&manifest);
+    Some(world)
+}
+
+#[test]
+fn the_model_asks_for_a_host_a_person_approves_and_its_next_tool_call_gets_there() {
+    // --max-turns: a model that went round in circles ends the run.
+    let Some(world) = model_world(&["-p", "bbtest-ask-egress forbidden.test", "--max-turns", "4"])
+    else {
+        return;
+    };
+    let run = |args: &[&str]| {
+        world
+            .command()
+            .env("BBTEST_MODEL_TOKEN", MODEL_TOKEN)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // The model calls request_egress; Claude Code calls the bottle's tool
+    // without asking (it only asks), and the model reads "pending".
+    let out = run(&["start", "claude", "-y"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("bbtest-answer after tool:") && text.contains("pending"),
+        "{text}"
+    );
+    let at = text.find("r-").expect("a request id");
+    let id = &text[at..at + 8];
+    let identity = stderr(&out)
+        .split_whitespace()
+        .find(|w| w.starts_with("claude-"))
+        .unwrap()
+        .to_owned();
+    let listed = run(&["requests", &identity]);
+    assert!(stdout(&listed).contains(id), "{}", stdout(&listed));
+
+    // The origin's status, and the gate's answer to CONNECT.
+    let curl = "bbtest-run: curl -s -o /dev/null -w code=%{http_code}/%{http_connect} https://forbidden.test/";
+    let resume = [
+        "resume",
+        &identity,
+        "-y",
+        "--",
+        "claude",
+        "-p",
+        curl,
+        "--allowedTools",
+        "Bash",
+        "--max-turns",
+        "4",
+    ];
+    // Asked is not allowed.
+    let out = run(&resume);
+    assert!(
+        stdout(&out).contains("code=000/403"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let approved = run(&["approve", id]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    let out = run(&resume);
+    let seen: Vec<String> = model_requests(&world)
+        .iter()
+        .rev()
+        .take(4)
+        .map(|r| {
+            let last = r["body"]["messages"]
+                .as_array()
+                .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                .cloned()
+                .unwrap_or_default();
+            format!(
+                "{} <- {}",
+                r["answer"],
+                last["content"]
+                    .to_string()
+                    .chars()
+                    .take(600)
+                    .collect::<String>()
+            )
+        })
+        .collect();
+    assert!(
+        stdout(&out).contains("code=200/200"),
+        "{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        seen.join("\n")
     );
 }

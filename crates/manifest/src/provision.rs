@@ -174,7 +174,14 @@ pub fn agent_argv(command: &[String], provision: &ProvisionPlan) -> Vec<String> 
         ]);
     }
     if let Some(config) = &provision.mcp_config {
-        argv.extend(["--mcp-config".to_owned(), config.clone()]);
+        // The bottle's tools only ask (a person decides, outside): Claude
+        // Code may call them without asking in the agent's terminal first.
+        argv.extend([
+            "--mcp-config".to_owned(),
+            config.clone(),
+            "--allowedTools".to_owned(),
+            format!("mcp__{SUPERVISE_SERVER}"),
+        ]);
     }
     argv
 }
@@ -297,7 +304,9 @@ mod tests {
                 "--append-system-prompt-file",
                 PROMPT_PATH,
                 "--mcp-config",
-                MCP_CONFIG_PATH
+                MCP_CONFIG_PATH,
+                "--allowedTools",
+                "mcp__bottle"
             ]
         );
         let bash = vec!["bash".to_owned()];

@@ -65,8 +65,9 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
         host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
         home: &global.home,
         grants: &grants,
-        // `claude …` continues its conversation when there is one.
-        continue_conversation: args.command.is_empty(),
+        // `claude …`, the agent's or one given, continues its
+        // conversation when there is one.
+        continue_conversation: !args.new_session,
     })?;
     super::start::launch(&plan, &settings, &choice, None, args.yes, printer)
 }
