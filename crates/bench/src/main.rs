@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod claude;
 mod git;
 mod lifecycle;
 mod native;
@@ -107,6 +108,18 @@ enum Bench {
         #[arg(long)]
         bottle: Option<PathBuf>,
     },
+    /// From `bottle start` of a Claude Code bottle to its first request
+    /// at the model API (a stand-in), against `claude -p` on the host.
+    Claude {
+        #[arg(long, default_value = "7")]
+        runs: usize,
+        /// The `bottle` binary [default: beside this one].
+        #[arg(long)]
+        bottle: Option<PathBuf>,
+        /// The repository (for the origin's fixtures).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
     /// Start latency against `docker run`, and the gate's idle memory.
     Start {
         /// Runs of each command (after one warm-up run each).
@@ -130,6 +143,9 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
+        Bench::Claude { runs, bottle, repo } => {
+            claude::run(&bottle_path(bottle)?, &repo, runs.max(1))
+        }
         Bench::Proxy {
             seconds,
             rounds,

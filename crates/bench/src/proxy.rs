@@ -20,7 +20,7 @@ use crate::{Stats, emit, ms, stats, verdict};
 
 pub(crate) const ORIGIN_IMAGE: &str = "bot-bottle-test/origin:latest";
 const MITM_IMAGE: &str = "bot-bottle-bench/mitmproxy:latest";
-const HOST: &str = "allowed.test";
+pub(crate) const HOST: &str = "allowed.test";
 const BIG_MIB: usize = 100;
 
 /// How the client reaches the origin.

@@ -650,7 +650,9 @@ fn claude_is_given_the_prompt_file_and_the_supervise_server() {
             "--append-system-prompt-file",
             "/etc/bot-bottle/prompt.md",
             "--mcp-config",
-            "/etc/bot-bottle/mcp.json"
+            "/etc/bot-bottle/mcp.json",
+            "--allowedTools",
+            "mcp__bottle"
         ])
     );
     assert_eq!(
