@@ -125,6 +125,11 @@ fn claude_code_asks_the_model_through_the_gate_which_alone_holds_the_token() {
         system.contains("bbtest-agent-prompt: be brief."),
         "{system}"
     );
+    // The provisioned skill is offered to the model.
+    assert!(
+        first.to_string().contains("bbtest-skill-description"),
+        "the skill is not listed"
+    );
     // The supervise tools are offered from the first turn, not deferred.
     let tools: Vec<&str> = first["tools"]
         .as_array()
@@ -244,6 +249,11 @@ fn claude_code_asks_the_model_through_the_gate_which_alone_holds_the_token() {
 /// real token in the launcher's `BBTEST_MODEL_TOKEN`), is supervised and
 /// has room for Claude Code; its agent `claude` runs `claude ARGS`.
 fn model_world(args: &[&str]) -> Option<World> {
+    model_world_with("claude_code_oauth", args)
+}
+
+/// [`model_world`] with the model route's `role`.
+fn model_world_with(role: &str, args: &[&str]) -> Option<World> {
     let world = world()?;
     let mut manifest = world.manifest(&["model.test"]);
     let bottle = &mut manifest["bottles"]["test"];
@@ -253,14 +263,22 @@ fn model_world(args: &[&str]) -> Option<World> {
         .as_array_mut()
         .unwrap()
         .push(serde_json::json!({
-            "host": "model.test", "token_ref": "BBTEST_MODEL_TOKEN", "Role": "claude_code_oauth"
+            "host": "model.test", "token_ref": "BBTEST_MODEL_TOKEN", "Role": role
         }));
     let mut command = vec!["claude"];
     command.extend_from_slice(args);
+    let skill = world.home().join(".claude/skills/bbtest-skill");
+    std::fs::create_dir_all(&skill).unwrap();
+    std::fs::write(
+        skill.join("SKILL.md"),
+        "---\nname: bbtest-skill\ndescription: bbtest-skill-description, for the tests\n---\nUse it well.\n",
+    )
+    .unwrap();
     manifest["agents"]["claude"] = serde_json::json!({
         "bottle": "test",
         "command": command,
         "prompt": "bbtest-agent-prompt: be brief.",
+        "skills": ["bbtest-skill"],
     });
     world.write_manifest(&manifest);
     Some(world)
@@ -353,5 +371,57 @@ fn the_model_asks_for_a_host_a_person_approves_and_its_next_tool_call_gets_there
         stdout(&out),
         stderr(&out),
         seen.join("\n")
+    );
+}
+
+#[test]
+fn an_api_key_reaches_the_model_in_x_api_key_and_the_bottle_holds_a_placeholder() {
+    const KEY: &str = "sk-ant-api03-bbtest-the-real-key-only-the-gate-sends-it-0000000000000000000000000000000000000000AA";
+    let Some(world) = model_world_with("anthropic_api_key", &["-p", "say hello"]) else {
+        return;
+    };
+    let out = world
+        .command()
+        .env("BBTEST_MODEL_TOKEN", KEY)
+        .args(["start", "claude", "-y", "--rm"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("bbtest-answer"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let requests = model_requests(&world);
+    let turn = requests
+        .iter()
+        .find(|r| r["path"].as_str().unwrap().starts_with("/v1/messages"))
+        .expect("a request of the model");
+    assert_eq!(turn["headers"]["x-api-key"], KEY, "{}", turn["headers"]);
+    assert!(
+        !turn["headers"].to_string().contains("Bearer"),
+        "{}",
+        turn["headers"]
+    );
+    let probe = world
+        .command()
+        .env("BBTEST_MODEL_TOKEN", KEY)
+        .args([
+            "start",
+            "claude",
+            "-y",
+            "--rm",
+            "--",
+            "sh",
+            "-c",
+            "echo key=$ANTHROPIC_API_KEY",
+        ])
+        .output()
+        .unwrap();
+    let key = stdout(&probe);
+    let key = key.trim().strip_prefix("key=").unwrap();
+    assert!(
+        key.starts_with("sk-ant-api03-") && key.len() == 108 && key != KEY,
+        "{key}"
     );
 }
