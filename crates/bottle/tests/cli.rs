@@ -652,7 +652,11 @@ fn claude_is_given_the_prompt_file_and_the_supervise_server() {
             "--mcp-config",
             "/etc/bot-bottle/mcp.json",
             "--allowedTools",
-            "mcp__bottle"
+            "mcp__bottle__show_policy",
+            "mcp__bottle__request_egress",
+            "mcp__bottle__request_route",
+            "mcp__bottle__request_image_change",
+            "mcp__bottle__request_status"
         ])
     );
     assert_eq!(

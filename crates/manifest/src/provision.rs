@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{
     MCP_CONFIG_PATH, PROMPT_PATH, PROXY_PORT, SUPERVISE_PATH, SUPERVISE_PORT, SUPERVISE_SERVER,
+    SUPERVISE_TOOLS,
 };
 
 /// One step of provisioning a bottle.
@@ -175,13 +176,18 @@ pub fn agent_argv(command: &[String], provision: &ProvisionPlan) -> Vec<String> 
     }
     if let Some(config) = &provision.mcp_config {
         // The bottle's tools only ask (a person decides, outside): Claude
-        // Code may call them without asking in the agent's terminal first.
+        // Code may call them, by name, without asking in the agent's
+        // terminal first (another server named alike gets no such leave).
         argv.extend([
             "--mcp-config".to_owned(),
             config.clone(),
             "--allowedTools".to_owned(),
-            format!("mcp__{SUPERVISE_SERVER}"),
         ]);
+        argv.extend(
+            SUPERVISE_TOOLS
+                .iter()
+                .map(|tool| format!("mcp__{SUPERVISE_SERVER}__{tool}")),
+        );
     }
     argv
 }
@@ -306,7 +312,11 @@ mod tests {
                 "--mcp-config",
                 MCP_CONFIG_PATH,
                 "--allowedTools",
-                "mcp__bottle"
+                "mcp__bottle__show_policy",
+                "mcp__bottle__request_egress",
+                "mcp__bottle__request_route",
+                "mcp__bottle__request_image_change",
+                "mcp__bottle__request_status"
             ]
         );
         let bash = vec!["bash".to_owned()];

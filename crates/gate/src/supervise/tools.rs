@@ -215,3 +215,19 @@ impl Supervisor {
     instructions = "The bottle's supervisor. Ask here for what the bottle does not allow yet (a host, a credential route, an image change); a person decides. show_policy says what is allowed now."
 )]
 impl rmcp::ServerHandler for Supervisor {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_tools_served_are_the_ones_claude_code_may_call_unasked() {
+        let mut served: Vec<String> = super::Supervisor::tool_router()
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        served.sort();
+        let mut allowed: Vec<&str> = bottle_manifest::plan::SUPERVISE_TOOLS.to_vec();
+        allowed.sort_unstable();
+        assert_eq!(served, allowed);
+    }
+}

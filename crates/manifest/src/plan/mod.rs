@@ -56,6 +56,15 @@ pub const SUPERVISE_PORT: u16 = 7777;
 pub const SUPERVISE_PATH: &str = "/mcp";
 /// The name the supervise server has in the agent's MCP configuration.
 pub const SUPERVISE_SERVER: &str = "bottle";
+/// The supervise server's tools (the gate's test holds it to this list):
+/// the ones Claude Code may call without asking in the agent's terminal.
+pub const SUPERVISE_TOOLS: &[&str] = &[
+    "show_policy",
+    "request_egress",
+    "request_route",
+    "request_image_change",
+    "request_status",
+];
 /// The agent's system prompt file: the built-in section on how the bottle
 /// works, then the agent's `prompt`.
 pub const PROMPT_PATH: &str = "/etc/bot-bottle/prompt.md";
@@ -510,7 +519,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             false
         };
         // A gateway of the person's own is the model API's host.
-        if model && route.host != ANTHROPIC_API_HOST {
+        if model && route.host.trim_end_matches('.') != ANTHROPIC_API_HOST {
             bottle_env.push(("ANTHROPIC_BASE_URL", format!("https://{}", route.host)));
         }
     }

@@ -75,12 +75,19 @@ pub const RESERVED_ENV: &[&str] = &[
     "NODE_EXTRA_CA_CERTS",
     "GIT_CONFIG_COUNT",
     "GIT_CONFIG_PARAMETERS",
+    // The model API's placeholders and address (a route's role sets
+    // them): an agent's own value could carry a real credential in.
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+    "CLAUDE_CODE_OAUTH_TOKEN",
 ];
 
 /// Whether bot-bottle sets `name` itself.
 pub fn is_reserved_env(name: &str) -> bool {
     RESERVED_ENV.contains(&name)
         || crate::plan::CA_BUNDLE_VARS.contains(&name)
+        || crate::plan::QUIET_CLAUDE_CODE.contains(&name)
         || name.starts_with("BOTTLE_")
 }
 
@@ -635,6 +642,10 @@ mod tests {
             "DENO_CERT",
             "GIT_CONFIG_COUNT",
             "BOTTLE_IDENTITY",
+            "ANTHROPIC_API_KEY",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "ANTHROPIC_BASE_URL",
+            "DISABLE_AUTOUPDATER",
         ] {
             assert!(is_reserved_env(var), "{var}");
         }
