@@ -396,6 +396,32 @@ pub fn check_owned(root: &Path) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// Waits, off the async threads, until `file`'s exclusive lock is this
+/// process's; it holds until the file is dropped.
+pub async fn locked(file: std::fs::File) -> Result<std::fs::File, BackendError> {
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(BackendError::from)
+}
+
+/// The identity of the file at `path` (a link followed): device, inode,
+/// modification time, size and mode — enough to notice that it changed
+/// without reading it.
+pub fn file_identity(path: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok(format!(
+        "{}:{}:{}.{}:{}:{:o}",
+        meta.dev(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.len(),
+        meta.mode()
+    ))
+}
+
 /// Opens (creating, `0600`) a lock file, never through a link.
 pub fn open_lock(path: &Path) -> Result<std::fs::File, BackendError> {
     use std::os::unix::fs::OpenOptionsExt;

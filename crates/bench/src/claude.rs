@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-use crate::proxy::{HOST, docker, origin_world, wait_for};
+use crate::proxy::{HOST, address, docker, origin_world, wait_for};
 use crate::{emit, ms, stats};
 
 const TOKEN: &str = "sk-ant-oat01-bench-token-of-the-stand-in-which-accepts-any-0000000000000000000000000000000000AA";
@@ -78,15 +78,7 @@ pub fn run(bottle: &Path, repo: &Path, runs: usize) -> anyhow::Result<()> {
             .status()
             .is_ok_and(|s| s.success())
     })?;
-    let ip = docker(&[
-        "inspect",
-        "-f",
-        &format!(
-            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-            setup.network
-        ),
-        &origin,
-    ])?;
+    let ip = address(&origin, &setup.network)?;
     let hosts = dir.path().join("hosts");
     std::fs::write(&hosts, format!("127.0.0.1 localhost\n{ip} {HOST}\n"))?;
 

@@ -248,6 +248,16 @@ pub(crate) fn make_certs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `container`'s address on `network`.
+pub(crate) fn address(container: &str, network: &str) -> anyhow::Result<String> {
+    docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        container,
+    ])
+}
+
 pub(crate) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     let end = Instant::now() + Duration::from_secs(60);
     while Instant::now() < end {
@@ -450,12 +460,7 @@ pub fn run(
     )?;
     docker(&["build", "-q", "-t", MITM_IMAGE, &mitm_dir.to_string_lossy()])?;
 
-    let origin_ip = docker(&[
-        "inspect",
-        "-f",
-        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
-        &origin,
-    ])?;
+    let origin_ip = address(&origin, &network)?;
 
     let conf = dir.path().join("mitm-conf");
     std::fs::create_dir_all(&conf)?;
@@ -488,12 +493,7 @@ pub fn run(
         "connection_strategy=lazy",
     ])?;
     setup.containers.push(mitm.clone());
-    let mitm_ip = docker(&[
-        "inspect",
-        "-f",
-        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
-        &mitm,
-    ])?;
+    let mitm_ip = address(&mitm, &network)?;
     wait_for("mitmproxy", || conf.join("mitmproxy-ca-cert.pem").exists())?;
 
     // The bottle(s) whose gate the client reaches through its socket: this

@@ -51,8 +51,14 @@ impl Env {
     /// `bottle start coder --dry-run --format json`, which must succeed:
     /// the plan.
     fn plan(&self) -> Value {
+        serde_json::from_str(&self.plan_text(&[])).unwrap()
+    }
+
+    /// The plan's JSON as printed, with the launcher's `vars` set.
+    fn plan_text(&self, vars: &[(&str, &str)]) -> String {
         let out = self
             .bottle()
+            .envs(vars.iter().copied())
             .args(["start", "coder", "--dry-run", "--format", "json"])
             .output()
             .unwrap();
@@ -61,7 +67,7 @@ impl Env {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs `bottle ARGS`, asserts it exits with `code`, returns stderr.
@@ -233,18 +239,7 @@ fn the_api_key_role_gives_a_placeholder_and_a_gateway_its_base_url() {
         } }
     });
     env.manifest(&manifest.to_string());
-    let out = env
-        .bottle()
-        .env("KEY", "sk-ant-api03-the-real-one")
-        .args(["start", "coder", "--dry-run", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = env.plan_text(&[("KEY", "sk-ant-api03-the-real-one")]);
     assert!(!text.contains("the-real-one"), "a secret in the plan");
     let plan: Value = serde_json::from_str(&text).unwrap();
     let route = &plan["egress"]["routes"][0];
@@ -502,19 +497,7 @@ fn dry_run_json_is_the_documented_contract() {
         } }
     });
     env.manifest(&manifest.to_string());
-    let out = env
-        .bottle()
-        .env("TOKEN", "real-secret-value")
-        .env("HOST_B", "host-b-value")
-        .args(["start", "coder", "--dry-run", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = env.plan_text(&[("TOKEN", "real-secret-value"), ("HOST_B", "host-b-value")]);
     assert!(!text.contains("real-secret-value"), "a secret in the plan");
     assert!(
         !text.contains("host-b-value"),

@@ -20,21 +20,16 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a whole download may take (170 MiB at 200 KiB/s).
 const DEADLINE: Duration = Duration::from_secs(15 * 60);
 
-/// What a download delivered.
-pub struct Fetched {
-    pub bytes: u64,
-    pub sha256: String,
-}
-
 /// GETs `url` (https only) into the new file `to`: exactly `size` bytes,
 /// or an error (a server sending more is cut off there), within
-/// [`DEADLINE`]; `progress(done)` is called as it goes.
+/// [`DEADLINE`]; `progress(done)` is called as it goes. Returns the
+/// file's SHA-256.
 pub async fn download(
     url: &str,
     to: &Path,
     size: u64,
     progress: impl FnMut(u64),
-) -> Result<Fetched, String> {
+) -> Result<String, String> {
     tokio::time::timeout(DEADLINE, download_within(url, to, size, progress))
         .await
         .map_err(|_| format!("{url}: not fetched in {} minutes", DEADLINE.as_secs() / 60))?
@@ -45,7 +40,7 @@ async fn download_within(
     to: &Path,
     size: u64,
     mut progress: impl FnMut(u64),
-) -> Result<Fetched, String> {
+) -> Result<String, String> {
     let mut response = get(url, None).await?;
     let announced: Option<u64> = response
         .headers()
@@ -94,10 +89,7 @@ async fn download_within(
             "{url}: the answer ended after {done} of {size} bytes"
         ));
     }
-    Ok(Fetched {
-        bytes: done,
-        sha256: hex(&hash.finalize()),
-    })
+    Ok(hex(&hash.finalize()))
 }
 
 /// GETs `url` into memory (an index page), at most `limit` bytes.

@@ -248,9 +248,7 @@ fn owned_dir(dir: &Path) -> Result<PathBuf, BackendError> {
 /// short (no fetch runs while the lock is held) are removed.
 async fn lock(dir: &Path) -> Result<std::fs::File, BackendError> {
     let file = crate::state::open_lock(&dir.join(".lock"))?;
-    let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-        .await
-        .map_err(std::io::Error::other)??;
+    let locked = crate::state::locked(file).await?;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -276,20 +274,6 @@ fn checked_path(binary: &Path) -> PathBuf {
     binary.with_extension("checked")
 }
 
-fn fingerprint(path: &Path) -> std::io::Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path)?;
-    Ok(format!(
-        "{}:{}:{}.{}:{}:{:o}",
-        meta.dev(),
-        meta.ino(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.len(),
-        meta.mode()
-    ))
-}
-
 /// The binary at `path` when it is still what was checked: by its
 /// identity, or else by hashing it again. A binary that is not (changed,
 /// cut short, no record) is removed, to be fetched again.
@@ -306,7 +290,10 @@ async fn verified(
         }
     };
     let record = checked_path(path);
-    let (Ok(text), Ok(now)) = (std::fs::read_to_string(&record), fingerprint(path)) else {
+    let (Ok(text), Ok(now)) = (
+        std::fs::read_to_string(&record),
+        crate::state::file_identity(path),
+    ) else {
         remove(path);
         return Ok(None);
     };
@@ -399,7 +386,7 @@ impl Taken {
         let checked = Checked {
             sha256: self.sha256.clone(),
             version: self.version.clone(),
-            fingerprint: fingerprint(path).map_err(io)?,
+            fingerprint: crate::state::file_identity(path).map_err(io)?,
         };
         write_new(
             &checked_path(path),
@@ -458,10 +445,10 @@ async fn download_wheel(
         }
     })
     .await?;
-    if fetched.sha256 != wheel.sha256 {
+    if fetched != wheel.sha256 {
         return Err(format!(
             "{} has sha256 {}, the pin says {}: not installed",
-            wheel.url, fetched.sha256, wheel.sha256
+            wheel.url, fetched, wheel.sha256
         ));
     }
     Ok(())

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
@@ -159,21 +158,12 @@ pub struct SelfBinary {
 impl SelfBinary {
     pub fn current() -> Result<SelfBinary, BackendError> {
         let path = std::env::current_exe()?;
-        let meta = std::fs::metadata(&path).map_err(|source| BackendError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(SelfBinary {
-            fingerprint: format!(
-                "{}:{}:{}.{}:{}",
-                meta.dev(),
-                meta.ino(),
-                meta.mtime(),
-                meta.mtime_nsec(),
-                meta.len()
-            ),
-            path,
-        })
+        let fingerprint =
+            crate::state::file_identity(&path).map_err(|source| BackendError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(SelfBinary { fingerprint, path })
     }
 }
 
@@ -241,9 +231,7 @@ pub async fn ensure(
 
     // Another launcher may be building the same image right now.
     let lock = lock_file(lock_dir, &spec.tag)?;
-    let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-        .await
-        .map_err(std::io::Error::other)??;
+    let locked = crate::state::locked(lock).await?;
     if let Some((_, labels)) = image_id(docker, &spec.tag).await?
         && current(&labels)
     {
@@ -432,20 +420,13 @@ pub fn claude_layer(install: &crate::claude::Install) -> Result<ClaudeLayer, Bac
             id: None,
         },
         Install::Binary(path) => {
-            let meta = std::fs::metadata(path).map_err(|source| BackendError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let identity =
+                crate::state::file_identity(path).map_err(|source| BackendError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
             let mut h = Sha256::new();
-            h.update(format!(
-                "{}\0{}:{}:{}.{}:{}",
-                path.display(),
-                meta.dev(),
-                meta.ino(),
-                meta.mtime(),
-                meta.mtime_nsec(),
-                meta.len()
-            ));
+            h.update(format!("{}\0{identity}", path.display()));
             let id: String = h
                 .finalize()
                 .iter()
@@ -475,9 +456,7 @@ pub async fn ensure_claude(
         return Ok(id);
     }
     let lock = lock_file(lock_dir, tag)?;
-    let locked = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-        .await
-        .map_err(std::io::Error::other)??;
+    let locked = crate::state::locked(lock).await?;
     if let Some((id, _)) = image_id(docker, tag).await? {
         return Ok(id);
     }
