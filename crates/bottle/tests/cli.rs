@@ -182,6 +182,39 @@ fn unknown_roles_are_rejected() {
 }
 
 #[test]
+fn a_route_host_is_given_once() {
+    let routes = json!([
+        { "host": "api.example.com", "token_ref": "A" },
+        { "host": "API.example.com.", "token_ref": "B" }
+    ]);
+    refused(
+        with(
+            valid(),
+            "/bottles/dev/egress_proxy",
+            json!({ "routes": routes }),
+        ),
+        "bottles.dev.egress_proxy.routes[1].host",
+        "a route to api.example.com is given twice",
+    );
+}
+
+#[test]
+fn the_oauth_role_keeps_its_header() {
+    let routes = json!([
+        { "host": "api.example.com", "token_ref": "A", "Role": "claude_code_oauth", "header": "x-api-key" }
+    ]);
+    refused(
+        with(
+            valid(),
+            "/bottles/dev/egress_proxy",
+            json!({ "routes": routes }),
+        ),
+        "bottles.dev.egress_proxy.routes[0].Role",
+        "claude_code_oauth sends the token as Authorization: Bearer: remove header and scheme",
+    );
+}
+
+#[test]
 fn one_claude_code_oauth_route_per_bottle() {
     let routes = json!([
         { "host": "api.example.com", "token_ref": "A", "Role": "claude_code_oauth" },

@@ -44,6 +44,9 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The one port a credential route's secret is sent to.
+pub const ROUTE_PORT: u16 = 443;
+
 /// One credential route, secret included.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -122,8 +125,14 @@ impl Credentials {
         self.routes.is_empty()
     }
 
-    /// The route for requests to `host`, if any.
-    pub fn route_for(&self, host: &Host) -> Option<&Route> {
+    /// The route for HTTPS requests to `host` on `port`, if any. A route
+    /// is bound to its host's port 443 (the port validation allows it
+    /// on): another port of the same host may be another service, and
+    /// gets no credential.
+    pub fn route_for(&self, host: &Host, port: u16) -> Option<&Route> {
+        if port != ROUTE_PORT {
+            return None;
+        }
         self.routes.iter().find(|r| &r.host == host)
     }
 
@@ -254,6 +263,15 @@ mod tests {
     fn secrets_do_not_print() {
         let secret = Secret::new("hunter2".into());
         assert_eq!(format!("{secret} {secret:?}"), "*** ***");
+    }
+
+    #[test]
+    fn a_route_holds_for_port_443_only() {
+        let c = creds();
+        let host = Host::Name("api.example.com".into());
+        assert!(c.route_for(&host, 443).is_some());
+        assert!(c.route_for(&host, 8443).is_none());
+        assert!(c.route_for(&other(), 443).is_none());
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Egress {
         // One snapshot of the routes for the whole exchange.
         let credentials = self.live.credentials();
         let route = if target.https {
-            credentials.route_for(&target.host).cloned()
+            credentials.route_for(&target.host, target.port).cloned()
         } else {
             // A credential never travels in clear text.
             None

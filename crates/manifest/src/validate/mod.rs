@@ -439,9 +439,16 @@ fn check_bottle(out: &mut Problems, at: &str, bottle: &Bottle, ctx: &Context) ->
 
 fn check_routes(out: &mut Problems, at: &str, routes: &[Route], allow: &[HostRule]) {
     let mut model_routes = 0;
+    let mut hosts: Vec<String> = Vec::new();
     for (i, route) in routes.iter().enumerate() {
         let field = format!("{at}.egress_proxy.routes[{i}]");
         match normalize_host(&route.host) {
+            Ok(host) if hosts.contains(&host.to_string()) => out.push(
+                format!("{field}.host"),
+                format!(
+                    "a route to {host} is given twice: the gate would not know which credential to send; keep one"
+                ),
+            ),
             Ok(host) if !allow.iter().any(|rule| rule.allows(&host, 443, 443)) => out.push(
                 format!("{field}.host"),
                 format!(
@@ -449,7 +456,7 @@ fn check_routes(out: &mut Problems, at: &str, routes: &[Route], allow: &[HostRul
                     route.host
                 ),
             ),
-            Ok(_) => {}
+            Ok(host) => hosts.push(host.to_string()),
             Err(err) => out.push(format!("{field}.host"), err.to_string()),
         }
         match (&route.token_ref, &route.token_command) {
@@ -498,16 +505,22 @@ fn check_routes(out: &mut Problems, at: &str, routes: &[Route], allow: &[HostRul
                         ),
                     );
                 }
-                if role == ROLE_ANTHROPIC_API_KEY
-                    && (route
-                        .header
-                        .as_deref()
-                        .is_some_and(|h| !h.eq_ignore_ascii_case("x-api-key"))
-                        || route.scheme.as_deref().is_some_and(|s| !s.is_empty()))
+                // The client sends the placeholder in one header, so the
+                // gate must replace that header and no other.
+                let (header, scheme, sends) = if role == ROLE_ANTHROPIC_API_KEY {
+                    ("x-api-key", "", "the key as x-api-key with no scheme")
+                } else {
+                    ("authorization", "Bearer", "the token as Authorization: Bearer")
+                };
+                if route
+                    .header
+                    .as_deref()
+                    .is_some_and(|h| !h.eq_ignore_ascii_case(header))
+                    || route.scheme.as_deref().is_some_and(|s| s != scheme)
                 {
                     out.push(
                         format!("{field}.Role"),
-                        format!("{ROLE_ANTHROPIC_API_KEY} sends the key as x-api-key with no scheme: remove header and scheme from this route"),
+                        format!("{role} sends {sends}: remove header and scheme from this route"),
                     );
                 }
             } else if !KNOWN_ROLES.contains(&role.as_str()) {
