@@ -510,7 +510,11 @@ fn check_routes(out: &mut Problems, at: &str, routes: &[Route], allow: &[HostRul
                 let (header, scheme, sends) = if role == ROLE_ANTHROPIC_API_KEY {
                     ("x-api-key", "", "the key as x-api-key with no scheme")
                 } else {
-                    ("authorization", "Bearer", "the token as Authorization: Bearer")
+                    (
+                        "authorization",
+                        "Bearer",
+                        "the token as Authorization: Bearer",
+                    )
                 };
                 if route
                     .header
