@@ -72,6 +72,8 @@ pub fn egress(plan: &Plan, paths: &GatePaths, image: String) -> GateConfig {
                     host: r.host.clone(),
                     header: r.header.clone(),
                     scheme: r.scheme.clone(),
+                    placeholder: r.placeholder.clone(),
+                    paths: r.paths.clone(),
                 })
                 .collect(),
             ..policy(

@@ -27,12 +27,16 @@ pub fn write_files(
     if let (Some(path), Some(json)) = (&plan.mcp_config, plan.mcp_config_json()) {
         files.push((path.clone(), json));
     }
+    // The keys the shim merges into the agent's home.
+    files.extend(
+        plan.home_merges()
+            .into_iter()
+            .map(|m| (m.source, m.json.to_owned())),
+    );
     let mut mounts = Vec::new();
     for (inside, contents) in files {
-        let name = Path::new(&inside)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "file".to_owned());
+        // Named by the whole path: two mounts never share a file.
+        let name = inside.trim_start_matches('/').replace('/', "-");
         let host = dir.write_provision_file(&name, contents.as_bytes())?;
         mounts.push((host, inside));
     }

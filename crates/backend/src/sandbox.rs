@@ -66,6 +66,15 @@ pub fn shim_args(
     ShimArgs {
         forwards,
         gate_timeout_ms: u64::try_from(gate_timeout.as_millis()).unwrap_or(u64::MAX),
+        merge_json: plan
+            .provision
+            .home_merges()
+            .into_iter()
+            .map(|m| bottle_shim::MergeJson {
+                source: m.source.into(),
+                dest: m.dest.into(),
+            })
+            .collect(),
         ..ShimArgs::new(command.to_vec())
     }
 }

@@ -197,6 +197,11 @@ pub struct StartArgs {
     /// if it looks like a secret (an .env file, a key); repeatable.
     #[arg(long, value_name = "PATH")]
     pub include: Vec<PathBuf>,
+    /// Run Claude Code with Remote Control on, to follow and steer the
+    /// session from claude.ai/code or the Claude app (needs your claude.ai
+    /// sign-in on this machine; see docs/cli.md).
+    #[arg(long)]
+    pub remote_control: bool,
     /// Run this command in the bottle instead of the agent's.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -237,6 +242,9 @@ pub struct ResumeArgs {
     /// the bottle's home holds.
     #[arg(long)]
     pub new_session: bool,
+    /// Remote Control on again (it is on only when asked, each time).
+    #[arg(long)]
+    pub remote_control: bool,
     /// Run this command in the bottle instead of the agent's (`claude …`
     /// continues the conversation too, unless `--new-session`).
     #[arg(last = true, value_name = "CMD")]

@@ -35,6 +35,9 @@ pub const XDG_STATE_HOME: &str = "XDG_STATE_HOME";
 pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 /// The user's home: `~` in manifests, `~/.claude/skills`.
 pub const HOME: &str = "HOME";
+/// Claude Code's own configuration directory on the host (default `~`
+/// for `.claude.json`, `~/.claude` for the sign-in).
+pub const CLAUDE_CONFIG_DIR: &str = "CLAUDE_CONFIG_DIR";
 /// Any value turns colour off (<https://no-color.org>).
 pub const NO_COLOR: &str = "NO_COLOR";
 

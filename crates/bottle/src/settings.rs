@@ -80,6 +80,63 @@ impl Global {
             .map(|c| c.join("bot-bottle").join("claude.json"))
     }
 
+    /// The person's claude.ai sign-in on this machine, as much of it as
+    /// Remote Control needs in a bottle: the account's and organization's
+    /// ids (Claude Code's `.claude.json`) and the plan's kind (its sign-in
+    /// file). The tokens beside them are not read.
+    pub fn claude_account(&self) -> anyhow::Result<bottle_manifest::plan::ClaudeAccount> {
+        use bottle_manifest::plan::{ClaudeAccount, REMOTE_CONTROL_PLANS};
+        let (config, sign_in) = match env::read(env::CLAUDE_CONFIG_DIR).map(PathBuf::from) {
+            Some(dir) => (dir.join(".claude.json"), dir.join(".credentials.json")),
+            None => (
+                self.home.join(".claude.json"),
+                self.home.join(".claude").join(".credentials.json"),
+            ),
+        };
+        let login = "run `claude auth login` on this machine (a claude.ai Pro, Max, Team or Enterprise plan), then start again";
+        let read = |path: &std::path::Path| -> anyhow::Result<serde_json::Value> {
+            let bytes = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "--remote-control needs your claude.ai sign-in, which is not at {} ({e}): {login}",
+                    path.display()
+                )
+            })?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{} is not JSON ({e}): {login}", path.display()))
+        };
+        let config_json = read(&config)?;
+        let field = |value: &serde_json::Value, at: &[&str], path: &std::path::Path| {
+            at.iter()
+                .try_fold(value, |v, key| v.get(key))
+                .and_then(|v| v.as_str())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{} has no {}: {login}", path.display(), at.join("."))
+                })
+        };
+        let account_uuid = field(&config_json, &["oauthAccount", "accountUuid"], &config)?;
+        let organization_uuid =
+            field(&config_json, &["oauthAccount", "organizationUuid"], &config)?;
+        let subscription_type = field(
+            &read(&sign_in)?,
+            &["claudeAiOauth", "subscriptionType"],
+            &sign_in,
+        )?;
+        if !REMOTE_CONTROL_PLANS.contains(&subscription_type.as_str()) {
+            anyhow::bail!(
+                "Remote Control needs a claude.ai {} plan; the sign-in at {} is for {subscription_type:?}",
+                REMOTE_CONTROL_PLANS.join(", "),
+                sign_in.display()
+            );
+        }
+        Ok(ClaudeAccount {
+            account_uuid,
+            organization_uuid,
+            subscription_type,
+        })
+    }
+
     /// How bottles get Claude Code.
     pub fn claude_install(&self) -> anyhow::Result<bottle_backend::claude::Install> {
         use bottle_backend::claude::{Install, Pin};

@@ -260,6 +260,184 @@ fn an_api_key_goes_bare_in_x_api_key() {
     );
 }
 
+/// A manifest whose agent is Claude Code with `route` as its only route.
+fn claude_with_route(env: &Env, host: &str, role: &str) {
+    let manifest = json!({
+        "agents": { "coder": { "bottle": "dev", "command": ["claude"] } },
+        "bottles": { "dev": {
+            "allow": [host],
+            "egress_proxy": { "routes": [
+                { "host": host, "token_ref": "TOKEN", "Role": role } ] }
+        } }
+    });
+    env.manifest(&manifest.to_string());
+}
+
+/// A claude.ai sign-in on the host, as `claude auth login` leaves it.
+fn signed_in(env: &Env, plan: &str) {
+    std::fs::write(
+        env.home().join(".claude.json"),
+        json!({ "oauthAccount": { "accountUuid": "acc-1", "organizationUuid": "org-1", "emailAddress": "me@example.com" } }).to_string(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(env.home().join(".claude")).unwrap();
+    std::fs::write(
+        env.home().join(".claude/.credentials.json"),
+        json!({ "claudeAiOauth": { "accessToken": "sk-ant-oat01-host-real-access", "refreshToken": "sk-ant-ort01-host-real-refresh", "subscriptionType": plan } }).to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn remote_control_needs_a_claude_ai_sign_in_on_the_host() {
+    let env = Env::new();
+    claude_with_route(&env, "api.anthropic.com", "claude_code_oauth");
+    let args = ["start", "coder", "--remote-control", "--dry-run"];
+    let err = env.fails(&args, EXIT_CONFIG);
+    assert!(
+        err.contains("--remote-control needs your claude.ai sign-in")
+            && err.contains("claude auth login"),
+        "{err}"
+    );
+    signed_in(&env, "free");
+    let err = env.fails(&args, EXIT_CONFIG);
+    assert!(
+        err.contains("needs a claude.ai pro, max, team, enterprise plan"),
+        "{err}"
+    );
+}
+
+#[test]
+fn remote_control_needs_anthropics_own_api_and_a_sign_in_route() {
+    for (host, role) in [
+        ("llm.example.com", "claude_code_oauth"),
+        ("api.anthropic.com", "anthropic_api_key"),
+    ] {
+        let env = Env::new();
+        signed_in(&env, "max");
+        claude_with_route(&env, host, role);
+        let out = env
+            .bottle()
+            .env("TOKEN", "t")
+            .args(["start", "coder", "--remote-control", "--dry-run"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{err}");
+        assert!(
+            err.contains("--remote-control needs the bottle's model route to be a claude_code_oauth route to api.anthropic.com"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn remote_control_is_planned_with_placeholders_and_its_paths_for_this_run_only() {
+    let env = Env::new();
+    signed_in(&env, "max");
+    claude_with_route(&env, "api.anthropic.com", "claude_code_oauth");
+    let vars = [("TOKEN", "sk-ant-oat01-the-real-one")];
+    let run = |extra: &[&str]| {
+        let out = env
+            .bottle()
+            .envs(vars.iter().copied())
+            .args(["start", "coder", "--dry-run", "--format", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run(&["--remote-control"]);
+    for secret in [
+        "the-real-one",
+        "host-real-access",
+        "host-real-refresh",
+        "me@example.com",
+    ] {
+        assert!(!text.contains(secret), "{secret} in the plan");
+    }
+    let plan: Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = plan["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    // The sign-in is a file of the home, not a token in the environment;
+    // the feature flags Remote Control checks are not switched off.
+    assert!(!names.contains(&"CLAUDE_CODE_OAUTH_TOKEN"), "{names:?}");
+    assert!(!names.contains(&"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"));
+    assert!(names.contains(&"DISABLE_TELEMETRY"));
+    let command: Vec<&str> = plan["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = command
+        .iter()
+        .position(|a| *a == "--remote-control")
+        .expect("--remote-control");
+    assert_eq!(command[at + 1], plan["identity"].as_str().unwrap());
+    let files = plan["provision"]["home_files"].as_array().unwrap();
+    let file = |path: &str| -> Value {
+        let f = files.iter().find(|f| f["path"] == path).expect(path);
+        serde_json::from_str(f["json"].as_str().unwrap()).unwrap()
+    };
+    let sign_in = file(".claude/.credentials.json");
+    let token = sign_in["claudeAiOauth"]["accessToken"].as_str().unwrap();
+    assert!(
+        token.starts_with("sk-ant-oat01-bot-bottle-placeholder"),
+        "{token}"
+    );
+    assert_eq!(sign_in["claudeAiOauth"]["subscriptionType"], "max");
+    let config = file(".claude.json");
+    assert_eq!(config["oauthAccount"]["organizationUuid"], "org-1");
+    let route = &plan["egress"]["routes"][0];
+    assert_eq!(route["placeholder"].as_str(), Some(token));
+    let prefixes = |route: &Value| -> Vec<String> {
+        route["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["prefix"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(prefixes(route).contains(&"/v1/environments".to_owned()));
+
+    // Without the switch: the token in the environment, the model API's
+    // paths alone, no home files.
+    let plan: Value = serde_json::from_str(&run(&[])).unwrap();
+    let route = &plan["egress"]["routes"][0];
+    let paths = prefixes(route);
+    assert!(paths.contains(&"/v1/messages".to_owned()));
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("/v1/environments") || p.starts_with("/v1/code"))
+    );
+    assert!(plan["provision"]["home_files"].is_null());
+    assert!(plan["remote_control"].is_null());
+    let text = {
+        let out = env
+            .bottle()
+            .envs(vars.iter().copied())
+            .args(["start", "coder", "--dry-run", "--remote-control"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        text.contains("remote control") && text.contains("on: session coder-"),
+        "{text}"
+    );
+}
+
 #[test]
 fn the_api_key_role_gives_a_placeholder_and_a_gateway_its_base_url() {
     let env = Env::new();

@@ -143,7 +143,19 @@ pub struct RouteConfig {
     pub host: String,
     pub header: String,
     pub scheme: String,
+    /// The placeholder the agent holds for this secret (a role's): the
+    /// gate replaces a header that carries it, or is missing, and lets a
+    /// value of the agent's own (a token the server issued it) pass as
+    /// written, read for every secret like any other header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<String>,
+    /// Where on the host the credential may be used: a request to the
+    /// host on any other method or path is refused. Empty: everywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathRule>,
 }
+
+pub use bottle_manifest::plan::PathRule;
 
 /// What the launcher writes on the gate's standard input: one secret per
 /// route, in the order of [`EgressConfig::routes`].

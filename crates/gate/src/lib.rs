@@ -96,6 +96,8 @@ fn routes(config: &GateConfig, secrets: Vec<Secret>) -> Result<Vec<Route>, GateE
                 header,
                 scheme: route.scheme.clone(),
                 secret,
+                placeholder: route.placeholder.clone(),
+                paths: route.paths.clone(),
             })
         })
         .collect()

@@ -346,12 +346,12 @@ fn gate_with_a_route(dir: &std::path::Path) -> Arc<bottle_gate::egress::Egress> 
         .collect();
     let live = Arc::new(Live::new(
         Policy::new(rules, &bottle_gate::config::EgressConfig::default()),
-        Credentials::new(vec![Route {
-            host: Host::Name("route.test".into()),
-            header: http::header::AUTHORIZATION,
-            scheme: "Bearer".into(),
-            secret: Secret::new("bbtest-secret-zz-0042".into()),
-        }])
+        Credentials::new(vec![Route::whole_host(
+            Host::Name("route.test".into()),
+            http::header::AUTHORIZATION,
+            "Bearer".into(),
+            Secret::new("bbtest-secret-zz-0042".into()),
+        )])
         .unwrap(),
     ));
     let audit = Arc::new(bottle_gate::audit::Audit::open(&dir.join("audit.jsonl")).unwrap());

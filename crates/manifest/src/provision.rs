@@ -56,6 +56,23 @@ pub struct ProvisionPlan {
     pub mcp_config: Option<String>,
     /// The supervise server's URL inside the bottle.
     pub supervise_url: Option<String>,
+    /// JSON merged into files of the agent's home before it starts (by
+    /// the shim, as the agent's user): placeholders and identifiers only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub home_files: Vec<HomeFile>,
+    /// `--remote-control`: the name of the session Claude Code offers at
+    /// claude.ai/code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_control: Option<String>,
+}
+
+/// Keys merged into one file of the agent's home.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HomeFile {
+    /// The file, relative to the agent's home (`.claude.json`).
+    pub path: String,
+    /// The JSON object merged in.
+    pub json: String,
 }
 
 /// One skill directory.
@@ -66,7 +83,33 @@ pub struct SkillPlan {
     pub source: PathBuf,
 }
 
+/// Where the bottle's keys for a file of the agent's home are mounted
+/// (read-only) for the shim to merge: `HOME_MERGE_DIR/N.json`.
+pub const HOME_MERGE_DIR: &str = "/etc/bot-bottle/home";
+
+/// One [`HomeFile`] as the sandbox sees it.
+pub struct HomeMerge<'a> {
+    /// Its mount point in the bottle.
+    pub source: String,
+    /// The file of the agent's home it is merged into.
+    pub dest: String,
+    pub json: &'a str,
+}
+
 impl ProvisionPlan {
+    /// The home files, each with its mount point and destination.
+    pub fn home_merges(&self) -> Vec<HomeMerge<'_>> {
+        self.home_files
+            .iter()
+            .enumerate()
+            .map(|(i, file)| HomeMerge {
+                source: format!("{HOME_MERGE_DIR}/{i}.json"),
+                dest: format!("{}/{}", crate::plan::AGENT_HOME, file.path),
+                json: &file.json,
+            })
+            .collect()
+    }
+
     /// The MCP configuration's contents.
     pub fn mcp_config_json(&self) -> Option<String> {
         let url = self.supervise_url.as_ref()?;
@@ -168,6 +211,13 @@ pub fn agent_argv(command: &[String], provision: &ProvisionPlan) -> Vec<String> 
         return command.to_vec();
     }
     let mut argv = command.to_vec();
+    if let Some(name) = &provision.remote_control
+        && !argv
+            .iter()
+            .any(|a| a == "remote-control" || a.starts_with("--remote-control"))
+    {
+        argv.extend(["--remote-control".to_owned(), name.clone()]);
+    }
     if !argv.iter().any(|a| a == "--append-system-prompt-file") {
         argv.extend([
             "--append-system-prompt-file".to_owned(),
@@ -297,7 +347,21 @@ mod tests {
             skills: Vec::new(),
             mcp_config,
             supervise_url,
+            home_files: Vec::new(),
+            remote_control: None,
         }
+    }
+
+    #[test]
+    fn remote_control_is_asked_of_claude_once() {
+        let mut p = provision(false);
+        p.remote_control = Some("claude-abc123".into());
+        let argv = agent_argv(&["claude".to_owned()], &p);
+        assert_eq!(argv[1..3], ["--remote-control", "claude-abc123"]);
+        let own = ["claude".to_owned(), "remote-control".to_owned()];
+        assert!(!agent_argv(&own, &p).contains(&"--remote-control".to_owned()));
+        let sh = ["sh".to_owned(), "-c".to_owned(), "claude".to_owned()];
+        assert_eq!(agent_argv(&sh, &p), sh);
     }
 
     #[test]

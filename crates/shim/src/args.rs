@@ -35,6 +35,34 @@ impl std::fmt::Display for Forward {
     }
 }
 
+/// A JSON file's keys merged into another file (`SOURCE=DEST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeJson {
+    pub source: PathBuf,
+    pub dest: PathBuf,
+}
+
+impl FromStr for MergeJson {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<MergeJson, String> {
+        let (source, dest) = spec
+            .split_once('=')
+            .filter(|(s, d)| s.starts_with('/') && d.starts_with('/'))
+            .ok_or_else(|| format!("{spec:?}: expected /SOURCE=/DEST"))?;
+        Ok(MergeJson {
+            source: source.into(),
+            dest: dest.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for MergeJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.source.display(), self.dest.display())
+    }
+}
+
 /// `UID:GID`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct User {
@@ -99,6 +127,10 @@ pub struct ShimArgs {
     /// Confine the command with Landlock.
     #[arg(long, value_enum)]
     pub landlock: Option<Landlock>,
+    /// /SOURCE=/DEST: merge the JSON object in SOURCE into the one in
+    /// DEST (made when missing), as the command's user, before it starts.
+    #[arg(long = "merge-json", value_name = "/SOURCE=/DEST")]
+    pub merge_json: Vec<MergeJson>,
     /// The command to run.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -117,6 +149,7 @@ impl ShimArgs {
             data_limit: None,
             nofile: None,
             landlock: None,
+            merge_json: Vec::new(),
             command,
         }
     }
@@ -154,6 +187,9 @@ impl ShimArgs {
                 args.extend(["--landlock".to_owned(), "required".to_owned()])
             }
             None => {}
+        }
+        for merge in &self.merge_json {
+            args.extend(["--merge-json".to_owned(), merge.to_string()]);
         }
         args.push("--".to_owned());
         args.extend(self.command.iter().cloned());
@@ -202,6 +238,10 @@ mod tests {
             data_limit: Some(1 << 30),
             nofile: Some(2048),
             landlock: Some(Landlock::Required),
+            merge_json: vec![MergeJson {
+                source: "/run/bot-bottle/home/claude.json".into(),
+                dest: "/home/agent/.claude.json".into(),
+            }],
             command: vec!["bash".into(), "-c".into(), "--forward 1=x".into()],
         };
         assert_eq!(round_trip(&full), full);

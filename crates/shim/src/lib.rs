@@ -25,13 +25,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 mod args;
 pub mod confine;
+mod merge;
 mod relay;
 pub mod trust;
 
 /// Exit status when the shim itself fails (sysexits' EX_SOFTWARE).
 pub const EXIT_SHIM_FAILED: i32 = 70;
 
-pub use args::{Forward, Landlock, ShimArgs, User};
+pub use args::{Forward, Landlock, MergeJson, ShimArgs, User};
 
 /// What the shim runs.
 #[derive(Debug, Clone)]
@@ -56,6 +57,9 @@ pub struct ShimConfig {
     /// Confine the command with Landlock: the filesystem rules of
     /// [`confine`].
     pub landlock: Option<Landlock>,
+    /// Files of the agent's home that get keys of the bottle's, merged in
+    /// as the command's user before it starts.
+    pub merge_json: Vec<MergeJson>,
     pub command: Vec<String>,
 }
 
@@ -75,6 +79,8 @@ pub enum ShimError {
     },
     #[error("cannot confine the command with Landlock: {0}")]
     Landlock(String),
+    #[error("cannot prepare {0}")]
+    Merge(String),
     #[error("no command to run")]
     NoCommand,
     #[error("cannot install the bottle's CA: {0}")]
@@ -100,6 +106,7 @@ impl From<ShimArgs> for ShimConfig {
             data_limit: a.data_limit,
             nofile: a.nofile,
             landlock: a.landlock,
+            merge_json: a.merge_json,
             command: a.command,
         }
     }
@@ -220,6 +227,11 @@ async fn supervise(config: ShimConfig) -> Result<i32, ShimError> {
     }
     if let Some((uid, gid)) = config.user {
         drop_privileges(uid, gid)?;
+    }
+    // As the command's user, confined as it will be: a file of the home
+    // it made a link elsewhere reaches only what it could write itself.
+    for m in &config.merge_json {
+        merge::merge_into(&m.source, &m.dest).map_err(ShimError::Merge)?;
     }
 
     for forward in &config.forwards {

@@ -48,6 +48,12 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
         name: backend,
         why: "where the bottle ran".to_owned(),
     };
+    // Remote Control's account, read on the host: ids, no token.
+    let account = args
+        .remote_control
+        .then(|| global.claude_account())
+        .transpose()
+        .map_err(|e| Failure::new(exit::CONFIG, e))?;
     let plan = plan::plan(PlanInput {
         manifest_path: &path,
         manifest: &manifest,
@@ -68,6 +74,7 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
         // `claude …`, the agent's or one given, continues its
         // conversation when there is one.
         continue_conversation: !args.new_session,
+        remote_control: account.as_ref(),
     })?;
     super::start::launch(&plan, &settings, &choice, None, args.yes, printer)
 }

@@ -20,6 +20,12 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
     let path = global.manifest_lookup(&args.manifest).resolve()?;
     let manifest = load::load(&path)?;
     let checked = super::manifest::check(&manifest, &path, &global)?;
+    // Remote Control's account, read on the host: ids, no token.
+    let account = args
+        .remote_control
+        .then(|| global.claude_account())
+        .transpose()
+        .map_err(|e| Failure::new(exit::CONFIG, e))?;
     let plan = plan::plan(PlanInput {
         manifest_path: &path,
         manifest: &manifest,
@@ -38,6 +44,7 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         home: &global.home,
         grants: &Default::default(),
         continue_conversation: false,
+        remote_control: account.as_ref(),
     })?;
     let mut plan = plan;
     if !args.include.is_empty() && !args.cwd {

@@ -360,12 +360,12 @@ mod tests {
 
     fn creds() -> Arc<Credentials> {
         Arc::new(
-            Credentials::new(vec![Route {
-                host: Host::Name("route.test".into()),
-                header: header::AUTHORIZATION,
-                scheme: "Bearer".into(),
-                secret: Secret::new(SECRET.into()),
-            }])
+            Credentials::new(vec![Route::whole_host(
+                Host::Name("route.test".into()),
+                header::AUTHORIZATION,
+                "Bearer".into(),
+                Secret::new(SECRET.into()),
+            )])
             .unwrap(),
         )
     }

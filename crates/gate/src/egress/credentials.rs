@@ -44,6 +44,8 @@ impl fmt::Display for Secret {
     }
 }
 
+pub use bottle_contract::config::PathRule;
+
 /// The one port a credential route's secret is sent to.
 pub const ROUTE_PORT: u16 = 443;
 
@@ -55,9 +57,86 @@ pub struct Route {
     /// `Bearer`, or empty for the bare value.
     pub scheme: String,
     pub secret: Secret,
+    /// The agent's placeholder for the secret, for a role's route: see
+    /// [`Route::replaces`].
+    pub placeholder: Option<String>,
+    /// Where on the host the credential may be used; empty: everywhere.
+    pub paths: Vec<PathRule>,
 }
 
 impl Route {
+    /// A route for the whole host that replaces its header whatever the
+    /// agent put there.
+    pub fn whole_host(host: Host, header: HeaderName, scheme: String, secret: Secret) -> Route {
+        Route {
+            host,
+            header,
+            scheme,
+            secret,
+            placeholder: None,
+            paths: Vec::new(),
+        }
+    }
+
+    /// Whether `method` on `path` (its query included) may be sent to the
+    /// route's host, or why not. A scoped route admits only its paths,
+    /// and only in a plain spelling: an encoded dot, slash or backslash,
+    /// a dot segment or an empty one could name another path to the
+    /// server than the one matched here, so it is refused outright.
+    pub fn admits(&self, method: &str, path: &str) -> Result<(), String> {
+        if self.paths.is_empty() {
+            return Ok(());
+        }
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let lower = path.to_ascii_lowercase();
+        let odd = !path.starts_with('/')
+            || path.contains('\\')
+            || ["%2e", "%2f", "%5c", "%00"]
+                .iter()
+                .any(|e| lower.contains(e))
+            || path[1..]
+                .split('/')
+                .enumerate()
+                .any(|(i, seg)| seg == "." || seg == ".." || (seg.is_empty() && i > 0));
+        if odd {
+            return Err(format!(
+                "{method} {path}: a path spelled with encoded or dot segments is not sent to {} (the bottle's credential there is scoped by path)",
+                self.host
+            ));
+        }
+        if self.paths.iter().any(|rule| rule.permits(method, path)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{method} {path}: the bottle's credential for {} serves the model API only, and this request is not one of its paths (Remote Control's need `bottle start --remote-control`)",
+                self.host
+            ))
+        }
+    }
+
+    /// Whether the gate puts the secret into a request with `headers`. A
+    /// route without a placeholder always does. A role's route does when
+    /// the header is missing or carries the placeholder; a value of the
+    /// agent's own — a token the server issued to it, such as Remote
+    /// Control's session secrets — passes as written.
+    pub fn replaces(&self, headers: &http::HeaderMap) -> bool {
+        let Some(placeholder) = &self.placeholder else {
+            return true;
+        };
+        let mut values = headers.get_all(&self.header).iter().peekable();
+        if values.peek().is_none() {
+            return true;
+        }
+        values.all(|value| {
+            let value = value.to_str().unwrap_or_default().trim();
+            let token = match value.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case(&self.scheme) => token.trim(),
+                _ => value,
+            };
+            token == placeholder
+        })
+    }
+
     /// The header value to inject.
     pub fn header_value(&self) -> Zeroizing<String> {
         if self.scheme.is_empty() {
@@ -246,12 +325,12 @@ mod tests {
     const SECRET: &str = "s3cr3t-T0ken/with+chars=";
 
     fn creds() -> Credentials {
-        Credentials::new(vec![Route {
-            host: Host::Name("api.example.com".into()),
-            header: HeaderName::from_static("authorization"),
-            scheme: "Bearer".into(),
-            secret: Secret::new(SECRET.into()),
-        }])
+        Credentials::new(vec![Route::whole_host(
+            Host::Name("api.example.com".into()),
+            HeaderName::from_static("authorization"),
+            "Bearer".into(),
+            Secret::new(SECRET.into()),
+        )])
         .unwrap()
     }
 
@@ -263,6 +342,68 @@ mod tests {
     fn secrets_do_not_print() {
         let secret = Secret::new("hunter2".into());
         assert_eq!(format!("{secret} {secret:?}"), "*** ***");
+    }
+
+    fn model_route() -> Route {
+        Route {
+            placeholder: Some("sk-ant-oat01-placeholder".into()),
+            paths: vec![PathRule::any("/v1/messages"), PathRule::read("/v1/models")],
+            ..Route::whole_host(
+                Host::Name("api.example.com".into()),
+                HeaderName::from_static("authorization"),
+                "Bearer".into(),
+                Secret::new(SECRET.into()),
+            )
+        }
+    }
+
+    #[test]
+    fn a_scoped_route_admits_its_paths_only() {
+        let r = model_route();
+        for (method, path) in [
+            ("POST", "/v1/messages"),
+            ("POST", "/v1/messages?beta=true"),
+            ("POST", "/v1/messages/count_tokens"),
+            ("GET", "/v1/models"),
+            ("GET", "/v1/models/claude-x"),
+        ] {
+            assert!(r.admits(method, path).is_ok(), "{method} {path}");
+        }
+        for (method, path) in [
+            ("POST", "/v1/models"),
+            ("POST", "/v1/messagesX"),
+            ("POST", "/api/oauth/claude_cli/create_api_key"),
+            ("POST", "/v1/code/triggers"),
+            ("POST", "/v1/messages/../code/triggers"),
+            ("POST", "/v1/messages/%2e%2e/code/triggers"),
+            ("POST", "/v1/messages%2F..%2Fcode"),
+            ("POST", "/v1/messages/.//x"),
+            ("POST", "/v1//messages"),
+            ("POST", "/v1/messages\\..\\code"),
+            ("POST", "*"),
+        ] {
+            assert!(r.admits(method, path).is_err(), "{method} {path}");
+        }
+        // A route with no paths is the whole host.
+        assert!(creds().routes()[0].admits("DELETE", "/anything").is_ok());
+    }
+
+    #[test]
+    fn a_role_route_replaces_its_placeholder_and_passes_a_token_of_the_agents() {
+        let r = model_route();
+        let headers = |value: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            if let Some(v) = value {
+                h.insert("authorization", v.parse().unwrap());
+            }
+            h
+        };
+        assert!(r.replaces(&headers(None)));
+        assert!(r.replaces(&headers(Some("Bearer sk-ant-oat01-placeholder"))));
+        assert!(r.replaces(&headers(Some("bearer  sk-ant-oat01-placeholder"))));
+        assert!(!r.replaces(&headers(Some("Bearer env-secret-from-the-server"))));
+        // Without a placeholder, the header is always the route's.
+        assert!(creds().routes()[0].replaces(&headers(Some("Bearer anything"))));
     }
 
     #[test]
@@ -297,12 +438,12 @@ mod tests {
         let leak = c.find_leak_in_host(&name, &other());
         assert_eq!(leak.map(|l| l.encoding), Some("hex".to_owned()));
         // Names arrive lowercased: the secret matches in any case there.
-        let c = Credentials::new(vec![Route {
-            host: Host::Name("api.example.com".into()),
-            header: HeaderName::from_static("authorization"),
-            scheme: "Bearer".into(),
-            secret: Secret::new("Tok3nWithCaps-AbcXyz".into()),
-        }])
+        let c = Credentials::new(vec![Route::whole_host(
+            Host::Name("api.example.com".into()),
+            HeaderName::from_static("authorization"),
+            "Bearer".into(),
+            Secret::new("Tok3nWithCaps-AbcXyz".into()),
+        )])
         .unwrap();
         let leak = c.find_leak_in_host("tok3nwithcaps-abcxyz.allowed.test", &other());
         assert_eq!(leak.map(|l| l.encoding), Some("verbatim".to_owned()));

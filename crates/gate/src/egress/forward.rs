@@ -82,6 +82,15 @@ impl Egress {
             // A credential never travels in clear text.
             None
         };
+        if let Some(route) = &route
+            && let Err(why) = route.admits(req.method().as_str(), &path)
+        {
+            drain(req.into_body()).await;
+            return self.refuse(fields, Refusal::policy(why));
+        }
+        // A role's route replaces its placeholder only: a token of the
+        // agent's own goes on as written (and is read like any header).
+        let route = route.filter(|r| r.replaces(req.headers()));
         let scanning = !credentials.is_empty();
         let upgrade = wants_upgrade(req.headers());
         let mut codings = Vec::new();

@@ -439,12 +439,12 @@ mod tests {
 
     fn creds() -> Arc<Credentials> {
         Arc::new(
-            Credentials::new(vec![Route {
-                host: Host::Name("route.test".into()),
-                header: http::header::AUTHORIZATION,
-                scheme: "Bearer".into(),
-                secret: Secret::new(SECRET.into()),
-            }])
+            Credentials::new(vec![Route::whole_host(
+                Host::Name("route.test".into()),
+                http::header::AUTHORIZATION,
+                "Bearer".into(),
+                Secret::new(SECRET.into()),
+            )])
             .unwrap(),
         )
     }

@@ -224,12 +224,7 @@ fn route(
         return Err("the secret is empty or spans lines".to_owned());
     }
     Ok((
-        Route {
-            host: name,
-            header,
-            scheme,
-            secret: Secret::new(secret),
-        },
+        Route::whole_host(name, header, scheme, Secret::new(secret)),
         rule,
     ))
 }

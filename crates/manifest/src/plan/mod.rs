@@ -8,7 +8,13 @@
 
 use std::path::{Path, PathBuf};
 
+mod claude;
 mod render;
+
+pub use claude::{
+    ClaudeAccount, PathRule, REMOTE_CONTROL_PLANS, RemoteControlPlan, is_anthropic_api,
+    model_api_paths, remote_control_paths,
+};
 
 pub use render::shell_words;
 
@@ -18,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::ManifestError;
 use crate::host::HostRule;
 use crate::manifest::{EnvValue, Manifest, PushPolicy, Runtime};
-use crate::provision::{self, GrantedImage, Grants, PromptFacts, ProvisionPlan, SkillPlan};
+use crate::provision::{
+    self, GrantedImage, Grants, HomeFile, PromptFacts, ProvisionPlan, SkillPlan,
+};
 use crate::validate::{CheckedBottle, ROLE_ANTHROPIC_API_KEY, ROLE_CLAUDE_CODE_OAUTH};
 
 /// Claude Code's switches for traffic that is not the user's work, set in
@@ -159,6 +167,12 @@ pub struct RoutePlan {
     #[serde(skip)]
     pub token_command_line: Option<String>,
     pub roles: Vec<String>,
+    /// The placeholder the agent holds for this secret (a role's route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<String>,
+    /// The requests the credential serves; empty: any to the host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathRule>,
 }
 
 /// The egress gate's policy.
@@ -269,6 +283,9 @@ pub struct Plan {
     pub remove_on_exit: bool,
     /// What `--cwd` copies into the workspace; `None` without `--cwd`.
     pub workspace: Option<WorkspacePlan>,
+    /// `--remote-control`: Claude Code's Remote Control is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_control: Option<RemoteControlPlan>,
 }
 
 /// The copy of the host's directory the agent works on.
@@ -339,6 +356,9 @@ pub struct PlanInput<'a> {
     pub grants: &'a Grants,
     /// Resume: `claude` continues its conversation when there is one.
     pub continue_conversation: bool,
+    /// `--remote-control`: the person's claude.ai account, read on the
+    /// host (no token).
+    pub remote_control: Option<&'a ClaudeAccount>,
 }
 
 /// Default image names.
@@ -434,6 +454,8 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
                 token_command: r.token_command.is_some(),
                 token_command_line: r.token_command.clone(),
                 roles,
+                placeholder: None,
+                paths: Vec::new(),
             }
         })
         .collect();
@@ -446,6 +468,8 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         token_command: false,
         token_command_line: None,
         roles: Vec::new(),
+        placeholder: None,
+        paths: Vec::new(),
     }));
     for route in &routes {
         if let Some(var) = &route.token_ref
@@ -507,27 +531,70 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         git_env.push((format!("GIT_CONFIG_KEY_{i}"), key));
         git_env.push((format!("GIT_CONFIG_VALUE_{i}"), value));
     }
-    for route in &routes {
-        let has = |role: &str| route.roles.iter().any(|x| x == role);
-        let model = if has(ROLE_CLAUDE_CODE_OAUTH) {
-            bottle_env.push(("CLAUDE_CODE_OAUTH_TOKEN", placeholder(OAUTH_PREFIX)));
-            true
-        } else if has(ROLE_ANTHROPIC_API_KEY) {
-            bottle_env.push(("ANTHROPIC_API_KEY", placeholder(API_KEY_PREFIX)));
-            true
-        } else {
-            false
-        };
-        // A gateway of the person's own is the model API's host.
-        if model && route.host.trim_end_matches('.') != ANTHROPIC_API_HOST {
-            bottle_env.push(("ANTHROPIC_BASE_URL", format!("https://{}", route.host)));
+    let remote_control = match input.remote_control {
+        None => None,
+        Some(account) => {
+            Some(remote_control_plan(&routes, account, &identity).map_err(start_error)?)
         }
+    };
+    let mut home_files = Vec::new();
+    for route in &mut routes {
+        let has = |role: &str| route.roles.iter().any(|x| x == role);
+        let placeholder = if has(ROLE_CLAUDE_CODE_OAUTH) {
+            let token = placeholder(OAUTH_PREFIX);
+            if let Some(rc) = &remote_control {
+                // Remote Control wants a sign-in of the full scope, which
+                // a token in the environment does not claim: the same
+                // placeholder, as a sign-in file of the agent's home.
+                let refresh = placeholder(REFRESH_PREFIX);
+                home_files.push(HomeFile {
+                    path: ".claude/.credentials.json".to_owned(),
+                    json: rc.credentials_json(&token, &refresh).to_string(),
+                });
+                home_files.push(HomeFile {
+                    path: ".claude.json".to_owned(),
+                    json: rc.config_json().to_string(),
+                });
+            } else {
+                bottle_env.push(("CLAUDE_CODE_OAUTH_TOKEN", token.clone()));
+            }
+            Some(token)
+        } else if has(ROLE_ANTHROPIC_API_KEY) {
+            let key = placeholder(API_KEY_PREFIX);
+            bottle_env.push(("ANTHROPIC_API_KEY", key.clone()));
+            Some(key)
+        } else {
+            None
+        };
+        if placeholder.is_some() {
+            if is_anthropic_api(&route.host) {
+                // Anthropic's own API: the credential serves the model,
+                // and Remote Control's requests only when it is on.
+                route.paths = model_api_paths();
+                if remote_control.is_some() {
+                    route.paths.extend(remote_control_paths());
+                }
+            } else {
+                // A gateway of the person's own is the model API's host.
+                bottle_env.push(("ANTHROPIC_BASE_URL", format!("https://{}", route.host)));
+            }
+        }
+        route.placeholder = placeholder;
     }
+    let routes = routes;
     // Claude Code is in every bottle: its traffic the person did not ask
     // for (its own updater, telemetry, error reports, feedback) is off by
     // its documented switches, so it neither waits on nor fills the log
     // with refused hosts; its pin moves only by `bottle update-agent`.
-    bottle_env.extend(QUIET_CLAUDE_CODE.iter().map(|name| (*name, "1".to_owned())));
+    // Remote Control checks its feature flags, which the switch for all
+    // non-essential traffic turns off: with it, that one switch is left
+    // out (telemetry and the rest stay off).
+    bottle_env.extend(
+        QUIET_CLAUDE_CODE
+            .iter()
+            .filter(|name| remote_control.is_none() || **name != NONESSENTIAL_TRAFFIC)
+            .map(|name| (*name, "1".to_owned())),
+    );
     if bottle.supervise {
         bottle_env.push(("BOTTLE_SUPERVISE_URL", provision::supervise_url()));
     }
@@ -595,6 +662,8 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             .collect(),
         mcp_config,
         supervise_url,
+        home_files,
+        remote_control: remote_control.as_ref().map(|rc| rc.name.clone()),
     };
     let agent_command = provision::agent_argv(&base_command, &provision);
     let resume_command = provision::continue_conversation(&agent_command);
@@ -674,6 +743,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
             left_out: Vec::new(),
             config_changes: Vec::new(),
         }),
+        remote_control,
     })
 }
 
@@ -682,6 +752,32 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
 /// The model API's own host.
 pub const ANTHROPIC_API_HOST: &str = "api.anthropic.com";
 const OAUTH_PREFIX: &str = "sk-ant-oat01-";
+const REFRESH_PREFIX: &str = "sk-ant-ort01-";
+/// Claude Code's switch for all its non-essential traffic.
+const NONESSENTIAL_TRAFFIC: &str = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC";
+
+/// Remote Control for the bottle `identity`, or why it cannot be had:
+/// it talks to Anthropic's own API with a claude.ai sign-in, so the
+/// bottle's model route must be a `claude_code_oauth` one to
+/// `api.anthropic.com`.
+fn remote_control_plan(
+    routes: &[RoutePlan],
+    account: &ClaudeAccount,
+    identity: &str,
+) -> Result<RemoteControlPlan, String> {
+    let signed_in = routes
+        .iter()
+        .any(|r| r.roles.iter().any(|x| x == ROLE_CLAUDE_CODE_OAUTH) && is_anthropic_api(&r.host));
+    if !signed_in {
+        return Err(format!(
+            "--remote-control needs the bottle's model route to be a {ROLE_CLAUDE_CODE_OAUTH} route to {ANTHROPIC_API_HOST}: Remote Control talks to Anthropic's own API with a claude.ai sign-in (no API key, no gateway); add one (docs/manifest.md, Remote Control) or start without --remote-control"
+        ));
+    }
+    Ok(RemoteControlPlan {
+        name: identity.to_owned(),
+        account: account.clone(),
+    })
+}
 const API_KEY_PREFIX: &str = "sk-ant-api03-";
 
 /// A placeholder of a credential's real shape (its prefix, 93 characters

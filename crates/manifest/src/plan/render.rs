@@ -94,10 +94,23 @@ impl Plan {
             } else {
                 format!(" roles: {}", route.roles.join(", "))
             };
+            let scope = if route.paths.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; only for {}",
+                    route
+                        .paths
+                        .iter()
+                        .map(super::PathRule::describe)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
             line(
                 "route",
                 &format!(
-                    "{} {}: {} {secret}{roles}",
+                    "{} {}: {} {secret}{roles}{scope}",
                     route.host, route.header, route.scheme
                 ),
             );
@@ -169,6 +182,21 @@ impl Plan {
                 ),
             ),
             None => line("supervise", "off (the agent cannot ask for more)"),
+        }
+        match &self.remote_control {
+            Some(rc) => line(
+                "remote control",
+                &format!(
+                    "on: session {} of your claude.ai account ({} plan), at claude.ai/code and in the Claude app; its requests to {} are allowed for this run only, with your sign-in sent by the gate (the bottle holds placeholders); anyone at that account can steer the agent",
+                    rc.name,
+                    rc.account.subscription_type,
+                    super::ANTHROPIC_API_HOST
+                ),
+            ),
+            None => line(
+                "remote control",
+                "off (bottle start --remote-control turns it on)",
+            ),
         }
         line(
             "resources",
