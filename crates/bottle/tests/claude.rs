@@ -425,3 +425,153 @@ fn an_api_key_reaches_the_model_in_x_api_key_and_the_bottle_holds_a_placeholder(
         "{key}"
     );
 }
+
+/// A claude.ai sign-in in the launcher's home, as `claude auth login`
+/// leaves it: bot-bottle reads the account's ids and the plan from it,
+/// never the tokens.
+fn sign_in_on_the_host(world: &World) {
+    let home = world.home();
+    std::fs::write(
+        home.join(".claude.json"),
+        serde_json::json!({ "oauthAccount": {
+            "accountUuid": "bbtest-account", "organizationUuid": "bbtest-org" } })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(home.join(".claude")).unwrap();
+    std::fs::write(
+        home.join(".claude/.credentials.json"),
+        serde_json::json!({ "claudeAiOauth": {
+            "accessToken": "bbtest-host-access-token-never-read",
+            "refreshToken": "bbtest-host-refresh-token-never-read",
+            "subscriptionType": "max" } })
+        .to_string(),
+    )
+    .unwrap();
+}
+
+/// A world whose bottle signs Claude Code in to `api.anthropic.com` (the
+/// test's origin, on the test's network) with the real token in the
+/// launcher's `BBTEST_MODEL_TOKEN`; agent `rc` runs `script` in `sh`.
+fn anthropic_world(script: &str) -> Option<World> {
+    let world = world()?;
+    let mut manifest = world.manifest(&["api.anthropic.com"]);
+    let bottle = &mut manifest["bottles"]["test"];
+    bottle["resources"]["memory"] = "2g".into();
+    bottle["egress_proxy"]["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "host": "api.anthropic.com", "token_ref": "BBTEST_MODEL_TOKEN", "Role": "claude_code_oauth"
+        }));
+    manifest["agents"]["rc"] = serde_json::json!({
+        "bottle": "test",
+        "command": ["sh", "-c", script],
+    });
+    world.write_manifest(&manifest);
+    sign_in_on_the_host(&world);
+    Some(world)
+}
+
+#[test]
+fn remote_control_registers_with_the_gates_sign_in_and_polls_with_the_servers_secret() {
+    // Remote Control as a server: it registers the bottle's environment
+    // and polls for work until the timeout ends it.
+    let script = "cat \"$HOME/.claude/.credentials.json\"; echo; timeout 15 claude remote-control --name bbtest-rc </dev/null; echo rc=$?";
+    let Some(world) = anthropic_world(script) else {
+        return;
+    };
+    let out = world
+        .command()
+        .env("BBTEST_MODEL_TOKEN", MODEL_TOKEN)
+        .args(["start", "rc", "-y", "--rm", "--remote-control"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    // The sign-in in the bottle is a placeholder; the real token is not
+    // in it, nor the host's own tokens.
+    assert!(
+        text.contains("sk-ant-oat01-bot-bottle-placeholder"),
+        "{text}"
+    );
+    for secret in [
+        MODEL_TOKEN,
+        "bbtest-host-access-token-never-read",
+        "bbtest-host-refresh-token-never-read",
+    ] {
+        assert!(!text.contains(secret), "{secret} in the bottle: {text}");
+    }
+    let requests = model_requests(&world);
+    let auth = |r: &serde_json::Value| {
+        r["headers"]["authorization"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let register = requests
+        .iter()
+        .find(|r| {
+            r["method"] == "POST"
+                && r["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("/v1/environments/bridge")
+        })
+        .unwrap_or_else(|| panic!("no registration: {requests:?}\n{text}\n{}", stderr(&out)));
+    // The gate sent the real token in place of the placeholder ...
+    assert_eq!(auth(register), format!("Bearer {MODEL_TOKEN}"));
+    // ... and let the secret the server issued pass as the agent sent it.
+    let polls: Vec<_> = requests
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().contains("/work/poll"))
+        .collect();
+    assert!(!polls.is_empty(), "no poll: {requests:?}");
+    for poll in polls {
+        assert_eq!(
+            auth(poll),
+            "Bearer bbtest-environment-secret-the-server-issued"
+        );
+    }
+    // No placeholder ever reached the API.
+    assert!(
+        !requests.iter().any(|r| auth(r).contains("placeholder")),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn without_remote_control_the_sign_in_serves_the_model_api_alone() {
+    // What an agent could do with the person's sign-in on the same host:
+    // register a Remote Control environment, mint an API key, start a
+    // scheduled agent in the cloud. Only the model's own paths pass.
+    let script = r#"for p in /v1/environments/bridge /api/oauth/claude_cli/create_api_key /v1/code/triggers /v1/messages/../code/triggers /v1/messages; do
+  printf '%s=%s\n' "$p" "$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "authorization: Bearer $CLAUDE_CODE_OAUTH_TOKEN" -H 'content-type: application/json' -d '{"messages":[]}' --path-as-is "https://api.anthropic.com$p")"
+done"#;
+    let Some(world) = anthropic_world(script) else {
+        return;
+    };
+    let out = world
+        .command()
+        .env("BBTEST_MODEL_TOKEN", MODEL_TOKEN)
+        .args(["start", "rc", "-y", "--rm"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for refused in [
+        "/v1/environments/bridge=403",
+        "/api/oauth/claude_cli/create_api_key=403",
+        "/v1/code/triggers=403",
+        "/v1/messages/../code/triggers=403",
+    ] {
+        assert!(text.contains(refused), "{refused}: {text}");
+    }
+    assert!(text.contains("/v1/messages=200"), "{text}");
+    // The origin saw the model's request only.
+    let paths: Vec<String> = model_requests(&world)
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(paths, ["/v1/messages"], "{paths:?}");
+}

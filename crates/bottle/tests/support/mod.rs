@@ -200,6 +200,10 @@ impl World {
             "route.test",
             "--network-alias",
             "model.test",
+            // Remote Control talks to Anthropic's own API alone: the
+            // origin answers for that name on the test's own network.
+            "--network-alias",
+            "api.anthropic.com",
             "-v",
             &format!("{}:/certs:ro", certs.display()),
             ORIGIN_IMAGE,
@@ -257,6 +261,7 @@ impl World {
                 "other.allowed.test",
                 "route.test",
                 "model.test",
+                "api.anthropic.com",
             ],
         );
         std::fs::create_dir_all(world.home()).unwrap();
@@ -718,6 +723,7 @@ fn make_certs(dir: &Path) {
         "other.allowed.test",
         "route.test",
         "model.test",
+        "api.anthropic.com",
         "localhost",
     ]
     .map(String::from)
