@@ -61,7 +61,26 @@ impl Live {
     /// Adds a credential route (replacing one to the same host), or
     /// leaves the routes as they were when the new set's leak check cannot
     /// be compiled.
-    pub fn add_route(&self, route: Route) -> Result<(), String> {
+    pub fn add_route(&self, mut route: Route) -> Result<(), String> {
+        // An approval never widens where a credential serves: a route
+        // replacing a scoped one keeps its scope, and a new route to
+        // Anthropic's own API serves the model's paths alone.
+        let scope = self
+            .credentials()
+            .routes()
+            .iter()
+            .find(|r| r.host == route.host)
+            .map(|r| r.paths.clone())
+            .filter(|paths| !paths.is_empty())
+            .or_else(|| {
+                bottle_manifest::plan::is_anthropic_api(&route.host.to_string())
+                    .then(bottle_manifest::plan::model_api_paths)
+            });
+        if let Some(paths) = scope
+            && route.paths.is_empty()
+        {
+            route.paths = paths;
+        }
         let mut routes: Vec<Route> = self
             .credentials()
             .routes()
@@ -72,5 +91,57 @@ impl Live {
         routes.push(route);
         self.credentials.store(Arc::new(Credentials::new(routes)?));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
+mod tests {
+    use super::*;
+    use crate::egress::credentials::{PathRule, Secret};
+    use bottle_manifest::host::Host;
+
+    fn route(host: &str, paths: Vec<PathRule>) -> Route {
+        Route {
+            paths,
+            ..Route::whole_host(
+                Host::Name(host.into()),
+                http::header::AUTHORIZATION,
+                "Bearer".into(),
+                Secret::new(format!("secret-of-{host}")),
+            )
+        }
+    }
+
+    #[test]
+    fn an_approved_route_never_widens_where_a_credential_serves() {
+        let scoped = vec![PathRule::any("/v1/messages")];
+        let live = Live::new(
+            Policy::new(Vec::new(), &crate::config::EgressConfig::default()),
+            Credentials::new(vec![route("model.test", scoped.clone())]).unwrap(),
+        );
+        // Replacing a scoped route keeps its scope.
+        live.add_route(route("model.test", Vec::new())).unwrap();
+        // A new route to Anthropic's own API serves the model alone.
+        live.add_route(route("api.anthropic.com", Vec::new()))
+            .unwrap();
+        // Any other new route is for its whole host, as approved.
+        live.add_route(route("other.test", Vec::new())).unwrap();
+        let creds = live.credentials();
+        let paths = |host: &str| {
+            creds
+                .routes()
+                .iter()
+                .find(|r| r.host.to_string() == host)
+                .unwrap()
+                .paths
+                .clone()
+        };
+        assert_eq!(paths("model.test"), scoped);
+        assert_eq!(
+            paths("api.anthropic.com"),
+            bottle_manifest::plan::model_api_paths()
+        );
+        assert!(paths("other.test").is_empty());
     }
 }

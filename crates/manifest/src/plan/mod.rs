@@ -566,18 +566,17 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         } else {
             None
         };
-        if placeholder.is_some() {
-            if is_anthropic_api(&route.host) {
-                // Anthropic's own API: the credential serves the model,
-                // and Remote Control's requests only when it is on.
-                route.paths = model_api_paths();
-                if remote_control.is_some() {
-                    route.paths.extend(remote_control_paths());
-                }
-            } else {
-                // A gateway of the person's own is the model API's host.
-                bottle_env.push(("ANTHROPIC_BASE_URL", format!("https://{}", route.host)));
+        if is_anthropic_api(&route.host) {
+            // Anthropic's own API, whatever the route's role (or none, or
+            // an approved one): the credential serves the model, and
+            // Remote Control's requests only when it is on.
+            route.paths = model_api_paths();
+            if remote_control.is_some() {
+                route.paths.extend(remote_control_paths());
             }
+        } else if placeholder.is_some() {
+            // A gateway of the person's own is the model API's host.
+            bottle_env.push(("ANTHROPIC_BASE_URL", format!("https://{}", route.host)));
         }
         route.placeholder = placeholder;
     }

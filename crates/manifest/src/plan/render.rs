@@ -187,7 +187,7 @@ impl Plan {
             Some(rc) => line(
                 "remote control",
                 &format!(
-                    "on: session {} of your claude.ai account ({} plan), at claude.ai/code and in the Claude app; its requests to {} are allowed for this run only, with your sign-in sent by the gate (the bottle holds placeholders); anyone at that account can steer the agent",
+                    "on: session {} of your claude.ai account ({} plan), at claude.ai/code and in the Claude app; its requests to {} are allowed for this run only, with your sign-in sent by the gate (the bottle holds placeholders); anyone at that account can steer the agent, and while it is on the bottle's sign-in can also list and start Claude Code sessions on the account (Remote Control's own API), and the session secrets the server issues are the agent's",
                     rc.name,
                     rc.account.subscription_type,
                     super::ANTHROPIC_API_HOST
