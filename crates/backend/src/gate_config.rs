@@ -105,6 +105,8 @@ pub fn egress(plan: &Plan, paths: &GatePaths, image: String) -> GateConfig {
                 .collect(),
             image_changes: None,
         }),
+        // Always: the launcher hands refreshed secrets through it too.
+        control_dir: Some(paths.supervise_dir.clone()),
     }
 }
 
@@ -139,6 +141,7 @@ pub fn git(plan: &Plan, paths: &GatePaths) -> Option<GateConfig> {
                 .collect(),
         },
         supervise: None,
+        control_dir: None,
     })
 }
 

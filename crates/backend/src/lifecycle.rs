@@ -163,8 +163,11 @@ async fn drive<B: Backend>(
         }
     };
     tokio::pin!(agent_run);
+    let control = dir.control_socket();
+    let refresh = crate::secrets::refresh(plan, &control, reporter);
     tokio::select! {
         code = &mut agent_run => code,
+        never = refresh => match never {},
         stopped = gate_run => {
             // The gate is gone: the bottle has no way out now; its
             // requests fail until the command ends.

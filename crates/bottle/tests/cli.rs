@@ -182,6 +182,44 @@ fn unknown_roles_are_rejected() {
 }
 
 #[test]
+fn a_token_refresh_needs_a_command_and_a_sane_period() {
+    let route = |extra: Value| {
+        let mut r = json!({ "host": "api.example.com", "token_command": "cat tok" });
+        r.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        with(
+            valid(),
+            "/bottles/dev/egress_proxy",
+            json!({ "routes": [r] }),
+        )
+    };
+    let field = "bottles.dev.egress_proxy.routes[0].token_refresh";
+    refused(
+        route(json!({ "token_refresh": "5s" })),
+        field,
+        "\"5s\" is not a duration from 10s to 24h",
+    );
+    refused(
+        route(json!({ "token_refresh": "soon" })),
+        field,
+        "is not a duration from 10s to 24h",
+    );
+    let mut by_ref = route(json!({ "token_refresh": "30m" }));
+    let r = &mut by_ref["bottles"]["dev"]["egress_proxy"]["routes"][0];
+    r.as_object_mut().unwrap().remove("token_command");
+    r["token_ref"] = json!("TOKEN");
+    refused(by_ref, field, "only a token_command can be run again");
+
+    // A valid one: the plan says how often, never the command.
+    let env = Env::new();
+    env.manifest(&route(json!({ "token_refresh": "30m" })).to_string());
+    let plan: Value = serde_json::from_str(&env.plan_text(&[])).unwrap();
+    assert_eq!(plan["egress"]["routes"][0]["token_refresh_secs"], 1800);
+    assert!(!plan.to_string().contains("cat tok"));
+}
+
+#[test]
 fn a_route_host_is_given_once() {
     let routes = json!([
         { "host": "api.example.com", "token_ref": "A" },

@@ -112,6 +112,80 @@ fn credentials_are_injected_only_on_their_route() {
 }
 
 #[test]
+fn a_refreshed_token_is_what_the_gate_sends_next() {
+    let Some(world) = world() else { return };
+    let token = world.dir.path().join("token");
+    let first = format!("bbtest-first-{}-Zq9", world.network);
+    let second = format!("bbtest-second-{}-Zq9", world.network);
+    std::fs::write(&token, &first).unwrap();
+    let mut manifest = world.manifest(&[]);
+    manifest["bottles"]["test"]["egress_proxy"]["routes"] = serde_json::json!([{
+        "host": "route.test",
+        "token_command": format!("cat {}", token.display()),
+        "token_refresh": "10s"
+    }]);
+    world.write_manifest(&manifest);
+    let script = [
+        curl("before", "https://route.test/refresh-before"),
+        "sleep 16\n".to_owned(),
+        curl("after", "https://route.test/refresh-after"),
+    ]
+    .concat();
+    let bottle = world
+        .command()
+        .args(["start", "probe", "-y", "--", "bash", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sent = |path: &str| -> Vec<String> {
+        world
+            .origin_requests()
+            .iter()
+            .filter(|r| r["path"] == path)
+            .filter_map(|r| r["headers"]["authorization"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(60), || !sent(
+            "/refresh-before"
+        )
+        .is_empty()),
+        "the first request never reached the origin"
+    );
+    // The host's token changes while the bottle runs (its own Claude
+    // Code refreshed it, say): the next refresh picks it up.
+    std::fs::write(&token, &second).unwrap();
+    let out = bottle.wait_with_output().unwrap();
+    let identity = identity_from(&stderr(&out)).expect("identity");
+    let probe = Probe::new(out);
+    assert_eq!(probe.get("after"), "200", "{}", probe.get("after_err"));
+    assert_eq!(sent("/refresh-before"), vec![format!("Bearer {first}")]);
+    assert_eq!(
+        sent("/refresh-after"),
+        vec![format!("Bearer {second}")],
+        "the gate sends the refreshed token"
+    );
+    // The gate recorded the rotation, never a token; the agent saw
+    // neither.
+    let audit =
+        std::fs::read_to_string(world.state_root().join(&identity).join("audit.jsonl")).unwrap();
+    assert!(
+        !audit.contains(&first) && !audit.contains(&second),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|l| l["rotated"] == "route.test" && l["event"] == "applied"),
+        "{audit}"
+    );
+    let seen = stdout(&probe.output);
+    assert!(!seen.contains(&first) && !seen.contains(&second), "{seen}");
+}
+
+#[test]
 fn the_secret_is_nowhere_in_the_bottle() {
     let Some(world) = world() else { return };
     let secret = world.secret();

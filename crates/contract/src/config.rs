@@ -57,6 +57,11 @@ pub struct GateConfig {
     /// The supervise role, when the bottle has `supervise: true`.
     #[serde(default)]
     pub supervise: Option<SuperviseConfig>,
+    /// Where the egress role creates its control socket (approvals and
+    /// refreshed secrets): a directory never shared with the agent.
+    /// `None`: no control socket.
+    #[serde(default)]
+    pub control_dir: Option<PathBuf>,
 }
 
 /// The supervise role: where requests wait and the control socket lives
@@ -218,6 +223,6 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// The supervise role's control socket (approvals applied live), in its
-/// directory.
-pub const CONTROL_SOCKET: &str = "control.sock";
+/// The control socket (approvals and refreshed secrets applied live), in
+/// the supervise directory.
+pub use crate::control::CONTROL_SOCKET;

@@ -9,6 +9,7 @@
 mod args;
 pub mod ca;
 pub mod config;
+pub mod control;
 pub mod files;
 
 pub use args::GateArgs;

@@ -218,14 +218,16 @@ fn serve_egress(
         let egress = Arc::new(egress);
         spawn_worker(format!("egress-{i}"), listener, move |l| egress.serve(l))?;
     }
-    if let Some(supervise) = &config.supervise {
+    if let Some(dir) = &config.control_dir {
         // The control socket first: by the time the agent can file a
         // request, a person can approve it.
-        let control = bind(&supervise.dir, supervise::control::CONTROL_SOCKET, 0o600)?;
+        let control = bind(dir, supervise::control::CONTROL_SOCKET, 0o600)?;
         let (applied_to, audited) = (Arc::clone(&live), Arc::clone(audit));
         spawn_worker("control".into(), control, move |l| {
             supervise::control::serve(l, applied_to, audited)
         })?;
+    }
+    if let Some(supervise) = &config.supervise {
         let listener = bind(&config.socket_dir, config::SUPERVISE_SOCKET, 0o666)?;
         let shared = Arc::new(supervise::tools::Shared {
             identity: config.identity.clone(),

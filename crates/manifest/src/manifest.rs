@@ -138,6 +138,12 @@ pub struct Route {
     /// Command whose standard output is the secret (instead of `token_ref`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_command: Option<String>,
+    /// Run `token_command` again this often while the bottle runs (a
+    /// duration from 10s to 24h, such as `"30m"`), handing the gate what it
+    /// prints: for tokens that expire. Without it the command runs at
+    /// start and resume only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_refresh: Option<String>,
     /// Roles: what else the route gives the agent (`claude_code_oauth`).
     #[serde(rename = "Role", default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Roles>,

@@ -254,19 +254,15 @@ fn gate_body(p: &DockerPrepared, spec: GateSpec<'_>) -> ContainerCreateBody {
     }
 }
 
-/// The egress gate's container: the CA, the route secrets (on stdin) and,
-/// with supervise, the requests and the control socket — never the SSH
-/// keys.
+/// The egress gate's container: the CA, the route secrets (on stdin), the
+/// control socket and, with supervise, the requests — never the SSH keys.
 pub fn gate_container(p: &DockerPrepared) -> ContainerCreateBody {
-    let mut binds = Vec::new();
-    if p.plan.supervise {
-        // Requests and the control socket: the gate's and the person's,
-        // never mounted into the agent's sandbox.
-        binds.push(format!(
-            "{}:{GATE_SUPERVISE_DIR}",
-            p.dir.supervise_dir().display()
-        ));
-    }
+    // Requests and the control socket: the gate's, the person's and the
+    // launcher's, never mounted into the agent's sandbox.
+    let binds = vec![format!(
+        "{}:{GATE_SUPERVISE_DIR}",
+        p.dir.supervise_dir().display()
+    )];
     gate_body(
         p,
         GateSpec {

@@ -60,9 +60,8 @@ impl NativeBackend {
                 Path::new(&inside).join(GIT_CONFIG_FILE)
             }
             _ => {
-                if p.plan.supervise {
-                    a.bind(&dir.supervise_dir(), &paths.supervise_dir);
-                }
+                // Requests and the control socket.
+                a.bind(&dir.supervise_dir(), &paths.supervise_dir);
                 Path::new(&inside).join(EGRESS_CONFIG_FILE)
             }
         };

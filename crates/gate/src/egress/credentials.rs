@@ -168,9 +168,22 @@ impl fmt::Display for Leak {
     }
 }
 
-/// Every route, and one detector for every encoding of every secret.
+/// A route's earlier secret, replaced by a refreshed one: never sent, but
+/// still watched for (it may be valid until it expires).
+#[derive(Debug, Clone)]
+pub struct Retired {
+    pub host: Host,
+    pub secret: Secret,
+}
+
+/// How many replaced secrets a gate keeps watching for, newest first.
+pub const RETIRED_KEPT: usize = 8;
+
+/// Every route, and one detector for every encoding of every secret,
+/// retired ones included.
 pub struct Credentials {
     routes: Vec<Route>,
+    retired: Vec<Retired>,
     detector: Detector,
 }
 
@@ -178,19 +191,49 @@ impl Credentials {
     /// The routes and their leak check, or why the check could not be
     /// compiled (then no route is held at all: fail closed).
     pub fn new(routes: Vec<Route>) -> Result<Credentials, String> {
+        Credentials::with_retired(routes, Vec::new())
+    }
+
+    /// [`Credentials::new`], also watching for `retired` secrets (the
+    /// newest [`RETIRED_KEPT`] of them).
+    pub fn with_retired(
+        routes: Vec<Route>,
+        mut retired: Vec<Retired>,
+    ) -> Result<Credentials, String> {
+        retired.truncate(RETIRED_KEPT);
         let secrets: Vec<&[u8]> = routes
             .iter()
-            .map(|r| r.secret.expose().as_bytes())
+            .map(|r| &r.secret)
+            .chain(retired.iter().map(|r| &r.secret))
+            .map(|s| s.expose().as_bytes())
             .collect();
         let detector = Detector::new(&secrets)?;
-        Ok(Credentials { routes, detector })
+        Ok(Credentials {
+            routes,
+            retired,
+            detector,
+        })
     }
 
     /// No routes, nothing to watch for.
     pub fn none() -> Credentials {
         Credentials {
             routes: Vec::new(),
+            retired: Vec::new(),
             detector: Detector::empty(),
+        }
+    }
+
+    /// The secrets refreshes replaced, newest first.
+    pub fn retired(&self) -> &[Retired] {
+        &self.retired
+    }
+
+    /// The host the `index`th secret the detector watches belongs to.
+    fn host_of(&self, index: usize) -> &Host {
+        match self.routes.get(index) {
+            Some(route) => &route.host,
+            None => &self.retired[index - self.routes.len()].host,
         }
     }
 
@@ -267,9 +310,9 @@ impl Credentials {
 
     fn leak_among(&self, hits: Vec<super::leak::Hit>, host: &Host, place: &str) -> Option<Leak> {
         hits.into_iter()
-            .find(|hit| &self.routes[hit.secret].host != host)
+            .find(|hit| self.host_of(hit.secret) != host)
             .map(|hit| Leak {
-                route_host: self.routes[hit.secret].host.to_string(),
+                route_host: self.host_of(hit.secret).to_string(),
                 encoding: hit.encoding,
                 place: place.to_owned(),
             })

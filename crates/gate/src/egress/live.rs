@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use bottle_manifest::host::HostRule;
+use bottle_manifest::host::{Host, HostRule};
 
-use super::credentials::{Credentials, Route};
+use super::credentials::{Credentials, Retired, Route, Secret};
 use super::policy::Policy;
 
 /// The swappable policy and routes of one gate, and the image its bottle
@@ -89,7 +89,40 @@ impl Live {
             .cloned()
             .collect();
         routes.push(route);
-        self.credentials.store(Arc::new(Credentials::new(routes)?));
+        let retired = self.credentials().retired().to_vec();
+        self.credentials
+            .store(Arc::new(Credentials::with_retired(routes, retired)?));
+        Ok(())
+    }
+
+    /// Gives the route to `host` a refreshed secret; the one it replaces
+    /// is still watched for. Nothing else of the route changes.
+    pub fn rotate(&self, host: &Host, secret: Secret) -> Result<(), String> {
+        let now = self.credentials();
+        let Some(old) = now.routes().iter().find(|r| &r.host == host) else {
+            return Err(format!("the bottle has no route to {host}"));
+        };
+        if old.secret.expose() == secret.expose() {
+            return Ok(());
+        }
+        let mut retired = vec![Retired {
+            host: host.clone(),
+            secret: old.secret.clone(),
+        }];
+        retired.extend(now.retired().iter().cloned());
+        let routes = now
+            .routes()
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                if &r.host == host {
+                    r.secret = secret.clone();
+                }
+                r
+            })
+            .collect();
+        self.credentials
+            .store(Arc::new(Credentials::with_retired(routes, retired)?));
         Ok(())
     }
 }
@@ -98,8 +131,7 @@ impl Live {
 #[expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 mod tests {
     use super::*;
-    use crate::egress::credentials::{PathRule, Secret};
-    use bottle_manifest::host::Host;
+    use crate::egress::credentials::PathRule;
 
     fn route(host: &str, paths: Vec<PathRule>) -> Route {
         Route {
@@ -143,5 +175,48 @@ mod tests {
             bottle_manifest::plan::model_api_paths()
         );
         assert!(paths("other.test").is_empty());
+    }
+
+    #[test]
+    fn a_rotated_secret_is_sent_and_the_one_it_replaced_still_counts_as_a_leak() {
+        let scoped = vec![PathRule::any("/v1/messages")];
+        let live = Live::new(
+            Policy::new(Vec::new(), &crate::config::EgressConfig::default()),
+            Credentials::new(vec![
+                route("model.test", scoped.clone()),
+                route("other.test", Vec::new()),
+            ])
+            .unwrap(),
+        );
+        let model = Host::Name("model.test".into());
+        let other = Host::Name("other.test".into());
+        live.rotate(&model, Secret::new("fresh-token-1".into()))
+            .unwrap();
+        live.rotate(&model, Secret::new("fresh-token-2".into()))
+            .unwrap();
+        let creds = live.credentials();
+        let now = creds.route_for(&model, 443).unwrap();
+        assert_eq!(&*now.header_value(), "Bearer fresh-token-2");
+        assert_eq!(now.paths, scoped, "the route keeps its scope");
+        // Both replaced secrets, and the new one, are leaks elsewhere and
+        // scrubbed from what comes back.
+        for old in ["secret-of-model.test", "fresh-token-1", "fresh-token-2"] {
+            let leak = creds.find_leak(old.as_bytes(), &other, "body").unwrap();
+            assert_eq!(leak.route_host, "model.test");
+            assert!(creds.find_leak(old.as_bytes(), &model, "body").is_none());
+        }
+        // The other route is untouched; a host without a route is refused.
+        assert!(creds.route_for(&other, 443).unwrap().secret.expose() == "secret-of-other.test");
+        let none = Host::Name("none.test".into());
+        assert!(live.rotate(&none, Secret::new("x".into())).is_err());
+        // The watched list is bounded.
+        for i in 0..20 {
+            live.rotate(&model, Secret::new(format!("tok-{i}")))
+                .unwrap();
+        }
+        assert_eq!(
+            live.credentials().retired().len(),
+            crate::egress::credentials::RETIRED_KEPT
+        );
     }
 }

@@ -1,121 +1,23 @@
-//! The control socket: how the person's `bottle approve` widens a running
-//! gate. It lives in the bottle's `supervise/` directory, which is mounted
-//! into the gate only — never into the agent's sandbox — and is readable
-//! by the launching user alone (mode 0600), so nothing inside the bottle
-//! can reach it, let alone approve its own requests.
-//!
-//! One JSON line each way per connection: a [`Change`] in, a [`Reply`] out.
+//! Serving the control socket (see [`bottle_contract::control`]): the
+//! person's approvals and the launcher's refreshed secrets, applied to the
+//! running gate and audited.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 
 use crate::audit::Audit;
 use crate::egress::Live;
 use crate::egress::credentials::{Route, Secret};
 use bottle_manifest::host::{HostRule, normalize_host};
 
-/// File name of the control socket in the supervise directory.
-pub use bottle_contract::config::CONTROL_SOCKET;
+/// File name of the control socket, the protocol and its client: shared
+/// with the person's commands and the launcher.
+pub use bottle_contract::control::{CONTROL_SOCKET, Change, Reply, send};
 /// Longest control line: a route's secret and its names.
 const MAX_LINE: usize = 64 * 1024;
-
-/// A change the person approved, to apply now.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Change {
-    /// Allow one more rule.
-    Allow {
-        rule: String,
-        request: String,
-        decided_by: String,
-    },
-    /// Add a credential route (and allow its host on 443).
-    Route {
-        host: String,
-        header: String,
-        scheme: String,
-        secret: String,
-        request: String,
-        decided_by: String,
-    },
-    /// The bottle is being restarted on a rebuilt image.
-    Image {
-        image: String,
-        request: String,
-        decided_by: String,
-    },
-}
-
-impl std::fmt::Debug for Change {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Change::Allow { rule, request, .. } => write!(f, "Allow({rule}, {request})"),
-            Change::Route {
-                host,
-                header,
-                request,
-                ..
-            } => {
-                write!(f, "Route({host}, {header}, secret ***, {request})")
-            }
-            Change::Image { image, request, .. } => write!(f, "Image({image}, {request})"),
-        }
-    }
-}
-
-/// The gate's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Reply {
-    pub ok: bool,
-    pub message: String,
-}
-
-/// Sends `change` to the gate listening on `socket` and waits for its
-/// answer. An error means the gate did not apply it.
-pub async fn send(socket: &Path, change: &Change) -> std::io::Result<Reply> {
-    let exchange = async {
-        let mut stream = connect(socket).await?;
-        let mut line = serde_json::to_vec(change).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        stream.write_all(&line).await?;
-        let mut reader = BufReader::new(stream);
-        let mut answer = String::new();
-        reader.read_line(&mut answer).await?;
-        serde_json::from_str::<Reply>(&answer)
-            .map_err(|e| std::io::Error::other(format!("the gate answered {answer:?}: {e}")))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the gate did not answer"))?
-}
-
-/// Longest path `connect(2)` takes for a Unix socket, with its NUL.
-const SUN_PATH_MAX: usize = 108;
-
-/// Connects to `socket`, also when its path is longer than a socket
-/// address holds (a deep state directory): through the directory's file
-/// descriptor, `/proc/self/fd/N/NAME`.
-async fn connect(socket: &Path) -> std::io::Result<UnixStream> {
-    if socket.as_os_str().len() < SUN_PATH_MAX {
-        return UnixStream::connect(socket).await;
-    }
-    use std::os::fd::AsRawFd;
-    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
-        return UnixStream::connect(socket).await;
-    };
-    let dir = std::fs::File::open(dir)?;
-    let short = Path::new("/proc/self/fd")
-        .join(dir.as_raw_fd().to_string())
-        .join(name);
-    let stream = UnixStream::connect(&short).await;
-    drop(dir);
-    stream
-}
 
 /// Serves the control socket: applies each change to `live`.
 pub async fn serve(listener: UnixListener, live: Arc<Live>, audit: Arc<Audit>) {
@@ -197,6 +99,14 @@ fn apply(live: &Live, audit: &Audit, change: Change) -> Reply {
             live.set_image(image.clone());
             Ok(format!("the bottle restarts on {image}"))
         }
+        Change::Rotate { host, secret } => {
+            fields.insert("rotated".into(), host.clone().into());
+            fields.insert("decided_by".into(), "launcher".into());
+            checked_secret(&secret)
+                .and_then(|()| normalize_host(&host).map_err(|e| e.to_string()))
+                .and_then(|name| live.rotate(&name, Secret::new(secret)))
+                .map(|()| format!("the route to {host} sends its new secret"))
+        }
     };
     match result {
         Ok(message) => {
@@ -220,13 +130,19 @@ fn route(
     let name = normalize_host(&host).map_err(|e| e.to_string())?;
     let rule = HostRule::parse(&host).map_err(|e| e.to_string())?;
     let header = http::HeaderName::from_bytes(header.as_bytes()).map_err(|e| e.to_string())?;
-    if secret.is_empty() || secret.contains(['\r', '\n', '\0']) {
-        return Err("the secret is empty or spans lines".to_owned());
-    }
+    checked_secret(&secret)?;
     Ok((
         Route::whole_host(name, header, scheme, Secret::new(secret)),
         rule,
     ))
+}
+
+/// A secret that can go in a header value.
+fn checked_secret(secret: &str) -> Result<(), String> {
+    if secret.is_empty() || secret.contains(['\r', '\n', '\0']) {
+        return Err("the secret is empty or spans lines".to_owned());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -243,7 +159,7 @@ mod tests {
         let deep = root.path().join("d".repeat(60)).join("e".repeat(60));
         std::fs::create_dir_all(&deep).unwrap();
         let socket = deep.join(CONTROL_SOCKET);
-        assert!(socket.as_os_str().len() >= SUN_PATH_MAX);
+        assert!(socket.as_os_str().len() >= bottle_contract::control::SUN_PATH_MAX);
         let dir = std::fs::File::open(&deep).unwrap();
         let short = format!("/proc/self/fd/{}/{CONTROL_SOCKET}", dir.as_raw_fd());
         let listener = UnixListener::bind(&short).unwrap();

@@ -166,6 +166,10 @@ pub struct RoutePlan {
     /// The command itself: run at start, never printed in the plan.
     #[serde(skip)]
     pub token_command_line: Option<String>,
+    /// How often the launcher runs `token_command` again while the bottle
+    /// runs, in seconds; `None`: at start and resume only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_refresh_secs: Option<u64>,
     pub roles: Vec<String>,
     /// The placeholder the agent holds for this secret (a role's route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -453,6 +457,10 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
                 token_ref: r.token_ref.clone(),
                 token_command: r.token_command.is_some(),
                 token_command_line: r.token_command.clone(),
+                token_refresh_secs: r
+                    .token_refresh
+                    .as_deref()
+                    .and_then(|t| crate::validate::refresh_secs(t).ok()),
                 roles,
                 placeholder: None,
                 paths: Vec::new(),
@@ -467,6 +475,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, ManifestError> {
         token_ref: Some(g.token_ref.clone()),
         token_command: false,
         token_command_line: None,
+        token_refresh_secs: None,
         roles: Vec::new(),
         placeholder: None,
         paths: Vec::new(),

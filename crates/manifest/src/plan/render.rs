@@ -85,9 +85,13 @@ impl Plan {
             line("private ok", &self.egress.allow_private.join(", "));
         }
         for route in &self.egress.routes {
-            let secret = match &route.token_ref {
-                Some(var) => format!("${var}"),
-                None => "token_command".to_owned(),
+            let secret = match (&route.token_ref, route.token_refresh_secs) {
+                (Some(var), _) => format!("${var}"),
+                (None, Some(secs)) => format!(
+                    "token_command, run again every {}",
+                    humantime::format_duration(std::time::Duration::from_secs(secs))
+                ),
+                (None, None) => "token_command".to_owned(),
             };
             let roles = if route.roles.is_empty() {
                 String::new()

@@ -437,6 +437,16 @@ fn check_bottle(out: &mut Problems, at: &str, bottle: &Bottle, ctx: &Context) ->
     }
 }
 
+/// A route's `token_refresh` in seconds, or why it is not one.
+pub(crate) fn refresh_secs(text: &str) -> Result<u64, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if (10..=24 * 3600).contains(&d.as_secs()) => Ok(d.as_secs()),
+        _ => Err(format!(
+            "{text:?} is not a duration from 10s to 24h, such as \"30m\""
+        )),
+    }
+}
+
 fn check_routes(out: &mut Problems, at: &str, routes: &[Route], allow: &[HostRule]) {
     let mut model_routes = 0;
     let mut hosts: Vec<String> = Vec::new();
@@ -476,6 +486,16 @@ fn check_routes(out: &mut Problems, at: &str, routes: &[Route], allow: &[HostRul
                 out.push(format!("{field}.token_command"), "the command is empty")
             }
             _ => {}
+        }
+        if let Some(text) = &route.token_refresh {
+            if route.token_command.is_none() {
+                out.push(
+                    format!("{field}.token_refresh"),
+                    "only a token_command can be run again: give one, or remove token_refresh",
+                );
+            } else if let Err(message) = refresh_secs(text) {
+                out.push(format!("{field}.token_refresh"), message);
+            }
         }
         if let Some(header) = &route.header
             && !is_header_name(header)

@@ -151,6 +151,7 @@ impl Build<'_> {
             }),
             git: Default::default(),
             supervise: None,
+            control_dir: None,
         };
         let config_dir = dir.join("gate");
         std::fs::create_dir_all(&config_dir).map_err(|source| BackendError::Io {
