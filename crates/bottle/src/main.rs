@@ -89,7 +89,7 @@ fn main() {
             note.as_deref(),
             &printer,
         ),
-        Command::Deny { id, reason } => commands::deny::run(&id, reason.as_deref(), &printer),
+        Command::Deny { id, reason } => commands::approve::deny(&id, reason.as_deref(), &printer),
         Command::Gate(args) => commands::gate::run(args),
         Command::Shim(args) => commands::shim::run(args),
         Command::Reap(args) => commands::reap::run(args),

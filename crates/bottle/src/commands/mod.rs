@@ -3,7 +3,6 @@
 pub mod approve;
 pub mod attach;
 pub mod cleanup;
-pub mod deny;
 pub mod doctor;
 pub mod gate;
 pub mod health;

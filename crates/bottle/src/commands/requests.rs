@@ -56,78 +56,7 @@ pub fn run(
 
 /// The requests of one bottle.
 pub fn store(record: &Record) -> Store {
-    Store::new(record.dir.requests_dir())
-}
-
-/// Finds request `id` (`r-xxxxxx`, or `IDENTITY/r-xxxxxx` to name the
-/// bottle) under the state root. An id two bottles happen to share is an
-/// error, never a guess: approving the wrong bottle's request would widen
-/// the wrong bottle.
-pub fn find(global: &Global, id: &str) -> Result<(Record, Store, Request), Failure> {
-    let (bottle, id) = match id.split_once('/') {
-        Some((bottle, id)) => (Some(bottle), id),
-        None => (None, id),
-    };
-    let not_found = || {
-        Failure::new(
-            exit::REQUEST,
-            anyhow!("no request {id:?}: `bottle requests` lists the pending ones"),
-        )
-    };
-    if !bottle_gate::supervise::requests::is_request_id(id) {
-        return Err(not_found());
-    }
-    let mut found = Vec::new();
-    for record in state::records(&global.state_root)
-        .into_iter()
-        .filter(|r| bottle.is_none_or(|b| r.identity == b))
-    {
-        let store = store(&record);
-        if let Some(request) = store.get(id).map_err(anyhow::Error::from)? {
-            found.push((record, store, request));
-        }
-    }
-    if found.len() > 1 {
-        let bottles: Vec<&str> = found.iter().map(|(r, _, _)| r.identity.as_str()).collect();
-        return Err(Failure::new(
-            exit::REQUEST,
-            anyhow!(
-                "request {id} exists in {} bottles ({}): name one, as {}/{id}",
-                bottles.len(),
-                bottles.join(", "),
-                bottles[0]
-            ),
-        ));
-    }
-    found.pop().ok_or_else(not_found)
-}
-
-/// Fails unless `request` waits for a decision.
-pub fn ensure_pending(request: &Request) -> Result<(), Failure> {
-    if request.state == State::Pending {
-        return Ok(());
-    }
-    Err(Failure::new(
-        exit::REQUEST,
-        anyhow!(
-            "request {} is {} already{}",
-            request.id,
-            request.state.as_str(),
-            request
-                .decided_by
-                .as_ref()
-                .map(|by| format!(" (by {by})"))
-                .unwrap_or_default()
-        ),
-    ))
-}
-
-/// The host user deciding, for the record.
-pub fn decider() -> String {
-    let uid = nix::unistd::getuid();
-    bottle_backend::accounts::name_of("passwd", uid.as_raw())
-        .flatten()
-        .unwrap_or_else(|| format!("uid {uid}"))
+    bottle_decide::store(record)
 }
 
 /// A person-readable listing: one block per request.
