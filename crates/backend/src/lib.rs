@@ -406,6 +406,20 @@ pub struct AgentRun<'a> {
     pub gates_ready: &'a GatesReady,
     /// Reports a step with the time since the launch began.
     pub timing: &'a (dyn Fn(&str) + Sync),
+    /// Where the agent's terminal is.
+    pub terminal: Terminal,
+}
+
+/// Where a bottle's agent has its terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminal {
+    /// On the launcher's own streams: the launcher's terminal when they
+    /// are one (in raw mode), its pipes when not.
+    Launcher,
+    /// Detached (`bottle start -d`): the launcher runs in the background
+    /// without a terminal, and the agent gets one of its own, which
+    /// `bottle attach` reaches. Nothing reads the launcher's input.
+    Detached,
 }
 
 /// The lifecycle every backend implements. Commands reach a backend only

@@ -12,7 +12,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::capability;
 use crate::process::Launcher;
 use crate::state::{BottleDir, Metadata};
-use crate::{AgentRun, Backend, BackendError, Gates, GatesReady, Outcome, Reporter, Scope};
+use crate::{
+    AgentRun, Backend, BackendError, Gates, GatesReady, Outcome, Reporter, Scope, Terminal,
+};
 
 /// The validation every backend gets before its own `prepare`.
 pub fn validate(_plan: &Plan) -> Result<(), BackendError> {
@@ -45,6 +47,7 @@ pub async fn launch<B: Backend>(
     plan: &Plan,
     prepared: B::Prepared,
     guardian: Option<&std::path::Path>,
+    terminal: Terminal,
     reporter: &dyn Reporter,
 ) -> Result<Outcome, BackendError> {
     // Signals first: an interrupt at any point below still tears down.
@@ -53,8 +56,10 @@ pub async fn launch<B: Backend>(
     dir.create()?;
     let _held = dir.hold(&plan.identity)?;
     // A restart note no launcher took (its launcher ended first) is
-    // stale: this run starts on the image its plan names.
+    // stale: this run starts on the image its plan names. So is a stop
+    // request no launcher took.
     let _ = capability::take_restart(&dir);
+    let _ = take_stop_request(&dir);
     // A bottle keeps its CA for life: resume reads the one it made.
     let ca = if dir.gate_dir().join("ca.key").is_file() {
         dir.read_ca()?
@@ -70,7 +75,7 @@ pub async fn launch<B: Backend>(
     metadata.write(&dir)?;
 
     let outcome = tokio::select! {
-        result = drive(backend, plan, &prepared, &dir, reporter) => result.map(Outcome::Exited),
+        result = drive(backend, plan, &prepared, &dir, terminal, reporter) => result.map(Outcome::Exited),
         signal = signals.recv() => Ok(Outcome::Interrupted(signal)),
     };
     if let Ok(Outcome::Interrupted(_)) = outcome {
@@ -81,9 +86,11 @@ pub async fn launch<B: Backend>(
     }
     let torn = Instant::now();
     let me = Launcher::current()?.to_string();
-    // An approved image change keeps the bottle, even under --rm.
+    // An approved image change keeps the bottle, even under --rm; so
+    // does `bottle stop`, which stops a bottle for a later resume.
     let preserved = capability::is_preserved(&dir);
-    let remove = plan.remove_on_exit && !preserved;
+    let stopped_by = take_stop_request(&dir);
+    let remove = plan.remove_on_exit && !preserved && stopped_by.is_none();
     // After a normal exit the bottle's network, an inert object whose
     // removal is slow, is left to the guardian. Interrupts and failures
     // tear everything down before returning.
@@ -97,13 +104,36 @@ pub async fn launch<B: Backend>(
     let kept = if remove {
         dir.remove()
     } else {
-        metadata.stop(preserved);
+        match &stopped_by {
+            Some(by) => metadata.stop_for(preserved, by),
+            None => metadata.stop(preserved),
+        }
         metadata.write(&dir)
     };
     let outcome = outcome?;
     teardown?;
     kept?;
     Ok(outcome)
+}
+
+/// File in a bottle's directory: `bottle stop` asked its launcher to stop
+/// the bottle and keep it for `resume` (under `--rm` too). It holds who
+/// asked.
+const STOP_REQUEST: &str = "stop-requested";
+
+/// Asks the launcher of the bottle in `dir` to keep it when it stops:
+/// written before the launcher is signalled. `by` is who asked.
+pub fn request_stop(dir: &BottleDir, by: &str) -> Result<(), BackendError> {
+    let path = dir.root.join(STOP_REQUEST);
+    std::fs::write(&path, by).map_err(|source| BackendError::Io { path, source })
+}
+
+/// Who asked this bottle to stop, if someone did; the request is taken.
+fn take_stop_request(dir: &BottleDir) -> Option<String> {
+    let path = dir.root.join(STOP_REQUEST);
+    let by = std::fs::read_to_string(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    Some(by)
 }
 
 /// The gates and the agent side by side; the agent comes back on its new
@@ -113,6 +143,7 @@ async fn drive<B: Backend>(
     plan: &Plan,
     p: &B::Prepared,
     dir: &BottleDir,
+    terminal: Terminal,
     reporter: &dyn Reporter,
 ) -> Result<i32, BackendError> {
     let started = Instant::now();
@@ -141,6 +172,7 @@ async fn drive<B: Backend>(
                 provisioned: &provisioned,
                 gates_ready: &ready,
                 timing: &timing,
+                terminal,
             };
             let code = backend.run_agent(p, &agent, run, reporter).await?;
             first = false;
@@ -374,8 +406,15 @@ mod tests {
         let fake = FakeBackend::new(crate::BackendName::Native);
         fake.script.lock().unwrap_or_else(|e| e.into_inner()).runs = vec![(3, None)];
         let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
-        let outcome = block_on(launch(&fake, &plan, prepared, None, &Quiet))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let outcome = block_on(launch(
+            &fake,
+            &plan,
+            prepared,
+            None,
+            Terminal::Launcher,
+            &Quiet,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(outcome, Outcome::Exited(3));
         let calls = fake.calls();
         assert_eq!(calls[0], Call::Prepare(plan.identity.clone()));
@@ -417,7 +456,14 @@ mod tests {
         let held = dir.hold(&plan.identity).unwrap_or_else(|e| panic!("{e}"));
         let fake = FakeBackend::new(crate::BackendName::Native);
         let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
-        let outcome = block_on(launch(&fake, &plan, prepared, None, &Quiet));
+        let outcome = block_on(launch(
+            &fake,
+            &plan,
+            prepared,
+            None,
+            Terminal::Launcher,
+            &Quiet,
+        ));
         assert!(
             matches!(outcome, Err(BackendError::Held { .. })),
             "{outcome:?}"
@@ -431,7 +477,15 @@ mod tests {
         );
         drop(held);
         let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
-        block_on(launch(&fake, &plan, prepared, None, &Quiet)).unwrap_or_else(|e| panic!("{e}"));
+        block_on(launch(
+            &fake,
+            &plan,
+            prepared,
+            None,
+            Terminal::Launcher,
+            &Quiet,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]
@@ -458,8 +512,15 @@ mod tests {
         dir.create().unwrap_or_else(|e| panic!("{e}"));
         crate::capability::mark_preserved(&dir).unwrap_or_else(|e| panic!("{e}"));
         let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
-        let outcome = block_on(launch(&fake, &plan, prepared, None, &Quiet))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let outcome = block_on(launch(
+            &fake,
+            &plan,
+            prepared,
+            None,
+            Terminal::Launcher,
+            &Quiet,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(outcome, Outcome::Exited(7));
         let calls = fake.calls();
         let runs: Vec<&Call> = calls

@@ -40,6 +40,9 @@ pub enum Command {
         #[arg(short = 'y', long = "yes")]
         yes: bool,
     },
+    /// Stop a running bottle, keeping its state (workspace, home, CA,
+    /// approvals) for `bottle resume`.
+    Stop { identity: String },
     /// Remove one stopped bottle: its volumes, network and state.
     Rm {
         identity: String,
@@ -202,9 +205,28 @@ pub struct StartArgs {
     /// sign-in on this machine; see docs/cli.md).
     #[arg(long)]
     pub remote_control: bool,
+    #[command(flatten)]
+    pub detach: DetachArgs,
+    /// The identity a detaching `start` minted for its launcher.
+    #[arg(long, hide = true, requires = "detached_launcher")]
+    pub identity: Option<String>,
     /// Run this command in the bottle instead of the agent's.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// Detaching a bottle from the terminal (`start` and `resume`).
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Start the bottle in the background, not taking the terminal:
+    /// `bottle attach IDENTITY` reaches its agent, `bottle stop IDENTITY`
+    /// stops it.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// This process is the background launcher of a detaching start or
+    /// resume (run by it, not by a person).
+    #[arg(long, hide = true)]
+    pub detached_launcher: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,6 +267,8 @@ pub struct ResumeArgs {
     /// Remote Control on again (it is on only when asked, each time).
     #[arg(long)]
     pub remote_control: bool,
+    #[command(flatten)]
+    pub detach: DetachArgs,
     /// Run this command in the bottle instead of the agent's (`claude …`
     /// continues the conversation too, unless `--new-session`).
     #[arg(last = true, value_name = "CMD")]

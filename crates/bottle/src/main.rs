@@ -72,6 +72,7 @@ fn main() {
         Command::List { which, format } => commands::list::run(which.is_some(), format, &printer),
         Command::Cleanup { dry_run, yes } => commands::cleanup::cleanup(dry_run, yes, &printer),
         Command::Rm { identity, yes } => commands::cleanup::rm(&identity, yes, &printer),
+        Command::Stop { identity } => commands::stop::run(&identity, &printer),
         Command::Requests {
             identity,
             all,

@@ -153,3 +153,119 @@ fn another_terminal_attaches_to_the_agent_and_detaches_leaving_it_running() {
     assert!(still_running, "detaching stopped the agent: {main_text}");
     assert!(ended && main_text.contains("EXIT=4"), "{main_text}");
 }
+
+/// `start -d`: the bottle runs without a terminal; `bottle attach` reaches
+/// its agent (keys, Ctrl-C) from any terminal, more than once; `bottle
+/// stop` stops it, kept for `resume -d`.
+#[test]
+fn a_detached_bottle_runs_on_reattaches_and_stops_for_resume() {
+    if !docker_available() {
+        return;
+    }
+    ensure_images();
+    let world = World::new();
+    let script = "trap 'echo got=INT' INT; while true; do read -r x && echo got=$x; done";
+    let out = world
+        .command()
+        .args(["start", "probe", "-y", "-d", "--", "bash", "-c", script])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let identity = identity_from(&err).expect("identity");
+    assert!(err.contains("runs detached"), "{err}");
+    let state = |identity: &str| -> String {
+        let out = world
+            .command()
+            .args(["list", "--format", "json"])
+            .output()
+            .unwrap();
+        let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["identity"] == identity)
+            .map(|b| b["state"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(state(&identity), "running");
+
+    let session = format!("bbtest-detached-{}", std::process::id());
+    let env = bottle_line(&world);
+    new_session(&session, "sleep 600");
+    let screen = |target: &str| tmux(&["capture-pane", "-p", "-S", "-200", "-t", target]);
+    let mut attach = |name: &str, word: &str| -> (bool, bool, bool, String) {
+        tmux(&[
+            "new-window",
+            "-t",
+            &session,
+            "-n",
+            name,
+            &format!("{env} attach {identity}; echo ATTACH_EXIT=$?; sleep 60"),
+        ]);
+        let target = format!("{session}:{name}");
+        let mut n = 0;
+        let through = wait_until(Duration::from_secs(30), || {
+            n += 1;
+            tmux(&["send-keys", "-t", &target, &format!("{word}{n}"), "Enter"]);
+            std::thread::sleep(Duration::from_millis(1000));
+            screen(&target).contains(&format!("got={word}"))
+        });
+        tmux(&["send-keys", "-t", &target, "C-c"]);
+        let interrupted = wait_until(Duration::from_secs(10), || {
+            screen(&target).contains("got=INT")
+        });
+        tmux(&["send-keys", "-t", &target, "C-p", "C-q"]);
+        let detached = wait_until(Duration::from_secs(20), || {
+            screen(&target).contains("ATTACH_EXIT=0")
+        });
+        (through, interrupted, detached, screen(&target))
+    };
+    let first = attach("first", "hello");
+    std::thread::sleep(Duration::from_millis(500));
+    let running_after_first = state(&identity);
+    // A second terminal later: the agent's input is still open.
+    let second = attach("second", "again");
+    tmux(&["kill-session", "-t", &session]);
+    for (what, (through, interrupted, detached, text)) in [("first", &first), ("second", &second)] {
+        assert!(*through, "{what} attach: keys did not come back: {text}");
+        assert!(
+            *interrupted,
+            "{what} attach: Ctrl-C did not reach the agent: {text}"
+        );
+        assert!(
+            *detached,
+            "{what} attach: Ctrl-P Ctrl-Q did not detach: {text}"
+        );
+    }
+    assert_eq!(
+        running_after_first, "running",
+        "detaching stopped the agent"
+    );
+
+    let stop = world.command().args(["stop", &identity]).output().unwrap();
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert_eq!(state(&identity), "stopped");
+    assert_eq!(running_parts(&identity), Vec::<String>::new());
+    let again = world.command().args(["stop", &identity]).output().unwrap();
+    assert_eq!(again.status.code(), Some(78), "{}", stderr(&again));
+    assert!(stderr(&again).contains("is not running"));
+
+    // Resumed in the background too, and stopped again.
+    let resumed = world
+        .command()
+        .args(["resume", &identity, "-y", "-d", "--", "bash", "-c", script])
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(state(&identity), "running");
+    let stop = world.command().args(["stop", &identity]).output().unwrap();
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    let rm = world
+        .command()
+        .args(["rm", &identity, "-y"])
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", stderr(&rm));
+}

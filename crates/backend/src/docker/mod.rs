@@ -372,7 +372,7 @@ impl Backend for DockerBackend {
             run.command,
             run.provisioned,
             agent.runtime.clone(),
-            session::is_interactive(),
+            run.terminal,
             self.settings.gate_timeout,
         )?;
         create_container(docker, &p.agent_container, spec).await?;
@@ -387,7 +387,12 @@ impl Backend for DockerBackend {
             ));
         }
         run.gates_ready.wait().await;
-        session::run(docker, &p.agent_container, run.timing).await
+        match run.terminal {
+            crate::Terminal::Launcher => session::run(docker, &p.agent_container, run.timing).await,
+            crate::Terminal::Detached => {
+                session::run_detached(docker, &p.agent_container, run.timing).await
+            }
+        }
     }
 
     async fn rebuild(

@@ -88,6 +88,27 @@ pub async fn run(
         resizer.abort();
     }
 
+    wait(docker, container).await
+}
+
+/// Starts the container with no one attached (`bottle attach` reaches its
+/// terminal) and returns the command's exit status.
+pub async fn run_detached(
+    docker: &Docker,
+    container: &str,
+    timing: &(dyn Fn(&str) + Sync),
+) -> Result<i32, BackendError> {
+    docker
+        .start_container(container, None)
+        .await
+        .map_err(|e| BackendError::docker(format!("start {container}"), e))?;
+    timing("agent started");
+    let status = wait(docker, container).await;
+    timing("command finished");
+    status
+}
+
+async fn wait(docker: &Docker, container: &str) -> Result<i32, BackendError> {
     let mut wait = docker.wait_container(container, None::<WaitContainerOptions>);
     match wait.next().await {
         Some(Ok(response)) => Ok(response.status_code as i32),

@@ -74,9 +74,11 @@ pub fn agent_container(
     command: &[String],
     provisioned: &[(std::path::PathBuf, String)],
     runtime: Option<String>,
-    tty: bool,
+    terminal: crate::Terminal,
     gate_timeout: Duration,
 ) -> Result<ContainerCreateBody, BackendError> {
+    let detached = terminal == crate::Terminal::Detached;
+    let tty = detached || super::session::is_interactive();
     let env: Vec<String> = crate::sandbox::agent_env(&p.plan, tty)?
         .into_iter()
         .map(|(name, value)| format!("{name}={value}"))
@@ -136,7 +138,9 @@ pub fn agent_container(
         env: Some(env),
         tty: Some(tty),
         open_stdin: Some(true),
-        stdin_once: Some(true),
+        // The launcher's input ends the command's; a detached agent's
+        // input stays open for whoever attaches (and detaches) next.
+        stdin_once: Some(!detached),
         attach_stdin: Some(true),
         attach_stdout: Some(true),
         attach_stderr: Some(true),

@@ -517,8 +517,10 @@ impl Backend for NativeBackend {
         }
         run.gates_ready.wait().await;
         // A terminal of the launcher's is never handed in: when any of
-        // its streams is one, the sandbox gets a terminal of its own.
-        let tty = session::any_terminal();
+        // its streams is one, or the bottle is detached, the sandbox gets
+        // a terminal of its own.
+        let detached = run.terminal == crate::Terminal::Detached;
+        let tty = detached || session::any_terminal();
         let fds = session::filter_fds(&agent.filters)?;
         let raw: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         let args = self.agent_args(p, agent, &run, &raw)?;
@@ -531,7 +533,12 @@ impl Backend for NativeBackend {
             (p.bwrap.clone(), args)
         };
         let env = agent_env(&p.plan, tty)?;
-        let code = session::run(&program, &args, env, tty, &p.dir, fds, run.timing).await?;
+        let terminal = match (tty, detached) {
+            (_, true) => session::Tty::Detached,
+            (true, false) => session::Tty::Launcher,
+            (false, false) => session::Tty::None,
+        };
+        let code = session::run(&program, &args, env, terminal, &p.dir, fds, run.timing).await?;
         Ok(code)
     }
 

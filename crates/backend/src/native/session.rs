@@ -142,7 +142,7 @@ pub async fn run(
     bwrap: &Path,
     args: &[std::ffi::OsString],
     env: Vec<(String, String)>,
-    tty: bool,
+    tty: Tty,
     dir: &BottleDir,
     filters: Vec<OwnedFd>,
     timing: &(dyn Fn(&str) + Sync),
@@ -158,7 +158,7 @@ pub async fn run(
         )
         .map_err(std::io::Error::from)?;
     }
-    let pty = if tty {
+    let pty = if tty != Tty::None {
         let pty = Pty::open()?;
         command
             .stdin(pty.slave.try_clone()?)
@@ -195,7 +195,7 @@ pub async fn run(
         .filter(|_| std::io::IsTerminal::is_terminal(&std::io::stdin()))
         .and_then(|_| crate::terminal::RawMode::enter());
     let attached = server.as_ref().map(|s| s.attached.clone());
-    let pumps = pty.map(|pty| pty.pump(attached));
+    let pumps = pty.map(|pty| pty.pump(attached, tty == Tty::Launcher));
     let status = child.wait().await?;
     timing("command finished");
     if let Some(pumps) = pumps {
@@ -207,6 +207,19 @@ pub async fn run(
         .code()
         .or_else(|| status.signal().map(crate::signal_exit_code))
         .unwrap_or(1))
+}
+
+/// The sandbox's terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tty {
+    /// None: the sandbox has the launcher's pipes.
+    None,
+    /// One of its own, copied to and from the launcher's streams and
+    /// served to attached terminals.
+    Launcher,
+    /// One of its own, served to attached terminals only (a detached
+    /// bottle: nothing reads the launcher's input).
+    Detached,
 }
 
 /// A pseudo-terminal for the sandbox: the launcher keeps the master and
@@ -253,8 +266,21 @@ impl Pty {
             .read(true)
             .write(true)
             .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?;
-        if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout()) {
-            let _ = rustix::termios::tcsetwinsize(&master, size);
+        match rustix::termios::tcgetwinsize(std::io::stdout()) {
+            Ok(size) => {
+                let _ = rustix::termios::tcsetwinsize(&master, size);
+            }
+            // No window of the launcher's (detached): a common size until
+            // a terminal attaches and sends its own.
+            Err(_) => {
+                let size = rustix::termios::Winsize {
+                    ws_row: 24,
+                    ws_col: 80,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                let _ = rustix::termios::tcsetwinsize(&master, size);
+            }
         }
         Ok(Pty {
             master: File::from(master),
@@ -264,12 +290,13 @@ impl Pty {
 
     /// Copies keys in and output out on threads of their own (they end
     /// with the terminal), and keeps the sandbox's window the launcher's
-    /// size.
-    fn pump(self, attached: Option<super::attach::Attached>) -> Pumps {
+    /// size. Without `launcher`, the output goes to attached terminals
+    /// only and nothing is read from the launcher's input.
+    fn pump(self, attached: Option<super::attach::Attached>, launcher: bool) -> Pumps {
         let Pty { master, slave } = self;
         // The sandbox holds its own copies of the slave.
         drop(slave);
-        if let Ok(mut input) = master.try_clone() {
+        if launcher && let Ok(mut input) = master.try_clone() {
             std::thread::spawn(move || {
                 let mut stdin = std::io::stdin();
                 let mut buf = [0u8; 4096];
@@ -295,7 +322,7 @@ impl Pty {
             // launcher's terminal that is gone stops only its own copy:
             // the sandbox's output is still read, and attached terminals
             // still get it.
-            let mut shown = true;
+            let mut shown = launcher;
             while let Ok(n) = output.read(&mut buf) {
                 if n == 0 {
                     break;
@@ -307,6 +334,9 @@ impl Pty {
             }
         });
         let resizer = tokio::spawn(async move {
+            if !launcher {
+                return;
+            }
             let Ok(mut winch) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
             else {

@@ -1,12 +1,11 @@
 //! `bottle attach IDENTITY`: this terminal on a running bottle's agent,
 //! through its backend's attach command (`docker attach`, or the native
-//! launcher's terminal socket). Ctrl-P Ctrl-Q detaches; the agent runs on.
-
-use std::os::unix::process::CommandExt;
+//! launcher's terminal socket). Ctrl-P Ctrl-Q detaches (exit 0 on every
+//! backend); the agent runs on. Ctrl-C goes to the agent.
 
 use anyhow::anyhow;
-use bottle_backend::Backend;
 use bottle_backend::registry::AnyBackend;
+use bottle_backend::{Backend, Role};
 
 use crate::settings::{Global, Start};
 use crate::{Failure, exit};
@@ -29,12 +28,24 @@ pub fn run(identity: &str) -> Result<i32, Failure> {
             anyhow!("an empty attach command"),
         ));
     };
-    // Becomes the attach command: its exit is this one's.
-    let error = std::process::Command::new(program).args(args).exec();
-    Err(Failure::new(
-        exit::SOFTWARE,
-        anyhow!("running {program}: {error}"),
-    ))
+    let status = std::process::Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|e| Failure::new(exit::SOFTWARE, anyhow!("running {program}: {e}")))?;
+    if status.success() {
+        return Ok(0);
+    }
+    // `docker attach` ends with 1 when it is detached: a detach is told
+    // apart by the agent that still runs, and ends this command with 0
+    // on every backend.
+    let runtime = super::runtime()?;
+    let found = runtime
+        .block_on(AnyBackend::new(backend, &settings.backends).enumerate(&global.state_root));
+    if found.is_ok_and(|f| f.get(identity).is_some_and(|b| b.running(Role::Agent))) {
+        eprintln!("\r\nbot-bottle: detached; the agent runs on");
+        return Ok(0);
+    }
+    Ok(status.code().unwrap_or(exit::SOFTWARE))
 }
 
 /// `bottle native-attach SOCKET`.

@@ -14,6 +14,7 @@ pub mod requests;
 pub mod resume;
 pub mod shim;
 pub mod start;
+pub mod stop;
 pub mod update_agent;
 
 /// The single-threaded runtime a command runs its async work on.

@@ -76,5 +76,13 @@ pub fn run(args: ResumeArgs, printer: &Printer) -> Result<i32, Failure> {
         continue_conversation: !args.new_session,
         remote_control: account.as_ref(),
     })?;
-    super::start::launch(&plan, &settings, &choice, None, args.yes, printer)
+    super::start::launch(
+        &plan,
+        &settings,
+        &choice,
+        None,
+        args.yes,
+        super::start::Detach::from(&args.detach),
+        printer,
+    )
 }

@@ -1,4 +1,5 @@
-//! `bottle start AGENT`: plan, confirm, launch, tear down.
+//! `bottle start AGENT`: plan, confirm, launch, tear down (here, or in a
+//! launcher of its own in the background with `-d`).
 
 use std::io::{BufRead, IsTerminal};
 
@@ -13,8 +14,13 @@ use crate::printer::Printer;
 use crate::settings::{Global, Start};
 use crate::{Failure, exit};
 
+mod detached;
+
 pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
     let global = Global::resolve()?;
+    if let Some(identity) = &args.identity {
+        detached::check_identity(identity, &args.agent, &global)?;
+    }
     let settings = Start::resolve(args.backend, &global)?;
     let choice = super::runtime()?.block_on(registry::choose(&settings.wanted, &settings.backends));
     let path = global.manifest_lookup(&args.manifest).resolve()?;
@@ -38,7 +44,7 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         remove_on_exit: args.rm,
         cwd: args.cwd.then_some(global.cwd.as_path()),
         include: &args.include,
-        identity: None,
+        identity: args.identity.clone(),
         state_root: &global.state_root,
         host_env: &|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
         home: &global.home,
@@ -71,8 +77,33 @@ pub fn run(args: StartArgs, printer: &Printer) -> Result<i32, Failure> {
         &choice,
         args.dry_run.then_some(args.format),
         args.yes,
+        Detach::from(&args.detach),
         printer,
     )
+}
+
+/// Whether a start or resume takes the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    /// The launcher runs here, the agent on this terminal.
+    No,
+    /// `-d`: confirm here, then hand the bottle to a launcher of its own
+    /// in the background and return once its agent runs.
+    Spawn,
+    /// This process is that background launcher.
+    Launcher,
+}
+
+impl From<&crate::cli::DetachArgs> for Detach {
+    fn from(args: &crate::cli::DetachArgs) -> Detach {
+        if args.detached_launcher {
+            Detach::Launcher
+        } else if args.detach {
+            Detach::Spawn
+        } else {
+            Detach::No
+        }
+    }
 }
 
 /// Prepares `plan`, prints it (`dry_run`) or confirms it (unless `yes`),
@@ -84,6 +115,7 @@ pub fn launch(
     choice: &Choice,
     dry_run: Option<Format>,
     yes: bool,
+    detach: Detach,
     printer: &Printer,
 ) -> Result<i32, Failure> {
     let backend = AnyBackend::new(choice.name, &settings.backends);
@@ -94,6 +126,8 @@ pub fn launch(
         return Ok(0);
     }
     let runtime = super::runtime()?;
+    // The background launcher was confirmed by the start that spawned it.
+    let yes = yes || detach == Detach::Launcher;
     if !yes {
         confirm(plan, &backend, &runtime, printer)?;
     } else {
@@ -103,11 +137,19 @@ pub fn launch(
         ));
     }
     let me = std::env::current_exe().map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+    if detach == Detach::Spawn {
+        return detached::spawn(plan, &backend, &runtime, &me, printer);
+    }
+    let terminal = match detach {
+        Detach::Launcher => bottle_backend::Terminal::Detached,
+        _ => bottle_backend::Terminal::Launcher,
+    };
     let outcome = runtime.block_on(lifecycle::launch(
         &backend,
         plan,
         prepared,
         Some(&me),
+        terminal,
         printer,
     ));
     // A read of our stdin may still be blocked in a runtime thread; it
