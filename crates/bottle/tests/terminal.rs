@@ -195,7 +195,7 @@ fn a_detached_bottle_runs_on_reattaches_and_stops_for_resume() {
     let env = bottle_line(&world);
     new_session(&session, "sleep 600");
     let screen = |target: &str| tmux(&["capture-pane", "-p", "-S", "-200", "-t", target]);
-    let mut attach = |name: &str, word: &str| -> (bool, bool, bool, String) {
+    let attach = |name: &str, word: &str| -> (bool, bool, bool, String) {
         tmux(&[
             "new-window",
             "-t",
