@@ -40,6 +40,10 @@ pub enum Command {
         #[arg(short = 'y', long = "yes")]
         yes: bool,
     },
+    /// Every bottle at a glance: their gates' decisions, their agents'
+    /// requests (approve and deny in place), and attach, resume, stop,
+    /// remove, cleanup and new bottles (`?` lists the keys).
+    Dashboard,
     /// Stop a running bottle, keeping its state (workspace, home, CA,
     /// approvals) for `bottle resume`.
     Stop { identity: String },
@@ -162,7 +166,7 @@ pub enum Format {
 
 pub use bottle_backend::BackendName;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct ManifestArg {
     /// Manifest file [default: $BOTTLE_MANIFEST, ./bottle.json,
     /// $XDG_CONFIG_HOME/bot-bottle/manifest.json]

@@ -38,8 +38,33 @@ pub const HOME: &str = "HOME";
 /// Claude Code's own configuration directory on the host (default `~`
 /// for `.claude.json`, `~/.claude` for the sign-in).
 pub const CLAUDE_CONFIG_DIR: &str = "CLAUDE_CONFIG_DIR";
+/// Where the dashboard opens an agent inside tmux: `window` (default) or
+/// `pane`.
+pub const BOTTLE_DASHBOARD_TMUX: &str = "BOTTLE_DASHBOARD_TMUX";
 /// Any value turns colour off (<https://no-color.org>).
 pub const NO_COLOR: &str = "NO_COLOR";
+
+/// What a command bot-bottle starts elsewhere (a tmux window the
+/// dashboard opens) must see as this process does.
+pub const PASSED_ON: &[&str] = &[
+    HOME,
+    XDG_STATE_HOME,
+    XDG_CONFIG_HOME,
+    XDG_CACHE_HOME,
+    BOTTLE_MANIFEST,
+    BOTTLE_BACKEND,
+    BOTTLE_BASE_IMAGE,
+    BOTTLE_INSTALL_CLAUDE,
+    BOTTLE_CLAUDE_BIN,
+    BOTTLE_GATE_TIMEOUT_MS,
+    BOTTLE_CONTAINER,
+    CLAUDE_CONFIG_DIR,
+    NO_COLOR,
+    "CLAUDE_BOTTLE_MANIFEST",
+    "CLAUDE_BOTTLE_BACKEND",
+    "CLAUDE_BOTTLE_BASE_IMAGE",
+    "CLAUDE_BOTTLE_CONTAINER",
+];
 
 /// Names the original tool (claude-bottle) used, read as aliases of ours
 /// when ours are unset: (alias, ours).

@@ -64,6 +64,10 @@ fn main() {
         _ => &[],
     };
     close_fds::set_fds_cloexec_threadsafe(3, keep);
+    // Nor is a signal mask: a parent that blocked SIGTERM (the dashboard
+    // does, to restore its terminal) must not leave a launcher deaf to
+    // `bottle stop`, or an agent to its own signals.
+    let _ = nix::sys::signal::SigSet::all().thread_unblock();
     let printer = Printer::new(cli.verbose);
     let result = match cli.command {
         Command::Start(args) => commands::start::run(args, &printer),
@@ -73,6 +77,7 @@ fn main() {
         Command::Cleanup { dry_run, yes } => commands::cleanup::cleanup(dry_run, yes, &printer),
         Command::Rm { identity, yes } => commands::cleanup::rm(&identity, yes, &printer),
         Command::Stop { identity } => commands::stop::run(&identity, &printer),
+        Command::Dashboard => commands::dashboard::run(),
         Command::Requests {
             identity,
             all,

@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// The scripted MCP client, piped into the bottle's Python.
-const CLIENT: &str = include_str!("fixtures/mcp_client.py");
-
 /// A world whose test bottle has `supervise: true`, a skill, a prompt and
 /// an agent `sup` that stays up (printing its identity first).
 fn supervised_world() -> Option<World> {
@@ -47,35 +44,6 @@ fn in_bottle(container: &str, script: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Runs the MCP client in the bottle with `args`.
-fn mcp(container: &str, args: &[&str]) -> String {
-    let mut child = exec_in(container, "agent", &["python3", "-"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), CLIENT.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "mcp client {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Calls `tool`; returns its text and whether it was an error.
-fn call(container: &str, tool: &str, args: serde_json::Value) -> (String, bool) {
-    let out = mcp(container, &["call", tool, &args.to_string()]);
-    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
-    (
-        answer["text"].as_str().unwrap().to_owned(),
-        answer["error"].as_bool().unwrap(),
-    )
 }
 
 /// The request id (`r-xxxxxx`) in a tool's answer.

@@ -4,43 +4,9 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .args(args)
-        .output()
-        .expect("tmux is installed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A detached tmux session of 100×20 running `line`.
-fn new_session(session: &str, line: &str) {
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        session,
-        "-x",
-        "100",
-        "-y",
-        "20",
-        line,
-    ]);
-}
-
-/// `env VARS… bottle`: the world's bottle as a shell line for a tmux pane.
-fn bottle_line(world: &World) -> String {
-    let cmd = world.command();
-    let envs: Vec<String> = cmd
-        .get_envs()
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
-        .collect();
-    format!("env {} {}", envs.join(" "), bottle_bin().display())
-}
 
 #[test]
 fn a_terminal_session_round_trip() {

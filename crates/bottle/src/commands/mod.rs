@@ -3,6 +3,7 @@
 pub mod approve;
 pub mod attach;
 pub mod cleanup;
+pub mod dashboard;
 pub mod doctor;
 pub mod gate;
 pub mod health;

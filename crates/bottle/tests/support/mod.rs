@@ -1144,3 +1144,76 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// The scripted MCP client the tests run inside a bottle, as an agent's.
+pub const CLIENT: &str = include_str!("../fixtures/mcp_client.py");
+
+/// Runs the MCP client in the bottle with `args`.
+pub fn mcp(container: &str, args: &[&str]) -> String {
+    let mut child = exec_in(container, "agent", &["python3", "-"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), CLIENT.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "mcp client {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Calls `tool`; returns its text and whether it was an error.
+pub fn call(container: &str, tool: &str, args: serde_json::Value) -> (String, bool) {
+    let out = mcp(container, &["call", tool, &args.to_string()]);
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (
+        answer["text"].as_str().unwrap().to_owned(),
+        answer["error"].as_bool().unwrap(),
+    )
+}
+
+/// tmux, for the tests that drive a real terminal.
+pub fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A detached tmux session of 100×20 running `line`.
+pub fn new_session(session: &str, line: &str) {
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        "100",
+        "-y",
+        "20",
+        line,
+    ]);
+}
+
+/// `env VARS… bottle`: the world's bottle as a shell line for a tmux pane.
+pub fn bottle_line(world: &World) -> String {
+    let cmd = world.command();
+    let envs: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
+        .collect();
+    // The world's command as it is (on native, the launcher's own view of
+    // /etc/hosts), each word quoted for the pane's shell.
+    let quote = |w: &std::ffi::OsStr| format!("'{}'", w.to_string_lossy().replace('\'', r"'\''"));
+    let words: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote)
+        .collect();
+    format!("env {} {}", envs.join(" "), words.join(" "))
+}
