@@ -32,12 +32,8 @@ pub async fn refresh(plan: &Plan, control: &Path, reporter: &dyn Reporter) -> In
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let fresh = {
-                    let route = route.clone();
-                    tokio::task::spawn_blocking(move || read(&route)).await
-                };
-                let sent = match fresh {
-                    Ok(Ok(secret)) => {
+                let sent = match run_again(route).await {
+                    Ok(secret) => {
                         let change = Change::Rotate {
                             host: route.host.clone(),
                             secret,
@@ -48,7 +44,6 @@ pub async fn refresh(plan: &Plan, control: &Path, reporter: &dyn Reporter) -> In
                             Err(e) => Err(format!("the gate did not answer ({e})")),
                         }
                     }
-                    Ok(Err(e)) => Err(e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 match sent {
@@ -63,6 +58,48 @@ pub async fn refresh(plan: &Plan, control: &Path, reporter: &dyn Reporter) -> In
     });
     futures_util::future::join_all(each).await;
     std::future::pending().await
+}
+
+/// How long a refresh's `token_command` may take.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A refreshing route's `token_command` run again, while the bottle runs:
+/// with no terminal to ask on and its error output kept out of the
+/// launcher's (it may hold the secret, and a detached launcher's output
+/// is a file), killed after [`REFRESH_TIMEOUT`].
+async fn run_again(route: &RoutePlan) -> Result<String, BackendError> {
+    let fail = |message: String| BackendError::Secret {
+        route: route.host.clone(),
+        message,
+    };
+    let command = route
+        .token_command_line
+        .as_deref()
+        .ok_or_else(|| fail("the route has no token_command".into()))?;
+    let run = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(REFRESH_TIMEOUT, run)
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "token_command did not finish within {} s (does it wait for input?)",
+                REFRESH_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| fail(format!("cannot run token_command: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "token_command exited with {} (its error output is not shown: it may hold the secret)",
+            out.status
+        )));
+    }
+    let value = String::from_utf8(out.stdout)
+        .map_err(|_| fail("token_command printed something that is not UTF-8".into()))?;
+    checked(route, value.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// The secret of one route, read on the host now.
@@ -96,12 +133,21 @@ fn read(route: &RoutePlan) -> Result<String, BackendError> {
             return Err(fail("the route has no token_ref or token_command".into()));
         }
     };
+    checked(route, value)
+}
+
+/// `value` if it can be a route's secret.
+fn checked(route: &RoutePlan, value: String) -> Result<String, BackendError> {
+    let fail = |message: &str| BackendError::Secret {
+        route: route.host.clone(),
+        message: message.to_owned(),
+    };
     if value.is_empty() {
-        return Err(fail("the secret is empty".into()));
+        return Err(fail("the secret is empty"));
     }
     if value.contains(['\n', '\r', '\0']) {
         return Err(fail(
-            "the secret spans several lines; a header value cannot".into(),
+            "the secret spans several lines; a header value cannot",
         ));
     }
     Ok(value)

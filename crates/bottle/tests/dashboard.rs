@@ -193,6 +193,21 @@ fn the_dashboard_starts_bottles_and_approves_in_place() {
     tmux(&["send-keys", "-t", &dash, "Tab"]);
     std::thread::sleep(Duration::from_millis(300));
     tmux(&["send-keys", "-t", &dash, "y"]);
+    // Shown whole first, then granted on a second y.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let s = screen(&dash);
+            s.contains("it grants exactly") && s.contains("the bottle may reach forbidden.test")
+        }),
+        "the approval is not shown before it is given: {}",
+        screen(&dash)
+    );
+    assert_eq!(
+        probe("/still-refused"),
+        "403 000",
+        "nothing granted on one key"
+    );
+    tmux(&["send-keys", "-t", &dash, "y"]);
     assert!(
         wait_until(Duration::from_secs(20), || screen(&dash)
             .contains("forbidden.test is allowed now")),

@@ -64,6 +64,12 @@ pub enum Prompt {
     DenyReason { request: String, input: String },
     /// `y` carries out `action`, anything else does not.
     Confirm { action: Action, question: String },
+    /// `y` approves this request, shown whole; anything else does not.
+    ConfirmApproval {
+        request: String,
+        summary: String,
+        detail: Vec<String>,
+    },
     /// Which agent a new bottle runs.
     PickAgent {
         agents: Vec<String>,
@@ -112,15 +118,27 @@ impl App {
         }
     }
 
-    /// Takes a new snapshot, keeping the selection on the same bottle.
+    /// Takes a new snapshot, keeping the selection on the same bottle and
+    /// the same request (a request filed meanwhile never slides under the
+    /// person's key).
     pub fn refresh(&mut self, snapshot: Snapshot, now: SystemTime) {
         let keep = self.selected_identity().map(str::to_owned);
+        let keep_request = self.selected_request().map(RequestView::qualified);
         self.snapshot = snapshot;
         self.now = now;
         if let Some(id) = keep
             && let Some(i) = self.snapshot.bottles.iter().position(|b| b.identity == id)
         {
             self.selected = i;
+        }
+        if let Some(id) = keep_request
+            && let Some(i) = self
+                .snapshot
+                .requests
+                .iter()
+                .position(|r| r.qualified() == id)
+        {
+            self.inbox_selected = i;
         }
         self.selected = self
             .selected
@@ -199,17 +217,13 @@ impl App {
             KeyCode::Up | KeyCode::Char('k') => self.step(-1),
             KeyCode::Char('f') => self.filter = self.filter.next(),
             KeyCode::Char('y') if self.focus == Focus::Inbox => {
+                // Nothing is approved on one key: the request is shown
+                // whole first, under its own id.
                 let request = self.selected_request()?.clone();
-                if request.needs_token() {
-                    self.prompt = Some(Prompt::TokenRef {
-                        request: request.qualified(),
-                        input: String::new(),
-                    });
-                    return None;
-                }
-                return Some(Action::Approve {
+                self.prompt = Some(Prompt::ConfirmApproval {
                     request: request.qualified(),
-                    token_ref: None,
+                    summary: request.summary.clone(),
+                    detail: request.detail.clone(),
                 });
             }
             KeyCode::Char('d') if self.focus == Focus::Inbox => {
@@ -298,6 +312,28 @@ impl App {
             },
             Prompt::Confirm { action, .. } => {
                 matches!(key.code, KeyCode::Char('y' | 'Y')).then_some(action)
+            }
+            Prompt::ConfirmApproval { request, .. } => {
+                if !matches!(key.code, KeyCode::Char('y' | 'Y')) {
+                    return None;
+                }
+                let route = self
+                    .snapshot
+                    .requests
+                    .iter()
+                    .find(|r| r.qualified() == request)
+                    .is_some_and(RequestView::needs_token);
+                if route {
+                    self.prompt = Some(Prompt::TokenRef {
+                        request,
+                        input: String::new(),
+                    });
+                    return None;
+                }
+                Some(Action::Approve {
+                    request,
+                    token_ref: None,
+                })
             }
             Prompt::PickAgent { agents, selected } => match key.code {
                 KeyCode::Esc => None,
@@ -398,6 +434,8 @@ mod tests {
                 kind: "egress".into(),
                 summary: "a.test".into(),
                 reason: "why".into(),
+                created: 1,
+                detail: vec!["allow a.test".into()],
             }],
             agents: Ok(vec!["b".into()]),
             backends: vec!["docker".into(), "native".into()],
@@ -460,6 +498,8 @@ mod tests {
             "the inbox has no focus yet"
         );
         a.key(key(KeyCode::Tab));
+        assert_eq!(a.key(key(KeyCode::Char('y'))), None, "shown whole first");
+        assert!(matches!(a.prompt, Some(Prompt::ConfirmApproval { .. })));
         assert_eq!(
             a.key(key(KeyCode::Char('y'))),
             Some(Action::Approve {
@@ -490,5 +530,34 @@ mod tests {
         );
         a.key(key(KeyCode::Char('q')));
         assert!(a.quit);
+    }
+
+    #[test]
+    fn a_request_filed_meanwhile_never_slides_under_the_selection() {
+        let mut a = app(&[State::Running]);
+        a.key(key(KeyCode::Tab));
+        let mut next = a.snapshot.clone();
+        next.requests.insert(
+            0,
+            RequestView {
+                id: "r-000000".into(),
+                identity: "b-0".into(),
+                kind: "image".into(),
+                summary: "image change (1 line)".into(),
+                reason: "harmless".into(),
+                created: 0,
+                detail: vec!["USER root".into()],
+            },
+        );
+        a.refresh(next, SystemTime::UNIX_EPOCH);
+        a.key(key(KeyCode::Char('y')));
+        assert_eq!(
+            a.key(key(KeyCode::Char('y'))),
+            Some(Action::Approve {
+                request: "b-0/r-000001".into(),
+                token_ref: None
+            }),
+            "the request that was selected, not the one that arrived"
+        );
     }
 }

@@ -94,6 +94,11 @@ pub struct RequestView {
     pub summary: String,
     /// The agent's reason, escaped.
     pub reason: String,
+    /// When it was filed (seconds since the epoch): the inbox's order.
+    pub created: u64,
+    /// Everything an approval grants, escaped: shown before it is given
+    /// (an image change's steps exactly as they will be built).
+    pub detail: Vec<String>,
 }
 
 impl RequestView {

@@ -282,6 +282,22 @@ fn prompt_box(frame: &mut Frame, app: &App, prompt: &Prompt, area: Rect) {
             ],
         ),
         Prompt::Confirm { question, .. } => (" Confirm ", vec![Line::from(question.clone())]),
+        Prompt::ConfirmApproval {
+            request,
+            summary,
+            detail,
+        } => {
+            let mut lines = vec![
+                Line::from(Span::styled(
+                    format!("approve {request}: {summary}"),
+                    bold(),
+                )),
+                Line::from("it grants exactly:"),
+            ];
+            lines.extend(detail.iter().map(|l| Line::from(format!("  {l}"))));
+            lines.push(Line::from("y approves · any other key cancels"));
+            (" Approve ", lines)
+        }
         Prompt::PickAgent { agents, selected } => {
             (" New bottle: agent ", choices(agents, *selected))
         }
@@ -295,7 +311,7 @@ fn prompt_box(frame: &mut Frame, app: &App, prompt: &Prompt, area: Rect) {
             (" New bottle: backend ", lines)
         }
     };
-    let width = area.width.min(70);
+    let width = area.width.min(90);
     let height = (lines.len() as u16 + 2).min(area.height);
     let popup = Rect {
         x: area.x + (area.width - width) / 2,

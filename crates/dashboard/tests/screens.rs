@@ -54,6 +54,8 @@ fn several() -> Snapshot {
             kind: "egress".into(),
             summary: "egress pypi.org".into(),
             reason: "pip install for the tests".into(),
+            created: 1_799_999_000,
+            detail: vec!["allow pypi.org on ports 443 and 80".into()],
         }],
         tail: vec![
             TailLine {
@@ -148,6 +150,7 @@ fn a_route_asks_for_its_host_variable() {
     let mut app = App::new(snapshot, now(), false);
     app.key(key(KeyCode::Tab));
     assert_eq!(app.key(key(KeyCode::Char('y'))), None);
+    assert_eq!(app.key(key(KeyCode::Char('y'))), None);
     for c in "API_TOKEN".chars() {
         app.key(key(KeyCode::Char(c)));
     }
@@ -159,6 +162,19 @@ fn a_route_asks_for_its_host_variable() {
             token_ref: Some("API_TOKEN".into()),
         })
     );
+}
+
+#[test]
+fn an_image_change_is_shown_whole_before_it_is_approved() {
+    let mut snapshot = several();
+    snapshot.requests[0].kind = "image".into();
+    snapshot.requests[0].summary = "image change (2 lines)".into();
+    snapshot.requests[0].reason = "install jq".into();
+    snapshot.requests[0].detail = vec!["USER root".into(), "RUN apt-get install -y jq".into()];
+    let mut app = App::new(snapshot, now(), false);
+    app.key(key(KeyCode::Tab));
+    assert_eq!(app.key(key(KeyCode::Char('y'))), None);
+    insta::assert_snapshot!(screen(&app, 100, 24));
 }
 
 #[test]

@@ -124,6 +124,8 @@ impl Source for Live {
                     kind: r.ask.kind().to_owned(),
                     summary: escape(&r.ask.summary()),
                     reason: escape(&r.reason),
+                    created: r.created,
+                    detail: grants(&r.ask),
                 })
                 .collect();
             let audit = bottle.record.as_ref().map(|r| r.dir.audit_log());
@@ -138,7 +140,7 @@ impl Source for Live {
             rows.push(view(bottle, pending.len(), last_refusal));
             requests.extend(pending);
         }
-        requests.sort_by(|a, b| a.id.cmp(&b.id));
+        requests.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
         let tail = selected
             .and_then(|id| self.bottles.iter().find(|b| b.identity == id))
             .and_then(|b| b.record.as_ref())
@@ -199,7 +201,12 @@ impl Source for Live {
                 let identity = said
                     .split_whitespace()
                     .next()
-                    .filter(|id| id.starts_with(&format!("{agent}-")))
+                    .filter(|id| {
+                        id.starts_with(&format!("{agent}-"))
+                            && id
+                                .bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    })
                     .map(str::to_owned)
                     .ok_or_else(|| format!("started, but which bottle is unclear: {said}"))?;
                 self.attach(&identity)
@@ -259,8 +266,9 @@ impl Live {
             Some(how) => {
                 // A failed attach stays on screen until read.
                 let command = format!(
-                    "{} attach {identity} || {{ echo 'bottle attach failed (above); Enter closes this'; read _; }}",
-                    shell_quote(&me)
+                    "{} attach {} || {{ echo 'bottle attach failed (above); Enter closes this'; read _; }}",
+                    shell_quote(&me),
+                    shell_quote(identity)
                 );
                 let mut args: Vec<String> = match how {
                     Tmux::Window => vec!["new-window".into(), "-n".into(), identity.into()],
@@ -329,6 +337,27 @@ impl Reporter for Collected {
 
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// What approving `ask` grants, line by line, escaped: an image change's
+/// steps exactly as they will be built.
+fn grants(ask: &bottle_gate::supervise::requests::Ask) -> Vec<String> {
+    use bottle_gate::supervise::requests::Ask;
+    match ask {
+        Ask::Egress { .. } => vec![format!(
+            "the bottle may reach {} (an allow rule, kept for resume)",
+            escape(&ask.rule().unwrap_or_default())
+        )],
+        Ask::Route { host, header } => vec![format!(
+            "requests to {} carry a secret of yours in {} (you name its host variable next)",
+            escape(host),
+            escape(header)
+        )],
+        Ask::Image { fragment } => bottle_manifest::fragment::render_text(fragment)
+            .lines()
+            .map(escape)
+            .collect(),
+    }
 }
 
 /// A bottle's row.

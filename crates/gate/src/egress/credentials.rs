@@ -176,7 +176,8 @@ pub struct Retired {
     pub secret: Secret,
 }
 
-/// How many replaced secrets a gate keeps watching for, newest first.
+/// How many replaced secrets a gate keeps watching for per route, newest
+/// first.
 pub const RETIRED_KEPT: usize = 8;
 
 /// Every route, and one detector for every encoding of every secret,
@@ -194,13 +195,18 @@ impl Credentials {
         Credentials::with_retired(routes, Vec::new())
     }
 
-    /// [`Credentials::new`], also watching for `retired` secrets (the
-    /// newest [`RETIRED_KEPT`] of them).
-    pub fn with_retired(
-        routes: Vec<Route>,
-        mut retired: Vec<Retired>,
-    ) -> Result<Credentials, String> {
-        retired.truncate(RETIRED_KEPT);
+    /// [`Credentials::new`], also watching for `retired` secrets (newest
+    /// first: the newest [`RETIRED_KEPT`] of each host's).
+    pub fn with_retired(routes: Vec<Route>, retired: Vec<Retired>) -> Result<Credentials, String> {
+        let mut per_host: std::collections::HashMap<String, usize> = Default::default();
+        let retired: Vec<Retired> = retired
+            .into_iter()
+            .filter(|r| {
+                let seen = per_host.entry(r.host.to_string()).or_default();
+                *seen += 1;
+                *seen <= RETIRED_KEPT
+            })
+            .collect();
         let secrets: Vec<&[u8]> = routes
             .iter()
             .map(|r| &r.secret)

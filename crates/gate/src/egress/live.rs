@@ -81,15 +81,25 @@ impl Live {
         {
             route.paths = paths;
         }
-        let mut routes: Vec<Route> = self
-            .credentials()
+        let now = self.credentials();
+        // The secret an approval replaces stays on the watch list.
+        let mut retired: Vec<Retired> = now
+            .routes()
+            .iter()
+            .filter(|r| r.host == route.host && r.secret.expose() != route.secret.expose())
+            .map(|r| Retired {
+                host: r.host.clone(),
+                secret: r.secret.clone(),
+            })
+            .collect();
+        retired.extend(now.retired().iter().cloned());
+        let mut routes: Vec<Route> = now
             .routes()
             .iter()
             .filter(|r| r.host != route.host)
             .cloned()
             .collect();
         routes.push(route);
-        let retired = self.credentials().retired().to_vec();
         self.credentials
             .store(Arc::new(Credentials::with_retired(routes, retired)?));
         Ok(())

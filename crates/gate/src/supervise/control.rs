@@ -29,7 +29,20 @@ pub async fn serve(listener: UnixListener, live: Arc<Live>, audit: Arc<Audit>) {
         let (reader, mut writer) = stream.into_split();
         let mut line = String::new();
         let limited = tokio::io::AsyncReadExt::take(reader, MAX_LINE as u64);
-        let read = BufReader::new(limited).read_line(&mut line).await;
+        // One client at a time: a silent one is dropped rather than
+        // holding up every approval and rotation.
+        let read = match tokio::time::timeout(
+            Duration::from_secs(5),
+            BufReader::new(limited).read_line(&mut line),
+        )
+        .await
+        {
+            Ok(read) => read,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no change within 5 s",
+            )),
+        };
         let reply = match read {
             Ok(_) => match serde_json::from_str::<Change>(&line) {
                 Ok(change) => apply(&live, &audit, change),
@@ -139,8 +152,11 @@ fn route(
 
 /// A secret that can go in a header value.
 fn checked_secret(secret: &str) -> Result<(), String> {
-    if secret.is_empty() || secret.contains(['\r', '\n', '\0']) {
-        return Err("the secret is empty or spans lines".to_owned());
+    if secret.is_empty() || http::HeaderValue::from_str(secret).is_err() {
+        return Err(
+            "the secret is empty or holds what a header value cannot (a line break, a control character)"
+                .to_owned(),
+        );
     }
     Ok(())
 }
