@@ -12,7 +12,8 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::Wake;
 
 /// Blocks SIGTERM, SIGHUP and SIGINT in this thread (and so in every
-/// thread started after) and waits for them on a thread of its own.
+/// thread started after) and waits for them on a thread of its own, which
+/// restores the terminal and ends the process (128 + the signal).
 pub fn signals(tx: Sender<Wake>) -> std::io::Result<()> {
     let mut set = SigSet::empty();
     for signal in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT] {
@@ -20,10 +21,13 @@ pub fn signals(tx: Sender<Wake>) -> std::io::Result<()> {
     }
     set.thread_block().map_err(std::io::Error::from)?;
     std::thread::spawn(move || {
-        while set.wait().is_ok() {
-            if tx.send(Wake::Quit).is_err() {
-                return;
-            }
+        if let Ok(signal) = set.wait() {
+            // The loop may be stuck where the terminal went (a hang-up
+            // leaves its input at end of file): the terminal is restored
+            // and the process ends from here, as a signal would end it.
+            let _ = tx.send(Wake::Quit);
+            ratatui::restore();
+            std::process::exit(128 + signal as i32);
         }
     });
     Ok(())
