@@ -391,6 +391,22 @@ mod tests {
         plan
     }
 
+    /// `launch` of `plan` on `fake`, on the launcher's terminal, waited for.
+    fn launch_fake(
+        fake: &FakeBackend,
+        plan: &Plan,
+        prepared: Plan,
+    ) -> Result<Outcome, BackendError> {
+        block_on(launch(
+            fake,
+            plan,
+            prepared,
+            None,
+            Terminal::Launcher,
+            &Quiet,
+        ))
+    }
+
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -406,15 +422,7 @@ mod tests {
         let fake = FakeBackend::new(crate::BackendName::Native);
         fake.script.lock().unwrap_or_else(|e| e.into_inner()).runs = vec![(3, None)];
         let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
-        let outcome = block_on(launch(
-            &fake,
-            &plan,
-            prepared,
-            None,
-            Terminal::Launcher,
-            &Quiet,
-        ))
-        .unwrap_or_else(|e| panic!("{e}"));
+        let outcome = launch_fake(&fake, &plan, prepared).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(outcome, Outcome::Exited(3));
         let calls = fake.calls();
         assert_eq!(calls[0], Call::Prepare(plan.identity.clone()));
@@ -456,14 +464,7 @@ mod tests {
         let held = dir.hold(&plan.identity).unwrap_or_else(|e| panic!("{e}"));
         let fake = FakeBackend::new(crate::BackendName::Native);
         let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
-        let outcome = block_on(launch(
-            &fake,
-            &plan,
-            prepared,
-            None,
-            Terminal::Launcher,
-            &Quiet,
-        ));
+        let outcome = launch_fake(&fake, &plan, prepared);
         assert!(
             matches!(outcome, Err(BackendError::Held { .. })),
             "{outcome:?}"
@@ -477,15 +478,7 @@ mod tests {
         );
         drop(held);
         let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
-        block_on(launch(
-            &fake,
-            &plan,
-            prepared,
-            None,
-            Terminal::Launcher,
-            &Quiet,
-        ))
-        .unwrap_or_else(|e| panic!("{e}"));
+        launch_fake(&fake, &plan, prepared).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]
@@ -512,15 +505,7 @@ mod tests {
         dir.create().unwrap_or_else(|e| panic!("{e}"));
         crate::capability::mark_preserved(&dir).unwrap_or_else(|e| panic!("{e}"));
         let prepared = prepare(&fake, &plan).unwrap_or_else(|e| panic!("{e}"));
-        let outcome = block_on(launch(
-            &fake,
-            &plan,
-            prepared,
-            None,
-            Terminal::Launcher,
-            &Quiet,
-        ))
-        .unwrap_or_else(|e| panic!("{e}"));
+        let outcome = launch_fake(&fake, &plan, prepared).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(outcome, Outcome::Exited(7));
         let calls = fake.calls();
         let runs: Vec<&Call> = calls

@@ -49,13 +49,11 @@ pub struct Options {
     pub health_every: Duration,
 }
 
-/// What wakes the dashboard besides a key.
+/// What wakes the dashboard besides a key: a file changed;
+/// `structural` when bottles may have come or gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wake {
-    /// A file changed; `structural` when bottles may have come or gone.
-    Changed { structural: bool },
-    /// SIGTERM, SIGHUP or SIGINT: quit, restoring the terminal.
-    Quit,
+struct Changed {
+    structural: bool,
 }
 
 /// Runs the dashboard on this terminal until the person quits. The
@@ -64,7 +62,7 @@ pub fn run(source: &mut dyn Source, options: Options) -> std::io::Result<()> {
     let (tx, rx) = mpsc::channel();
     // Signals first, before any thread exists: every thread inherits the
     // mask, and one thread waits for them.
-    watch::signals(tx.clone())?;
+    watch::signals()?;
     let watcher = watch::Watcher::new(tx)?;
     let mut app = App::new(
         source.snapshot(None, true),
@@ -83,7 +81,7 @@ fn event_loop(
     app: &mut App,
     source: &mut dyn Source,
     watcher: &watch::Watcher,
-    rx: &mpsc::Receiver<Wake>,
+    rx: &mpsc::Receiver<Changed>,
     options: Options,
 ) -> std::io::Result<()> {
     let mut last_full = Instant::now();
@@ -128,13 +126,8 @@ fn event_loop(
         if app.quit {
             return Ok(());
         }
-        for wake in rx.try_iter() {
-            match wake {
-                Wake::Quit => return Ok(()),
-                Wake::Changed { structural } => {
-                    refresh = Some(refresh.unwrap_or(false) || structural);
-                }
-            }
+        for Changed { structural } in rx.try_iter() {
+            refresh = Some(refresh.unwrap_or(false) || structural);
         }
         // Another bottle selected: its tail is read now.
         let selected = app.selected_identity().map(str::to_owned);

@@ -20,7 +20,7 @@ const NARROW: u16 = 80;
 pub fn draw(frame: &mut Frame, app: &App) {
     let area = frame.area();
     if app.help {
-        help(frame, app, area);
+        help(frame, area);
         return;
     }
     let [title, body, status] = Layout::vertical([
@@ -37,6 +37,11 @@ pub fn draw(frame: &mut Frame, app: &App) {
         pending,
         plural(pending)
     );
+    // A backend that did not answer: its bottles may be missing.
+    let header = match app.snapshot.problems.first() {
+        Some(problem) => format!("{header} · not answering: {problem}"),
+        None => header,
+    };
     frame.render_widget(Paragraph::new(header).style(bold()), title);
     let [top, bottom] =
         Layout::vertical([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(body);
@@ -349,7 +354,7 @@ fn choices(items: &[String], selected: usize) -> Vec<Line<'static>> {
         .collect()
 }
 
-fn help(frame: &mut Frame, app: &App, area: Rect) {
+fn help(frame: &mut Frame, area: Rect) {
     let keys = [
         ("↑ ↓ / j k", "move in the table (or the inbox)"),
         ("tab", "switch between the bottles and the inbox"),
@@ -394,7 +399,6 @@ fn help(frame: &mut Frame, app: &App, area: Rect) {
     lines.push(Line::from(
         "Outside tmux, attach hands this terminal over; Ctrl-P Ctrl-Q detaches and brings the dashboard back.",
     ));
-    let _ = app;
     frame.render_widget(
         Paragraph::new(lines)
             .block(Block::default().borders(Borders::ALL).title(" Help "))

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::Wake;
+use crate::Changed;
 
 /// Blocks SIGTERM, SIGHUP and SIGINT in this thread (and so in every
 /// thread started after) and waits for them on a thread of its own, which
 /// restores the terminal and ends the process (128 + the signal).
-pub fn signals(tx: Sender<Wake>) -> std::io::Result<()> {
+pub fn signals() -> std::io::Result<()> {
     let mut set = SigSet::empty();
     for signal in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT] {
         set.add(signal);
@@ -25,7 +25,6 @@ pub fn signals(tx: Sender<Wake>) -> std::io::Result<()> {
             // The loop may be stuck where the terminal went (a hang-up
             // leaves its input at end of file): the terminal is restored
             // and the process ends from here, as a signal would end it.
-            let _ = tx.send(Wake::Quit);
             ratatui::restore();
             std::process::exit(128 + signal as i32);
         }
@@ -33,14 +32,14 @@ pub fn signals(tx: Sender<Wake>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Watches directories; a change in one sends [`Wake::Changed`].
+/// Watches directories; a change in one sends [`Changed`].
 pub struct Watcher {
     inotify: Arc<Inotify>,
     watched: Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>,
 }
 
 impl Watcher {
-    pub fn new(tx: Sender<Wake>) -> std::io::Result<Watcher> {
+    pub fn new(tx: Sender<Changed>) -> std::io::Result<Watcher> {
         let inotify = Arc::new(Inotify::init(InitFlags::IN_CLOEXEC).map_err(std::io::Error::from)?);
         let watched: Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>> = Arc::default();
         let (reader, known) = (Arc::clone(&inotify), Arc::clone(&watched));
@@ -63,7 +62,7 @@ impl Watcher {
                         .as_ref()
                         .is_none_or(|n| n.to_string_lossy() != "audit.jsonl")
                 });
-                if tx.send(Wake::Changed { structural }).is_err() {
+                if tx.send(Changed { structural }).is_err() {
                     return;
                 }
             }

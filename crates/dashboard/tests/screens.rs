@@ -186,3 +186,15 @@ fn a_tiny_terminal_draws_without_panicking() {
         assert!(!text.is_empty());
     }
 }
+
+#[test]
+fn a_backend_that_does_not_answer_is_named() {
+    let mut snapshot = several();
+    snapshot.problems = vec!["docker: the engine does not answer".into()];
+    let app = App::new(snapshot, now(), false);
+    let text = screen(&app, 140, 24);
+    assert!(
+        text.contains("not answering: docker: the engine does not answer"),
+        "{text}"
+    );
+}

@@ -70,6 +70,7 @@ pub fn run() -> Result<i32, Failure> {
         agents,
         usable,
         tmux,
+        tails: Default::default(),
     };
     let options = Options {
         color: env::read(env::NO_COLOR).is_none(),
@@ -99,6 +100,9 @@ struct Live {
     agents: Result<Vec<String>, String>,
     usable: Vec<String>,
     tmux: Option<Tmux>,
+    /// Each audit log's decisions, with the length they were read at: a
+    /// log is read again only once it grew.
+    tails: std::collections::HashMap<PathBuf, (u64, Vec<TailLine>)>,
 }
 
 impl Source for Live {
@@ -131,12 +135,13 @@ impl Source for Live {
             let audit = bottle.record.as_ref().map(|r| r.dir.audit_log());
             let last_refusal = audit
                 .as_deref()
-                .map(tail_of)
-                .unwrap_or_default()
-                .into_iter()
-                .rev()
-                .find(|l| l.kind == Kind::Refused)
-                .map(|l| l.text);
+                .and_then(|path| {
+                    tail_of(&mut self.tails, path)
+                        .iter()
+                        .rev()
+                        .find(|l| l.kind == Kind::Refused)
+                })
+                .map(|l| l.text.clone());
             rows.push(view(bottle, pending.len(), last_refusal));
             requests.extend(pending);
         }
@@ -144,7 +149,8 @@ impl Source for Live {
         let tail = selected
             .and_then(|id| self.bottles.iter().find(|b| b.identity == id))
             .and_then(|b| b.record.as_ref())
-            .map(|r| tail_of(&r.dir.audit_log()))
+            .map(|r| r.dir.audit_log())
+            .map(|path| tail_of(&mut self.tails, &path).to_vec())
             .unwrap_or_default();
         Snapshot {
             bottles: rows,
@@ -392,8 +398,24 @@ fn view(bottle: &Bottle, pending: usize, last_refusal: Option<String>) -> Bottle
     }
 }
 
+/// The decisions at the end of the audit log at `path`, read again only
+/// when it has grown since `cache` took it.
+fn tail_of<'a>(
+    cache: &'a mut std::collections::HashMap<PathBuf, (u64, Vec<TailLine>)>,
+    path: &Path,
+) -> &'a [TailLine] {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let entry = cache
+        .entry(path.to_owned())
+        .or_insert((u64::MAX, Vec::new()));
+    if entry.0 != len {
+        *entry = (len, read_tail(path));
+    }
+    &entry.1
+}
+
 /// The decisions at the end of an audit log.
-fn tail_of(path: &Path) -> Vec<TailLine> {
+fn read_tail(path: &Path) -> Vec<TailLine> {
     let Ok(mut file) = std::fs::File::open(path) else {
         return Vec::new();
     };
